@@ -1,1 +1,563 @@
--- schema
+-- The orchestrator's whole database contract.
+--
+-- Applied by `orchestrator migrate` (and by the daemon at start) under an
+-- advisory lock; every statement is idempotent, so applying it twice is a
+-- no-op. Sections, in order: schema, reference tables, tables, constraints
+-- and indices, functions, triggers, privileges, version stamp.
+--
+-- The invariants that keep money right are database facts, not conventions:
+--   * a balance is never negative (CHECK);
+--   * a balance moves only with a ledger row in the same statement (the
+--     ledger operations below are single statements);
+--   * a job is debited at most once and refunded at most once (partial
+--     unique indices), and a refund never exceeds its debit (trigger);
+--   * the ledger is append-only (triggers refuse UPDATE, DELETE, TRUNCATE);
+--   * a job never holds more outputs than it asked for (composite foreign
+--     key plus CHECK on the output index);
+--   * a user never has more jobs in flight than the plan's seats (partial
+--     unique index over seat numbers);
+--   * a terminal job stays terminal (trigger).
+
+CREATE SCHEMA IF NOT EXISTS orchestrator;
+
+-- ---------------------------------------------------------------------------
+-- Reference tables
+-- ---------------------------------------------------------------------------
+
+-- Job statuses. `in_flight` marks the statuses that hold a seat and a debit.
+CREATE TABLE IF NOT EXISTS orchestrator.job_statuses (
+    status    text PRIMARY KEY,
+    terminal  boolean NOT NULL,
+    in_flight boolean NOT NULL
+);
+INSERT INTO orchestrator.job_statuses (status, terminal, in_flight) VALUES
+    ('queued', false, false),
+    ('starting', false, true),
+    ('processing', false, true),
+    ('succeeded', true, false),
+    ('failed', true, false),
+    ('timed_out', true, false),
+    ('canceled', true, false),
+    ('rejected', true, false)
+ON CONFLICT (status) DO NOTHING;
+
+-- Error codes; `orchestrator.lifecycle.ErrorCode` is kept equal to this by a test.
+CREATE TABLE IF NOT EXISTS orchestrator.error_codes (
+    code        text PRIMARY KEY,
+    description text NOT NULL
+);
+INSERT INTO orchestrator.error_codes (code, description) VALUES
+    ('INSUFFICIENT_CREDITS', 'the balance does not cover the job''s cost'),
+    ('DUPLICATE', 'an identical job of the same user is queued or in flight'),
+    ('TOO_MANY_INFLIGHT', 'the plan''s limit of jobs in flight is reached'),
+    ('RATE_LIMITED', 'sooner than the plan allows after the previous job'),
+    ('LIMIT_EXCEEDED', 'the plan''s monthly generations are used up'),
+    ('VALIDATION_ERROR', 'the submission is malformed'),
+    ('UPSTREAM_ERROR', 'the provider failed the generation'),
+    ('TIMEOUT', 'the provider did not finish before the job''s deadline'),
+    ('CANCELED', 'cancelled on request'),
+    ('STUCK', 'non-terminal for longer than the stuck limit'),
+    ('INTERNAL_ERROR', 'the orchestrator failed; credits were refunded')
+ON CONFLICT (code) DO NOTHING;
+
+-- Plans. Operators may change these rows; migrate never overwrites them.
+CREATE TABLE IF NOT EXISTS orchestrator.plans (
+    name                text PRIMARY KEY,
+    monthly_generations integer NOT NULL CHECK (monthly_generations >= 0),
+    max_inflight        integer NOT NULL CHECK (max_inflight BETWEEN 1 AND 1000),
+    min_seconds_between double precision NOT NULL DEFAULT 0
+                        CHECK (min_seconds_between >= 0),
+    cost_per_output     bigint NOT NULL CHECK (cost_per_output > 0)
+);
+INSERT INTO orchestrator.plans
+    (name, monthly_generations, max_inflight, min_seconds_between, cost_per_output)
+VALUES
+    ('free', 100, 2, 0, 1),
+    ('pro', 10000, 10, 0, 1)
+ON CONFLICT (name) DO NOTHING;
+
+-- ---------------------------------------------------------------------------
+-- Tables
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS orchestrator.accounts (
+    user_id          text PRIMARY KEY CHECK (length(user_id) BETWEEN 1 AND 200),
+    balance          bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    plan             text NOT NULL DEFAULT 'free' REFERENCES orchestrator.plans (name),
+    last_admitted_at timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- Submissions are accepted as they come (a plain INSERT is a supported way to
+-- submit); the daemon validates them and rejects bad ones with VALIDATION_ERROR,
+-- so the table deliberately has no CHECK on prompt or num_outputs.
+CREATE TABLE IF NOT EXISTS orchestrator.jobs (
+    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id             text NOT NULL,
+    prompt              text NOT NULL,
+    params              jsonb NOT NULL DEFAULT '{}',
+    num_outputs         integer NOT NULL DEFAULT 1,
+    -- Same prompt, params and output count give the same fingerprint; jsonb's
+    -- text form is canonical, so key order does not matter. It only narrows
+    -- the duplicate search: the check compares the columns themselves.
+    fingerprint         uuid GENERATED ALWAYS AS (
+                            md5(prompt || chr(31) || params::text || chr(31)
+                                || num_outputs::text)::uuid
+                        ) STORED,
+    cost                bigint CHECK (cost >= 0),
+    idempotency_key     text CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+    status              text NOT NULL DEFAULT 'queued'
+                        REFERENCES orchestrator.job_statuses (status),
+    error_code          text REFERENCES orchestrator.error_codes (code),
+    error_message       text,
+    inflight_seat       integer CHECK (inflight_seat >= 1),
+    provider            text,
+    prediction_id       text,
+    deadline_at         timestamptz,
+    cancel_requested_at timestamptz,
+    partial             boolean NOT NULL DEFAULT false,
+    created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    admitted_at         timestamptz,
+    finished_at         timestamptz,
+    CONSTRAINT jobs_user_idempotency_key_key UNIQUE (user_id, idempotency_key),
+    CONSTRAINT jobs_id_num_outputs_key UNIQUE (id, num_outputs),
+    -- A seat is held exactly while the job is in flight.
+    CONSTRAINT jobs_seat_iff_in_flight CHECK (
+        (status IN ('starting', 'processing')) = (inflight_seat IS NOT NULL)),
+    -- A rejected job was never charged, so it has no cost; an admitted one has.
+    CONSTRAINT jobs_cost_iff_admitted CHECK (
+        (status IN ('queued', 'rejected')) = (cost IS NULL)),
+    CONSTRAINT jobs_terminal_has_code CHECK (
+        status NOT IN ('failed', 'timed_out', 'canceled', 'rejected')
+        OR error_code IS NOT NULL)
+);
+
+CREATE TABLE IF NOT EXISTS orchestrator.ledger (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id    text NOT NULL REFERENCES orchestrator.accounts (user_id),
+    job_id     uuid REFERENCES orchestrator.jobs (id),
+    kind       text NOT NULL CHECK (kind IN ('grant', 'debit', 'refund', 'adjust')),
+    amount     bigint NOT NULL,
+    ref        text NOT NULL UNIQUE,
+    note       text,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT ledger_amount_sign CHECK (
+        CASE kind
+            WHEN 'debit' THEN amount < 0
+            WHEN 'adjust' THEN amount <> 0
+            ELSE amount > 0
+        END),
+    CONSTRAINT ledger_job_iff_job_kind CHECK (
+        (kind IN ('debit', 'refund')) = (job_id IS NOT NULL))
+);
+
+-- The job's num_outputs travels with every output through the composite
+-- foreign key, so `idx < num_outputs` is checked against the job's own value:
+-- an output past what was paid for cannot be stored.
+CREATE TABLE IF NOT EXISTS orchestrator.outputs (
+    job_id       uuid NOT NULL,
+    idx          integer NOT NULL,
+    num_outputs  integer NOT NULL,
+    path         text,
+    size_bytes   bigint CHECK (size_bytes >= 0),
+    sha256       text,
+    content_type text,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    deleted_at   timestamptz,
+    PRIMARY KEY (job_id, idx),
+    CONSTRAINT outputs_idx_in_range CHECK (idx >= 0 AND idx < num_outputs),
+    CONSTRAINT outputs_job_fkey FOREIGN KEY (job_id, num_outputs)
+        REFERENCES orchestrator.jobs (id, num_outputs)
+);
+
+-- Webhook deliveries already processed: a repeat is a no-op.
+CREATE TABLE IF NOT EXISTS orchestrator.webhook_events (
+    provider    text NOT NULL,
+    event_id    text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (provider, event_id)
+);
+
+CREATE TABLE IF NOT EXISTS orchestrator.meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- ---------------------------------------------------------------------------
+-- Constraints and indices
+-- ---------------------------------------------------------------------------
+
+-- Protects: a job is debited at most once.
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_debit_per_job
+    ON orchestrator.ledger (job_id) WHERE kind = 'debit';
+-- Protects: a job is refunded at most once.
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_refund_per_job
+    ON orchestrator.ledger (job_id) WHERE kind = 'refund';
+CREATE INDEX IF NOT EXISTS ledger_user_idx ON orchestrator.ledger (user_id);
+
+-- Protects: at most max_inflight jobs per user in flight; admission takes a
+-- free seat number in 1..max_inflight, and two daemons cannot take the same one.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_job_per_seat
+    ON orchestrator.jobs (user_id, inflight_seat) WHERE inflight_seat IS NOT NULL;
+-- Serves the catch-up scan, recovery and the sweeper.
+CREATE INDEX IF NOT EXISTS jobs_active_idx
+    ON orchestrator.jobs (created_at, id)
+    WHERE status IN ('queued', 'starting', 'processing');
+-- Serves the duplicate check: identical jobs of one user still alive.
+CREATE INDEX IF NOT EXISTS jobs_alive_fingerprint_idx
+    ON orchestrator.jobs (user_id, fingerprint)
+    WHERE status IN ('queued', 'starting', 'processing');
+-- Serves monthly usage and listings per user.
+CREATE INDEX IF NOT EXISTS jobs_user_admitted_idx
+    ON orchestrator.jobs (user_id, admitted_at) WHERE admitted_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_user_created_idx
+    ON orchestrator.jobs (user_id, created_at);
+
+-- ---------------------------------------------------------------------------
+-- Functions
+-- ---------------------------------------------------------------------------
+
+-- Grant credits (creating the account on first grant). A repeated `ref` is a
+-- no-op, so a retried grant never pays twice. Returns the balance.
+CREATE OR REPLACE FUNCTION orchestrator.grant_credits(
+    p_user_id text, p_amount bigint, p_ref text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orchestrator
+AS $$
+DECLARE
+    v_ref text := coalesce(p_ref, 'grant:' || gen_random_uuid()::text);
+    v_balance bigint;
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        RAISE EXCEPTION 'credits to grant must be positive, got %', p_amount
+            USING ERRCODE = 'OR004';
+    END IF;
+    INSERT INTO accounts (user_id) VALUES (p_user_id) ON CONFLICT (user_id) DO NOTHING;
+    WITH entry AS (
+        INSERT INTO ledger (user_id, kind, amount, ref)
+        VALUES (p_user_id, 'grant', p_amount, v_ref)
+        ON CONFLICT (ref) DO NOTHING
+        RETURNING user_id, amount
+    )
+    UPDATE accounts a SET balance = a.balance + entry.amount, updated_at = now()
+      FROM entry WHERE a.user_id = entry.user_id
+    RETURNING a.balance INTO v_balance;
+    IF v_balance IS NULL THEN
+        SELECT balance INTO v_balance FROM accounts WHERE user_id = p_user_id;
+    END IF;
+    RETURN v_balance;
+END
+$$;
+
+-- Submit a job. The same (user, idempotency key) returns the first job's id
+-- and inserts nothing; reusing a key for a different request is an error
+-- rather than a silent answer about another job.
+CREATE OR REPLACE FUNCTION orchestrator.submit_job(
+    p_user_id text,
+    p_prompt text,
+    p_params jsonb DEFAULT '{}',
+    p_num_outputs integer DEFAULT 1,
+    p_idempotency_key text DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orchestrator
+AS $$
+DECLARE
+    v_id uuid;
+    v_same boolean;
+BEGIN
+    IF p_user_id IS NULL OR p_prompt IS NULL OR p_num_outputs IS NULL THEN
+        RAISE EXCEPTION 'user, prompt and num_outputs are required'
+            USING ERRCODE = 'OR004';
+    END IF;
+    IF length(p_idempotency_key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'an idempotency key must have 1 to 200 characters'
+            USING ERRCODE = 'OR004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = p_user_id) THEN
+        RAISE EXCEPTION 'unknown user %', p_user_id
+            USING ERRCODE = 'OR001', HINT = 'grant credits to create the account';
+    END IF;
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO jobs (user_id, prompt, params, num_outputs, idempotency_key)
+        VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key)
+        ON CONFLICT (user_id, idempotency_key) DO NOTHING
+        RETURNING id INTO v_id;
+        IF v_id IS NULL THEN
+            -- Another submission with this key won (or committed earlier).
+            SELECT id, prompt = p_prompt AND params = coalesce(p_params, '{}')
+                       AND num_outputs = p_num_outputs
+              INTO v_id, v_same
+              FROM jobs WHERE user_id = p_user_id AND idempotency_key = p_idempotency_key;
+            IF NOT v_same THEN
+                RAISE EXCEPTION 'idempotency key % was used for a different request',
+                    p_idempotency_key USING ERRCODE = 'OR003';
+            END IF;
+        END IF;
+        RETURN v_id;
+    END IF;
+    INSERT INTO jobs (user_id, prompt, params, num_outputs)
+    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+-- Ask for a job's cancellation; the daemon acts on it. Returns false when the
+-- job is already terminal (a finished job cannot be cancelled).
+CREATE OR REPLACE FUNCTION orchestrator.request_cancel(p_job_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orchestrator
+AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT status INTO v_status FROM jobs WHERE id = p_job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    END IF;
+    UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+                    updated_at = clock_timestamp()
+     WHERE id = p_job_id
+       AND status IN ('queued', 'starting', 'processing');
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('orchestrator_jobs', p_job_id::text);
+    RETURN true;
+END
+$$;
+
+-- Admit a queued job: take the lowest free seat, debit its cost if the
+-- balance covers it (the row count is checked, seed 001), write the ledger row
+-- and move the job to `starting`, all in one transaction. The outcome is
+-- 'admitted', 'no_seat', 'insufficient_credits' or 'not_queued'; a seat taken
+-- by a concurrent daemon raises unique_violation on jobs_one_job_per_seat.
+CREATE OR REPLACE FUNCTION orchestrator.admit_job_v1(
+    p_job_id uuid, p_cost bigint, p_max_inflight integer, p_deadline_s double precision
+) RETURNS TABLE (outcome text, seat integer, balance bigint, deadline_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
+AS $$
+DECLARE
+    v_user text;
+    v_status text;
+    v_seat integer;
+    v_balance bigint;
+    v_deadline timestamptz;
+BEGIN
+    IF p_cost IS NULL OR p_cost <= 0 OR p_max_inflight IS NULL OR p_deadline_s IS NULL
+       OR p_deadline_s <= 0 THEN
+        RAISE EXCEPTION 'cost, seats and deadline must be positive' USING ERRCODE = 'OR004';
+    END IF;
+    SELECT j.user_id, j.status INTO v_user, v_status
+      FROM jobs j WHERE j.id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    END IF;
+    IF v_status <> 'queued' THEN
+        RETURN QUERY SELECT 'not_queued'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
+        RETURN;
+    END IF;
+    -- Admissions of one user queue here, whichever daemon runs them, so the
+    -- seat search below sees every seat taken before it.
+    PERFORM 1 FROM accounts a WHERE a.user_id = v_user FOR UPDATE;
+    SELECT s INTO v_seat FROM generate_series(1, p_max_inflight) s
+     WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = v_user AND j.inflight_seat = s)
+     ORDER BY s LIMIT 1;
+    IF v_seat IS NULL THEN
+        RETURN QUERY SELECT 'no_seat'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
+        RETURN;
+    END IF;
+    UPDATE accounts a
+       SET balance = a.balance - p_cost, last_admitted_at = clock_timestamp(), updated_at = now()
+     WHERE a.user_id = v_user AND a.balance >= p_cost
+    RETURNING a.balance INTO v_balance;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'insufficient_credits'::text, NULL::integer, NULL::bigint,
+                            NULL::timestamptz;
+        RETURN;
+    END IF;
+    INSERT INTO ledger (user_id, job_id, kind, amount, ref)
+    VALUES (v_user, p_job_id, 'debit', -p_cost, 'debit:' || p_job_id::text);
+    UPDATE jobs j
+       SET status = 'starting', cost = p_cost, inflight_seat = v_seat,
+           admitted_at = clock_timestamp(),
+           deadline_at = clock_timestamp() + make_interval(secs => p_deadline_s),
+           updated_at = clock_timestamp()
+     WHERE j.id = p_job_id
+    RETURNING j.deadline_at INTO v_deadline;
+    RETURN QUERY SELECT 'admitted'::text, v_seat, v_balance, v_deadline;
+END
+$$;
+
+-- End an admitted job: terminal status, seat released and the refund it is
+-- owed, in one transaction. A job that did not succeed gets its whole debit
+-- back; a succeeded one gets `p_refund` back (outputs that were paid for but
+-- not delivered). Finishing a job twice is a no-op that refunds nothing.
+CREATE OR REPLACE FUNCTION orchestrator.finish_job_v1(
+    p_job_id uuid, p_status text, p_error_code text, p_message text, p_refund bigint
+) RETURNS TABLE (status text, refunded bigint, balance bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
+AS $$
+DECLARE
+    v_user text;
+    v_status text;
+    v_debited bigint;
+    v_refund bigint;
+    v_balance bigint;
+BEGIN
+    SELECT j.user_id, j.status INTO v_user, v_status
+      FROM jobs j WHERE j.id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    END IF;
+    IF v_status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected') THEN
+        RETURN QUERY SELECT v_status, 0::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF v_status = 'queued' THEN
+        RAISE EXCEPTION 'job % was never admitted; reject it instead', p_job_id
+            USING ERRCODE = 'OR007';
+    END IF;
+    IF p_status NOT IN ('succeeded', 'failed', 'timed_out', 'canceled') THEN
+        RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
+    END IF;
+    SELECT -l.amount INTO v_debited FROM ledger l
+     WHERE l.job_id = p_job_id AND l.kind = 'debit';
+    v_refund := CASE WHEN p_status = 'succeeded' THEN coalesce(p_refund, 0)
+                     ELSE coalesce(v_debited, 0) END;
+    IF v_refund > 0 THEN
+        INSERT INTO ledger (user_id, job_id, kind, amount, ref)
+        VALUES (v_user, p_job_id, 'refund', v_refund, 'refund:' || p_job_id::text)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            UPDATE accounts a SET balance = a.balance + v_refund, updated_at = now()
+             WHERE a.user_id = v_user
+            RETURNING a.balance INTO v_balance;
+        ELSE
+            v_refund := 0;
+        END IF;
+    END IF;
+    UPDATE jobs j
+       SET status = p_status, error_code = p_error_code, error_message = p_message,
+           inflight_seat = NULL, partial = (p_status = 'succeeded' AND v_refund > 0),
+           finished_at = clock_timestamp(), updated_at = clock_timestamp()
+     WHERE j.id = p_job_id;
+    RETURN QUERY SELECT p_status, v_refund, v_balance;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION orchestrator.notify_job_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('orchestrator_jobs', NEW.id::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION orchestrator.refuse_ledger_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the ledger is append-only: % refused', TG_OP
+        USING ERRCODE = 'OR005',
+              HINT = 'correct a balance with an adjust row (orchestrator adjust)';
+END
+$$;
+
+-- A refund needs a debit of the same job and user, and never exceeds it.
+CREATE OR REPLACE FUNCTION orchestrator.check_refund() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_debited bigint;
+BEGIN
+    SELECT -amount INTO v_debited FROM orchestrator.ledger
+     WHERE job_id = NEW.job_id AND kind = 'debit' AND user_id = NEW.user_id;
+    IF v_debited IS NULL THEN
+        RAISE EXCEPTION 'refund of job % which was never debited', NEW.job_id
+            USING ERRCODE = 'OR006';
+    END IF;
+    IF NEW.amount > v_debited THEN
+        RAISE EXCEPTION 'refund % exceeds debit % of job %', NEW.amount, v_debited, NEW.job_id
+            USING ERRCODE = 'OR006';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION orchestrator.refuse_job_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status <> NEW.status
+       AND (SELECT terminal FROM orchestrator.job_statuses WHERE status = OLD.status) THEN
+        RAISE EXCEPTION 'job % is % and cannot become %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'OR007';
+    END IF;
+    IF (OLD.user_id, OLD.prompt, OLD.params, OLD.num_outputs)
+       IS DISTINCT FROM (NEW.user_id, NEW.prompt, NEW.params, NEW.num_outputs) THEN
+        RAISE EXCEPTION 'the submission of job % is immutable', OLD.id
+            USING ERRCODE = 'OR007';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Triggers
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE TRIGGER jobs_notify_inserted
+    AFTER INSERT ON orchestrator.jobs
+    FOR EACH ROW EXECUTE FUNCTION orchestrator.notify_job_inserted();
+
+-- The WHEN clause is evaluated without entering PL/pgSQL, so ordinary status
+-- updates pay nothing for this guard.
+CREATE OR REPLACE TRIGGER jobs_refuse_change
+    BEFORE UPDATE ON orchestrator.jobs
+    FOR EACH ROW
+    WHEN (OLD.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected')
+          AND OLD.status IS DISTINCT FROM NEW.status
+          OR (OLD.user_id, OLD.prompt, OLD.params, OLD.num_outputs)
+             IS DISTINCT FROM (NEW.user_id, NEW.prompt, NEW.params, NEW.num_outputs))
+    EXECUTE FUNCTION orchestrator.refuse_job_change();
+
+CREATE OR REPLACE TRIGGER ledger_append_only
+    BEFORE UPDATE OR DELETE ON orchestrator.ledger
+    FOR EACH ROW EXECUTE FUNCTION orchestrator.refuse_ledger_change();
+
+CREATE OR REPLACE TRIGGER ledger_no_truncate
+    BEFORE TRUNCATE ON orchestrator.ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION orchestrator.refuse_ledger_change();
+
+CREATE OR REPLACE TRIGGER ledger_check_refund
+    BEFORE INSERT ON orchestrator.ledger
+    FOR EACH ROW WHEN (NEW.kind = 'refund')
+    EXECUTE FUNCTION orchestrator.check_refund();
+
+-- ---------------------------------------------------------------------------
+-- Privileges
+-- ---------------------------------------------------------------------------
+
+-- Submitters may submit, cancel and read jobs; they never see or touch
+-- balances or the ledger. Roles are cluster-wide, so creation is guarded.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'submitter') THEN
+        CREATE ROLE submitter NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object THEN
+    NULL;  -- another database of the cluster created it concurrently
+END
+$$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA orchestrator FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orchestrator FROM PUBLIC;
+GRANT USAGE ON SCHEMA orchestrator TO submitter;
+GRANT SELECT ON orchestrator.jobs, orchestrator.job_statuses, orchestrator.error_codes
+    TO submitter;
+GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key)
+    ON orchestrator.jobs TO submitter;
+GRANT EXECUTE ON FUNCTION
+    orchestrator.submit_job(text, text, jsonb, integer, text),
+    orchestrator.request_cancel(uuid)
+    TO submitter;

@@ -1,0 +1,52 @@
+"""The database edge: the only package that knows SQL or asyncpg.
+
+Its code lives in private modules; this module is the front door:
+`open_database` gives a `Database` whose methods each run one transaction
+across the Trio/asyncio bridge, raising the `DbError` hierarchy.
+"""
+
+from ._audit import AuditReport as AuditReport
+from ._audit import CheckResult as CheckResult
+from ._database import JOBS_CHANNEL as JOBS_CHANNEL
+from ._database import Database as Database
+from ._database import open_database as open_database
+from ._embedded import ensure_server as ensure_embedded_server
+from ._embedded import stop_server as stop_embedded_server
+from ._errors import DbError as DbError
+from ._errors import DbUnavailable as DbUnavailable
+from ._errors import IdempotencyConflict as IdempotencyConflict
+from ._errors import IntegrityViolation as IntegrityViolation
+from ._errors import InvalidRequest as InvalidRequest
+from ._errors import UnknownJob as UnknownJob
+from ._errors import UnknownUser as UnknownUser
+from ._ledger import AccountSummary as AccountSummary
+from ._ledger import Refund as Refund
+from ._listener import Listener as Listener
+from ._schema import schema_text as schema_text
+from ._transitions import Admission as Admission
+from ._transitions import AdmissionContext as AdmissionContext
+from ._transitions import Finish as Finish
+
+__all__ = [
+    "JOBS_CHANNEL",
+    "AccountSummary",
+    "Admission",
+    "AdmissionContext",
+    "AuditReport",
+    "CheckResult",
+    "Database",
+    "DbError",
+    "DbUnavailable",
+    "Finish",
+    "IdempotencyConflict",
+    "IntegrityViolation",
+    "InvalidRequest",
+    "Listener",
+    "Refund",
+    "UnknownJob",
+    "UnknownUser",
+    "ensure_embedded_server",
+    "open_database",
+    "schema_text",
+    "stop_embedded_server",
+]

@@ -1,0 +1,137 @@
+"""The one place Trio meets asyncpg.
+
+asyncpg runs on asyncio; the daemon runs on Trio. Every database operation is
+an asyncio coroutine that acquires a connection, runs its statements and
+returns a plain value, and crosses the trio-asyncio bridge exactly once:
+crossing per statement cost about 30% of debit throughput here, crossing per
+transaction about nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Concatenate, ParamSpec, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from ._errors import DbError, DbUnavailable, map_error
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Pool = asyncpg.Pool
+Operation = Callable[Concatenate[Pool, P], Awaitable[T]]
+
+_CLOSE_TIMEOUT_S = 5.0
+
+
+class Connector:
+    """Runs asyncio operations against one pool, mapping driver errors once."""
+
+    def __init__(self, pool: Pool, url: str, loop: trio_asyncio.TrioEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self.url = url
+
+    async def run(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one operation (one transaction) across the bridge.
+
+        Raises:
+            DbError: any failure of the driver or the server, mapped.
+        """
+        try:
+            return await self.call(operation(self._pool, *args, **kwargs))
+        except DbError:
+            raise
+        except Exception as exc:
+            mapped = map_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def call(self, coroutine: Awaitable[T]) -> T:
+        """Await an asyncio coroutine on our loop, from any Trio task.
+
+        The loop is named explicitly rather than found through trio-asyncio's
+        context variable, so tasks of nurseries opened elsewhere can use it.
+        """
+        return await self._loop.run_aio_coroutine(coroutine)  # type: ignore[no-any-return]
+
+    @property
+    def pool_in_use(self) -> int:
+        return self._pool.get_size() - self._pool.get_idle_size()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's per-release reset round trip.
+
+    Safe because nothing leaves session state on a pooled connection: LISTEN
+    and advisory session locks live on dedicated connections only.
+    """
+    del conn
+
+
+@asynccontextmanager
+async def open_connector(
+    url: str, *, min_size: int = 2, max_size: int = 10
+) -> AsyncIterator[Connector]:
+    """Open a trio-asyncio loop and a pool on it, for the lifetime of the block.
+
+    Raises:
+        DbUnavailable: the server cannot be reached.
+    """
+    try:
+        async with _loop_and_pool(url, min_size, max_size) as connector:
+            yield connector
+    except BaseExceptionGroup as group:
+        raise _sole_exception(group) from None
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one real error inside trio-asyncio's nurseries, or the group itself.
+
+    The loop's internal nurseries wrap whatever the block raised; callers
+    catch `DbError` or their own exceptions, not an implementation detail.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+@asynccontextmanager
+async def _loop_and_pool(url: str, min_size: int, max_size: int) -> AsyncIterator[Connector]:
+    async with trio_asyncio.open_loop() as loop:
+        try:
+            pool = await loop.run_aio_coroutine(
+                asyncpg.create_pool(
+                    url,
+                    min_size=min_size,
+                    max_size=max_size,
+                    init=_init_connection,
+                    reset=_no_reset,
+                    max_inactive_connection_lifetime=0,  # keep warm connections; 0 disables expiry
+                )
+            )
+        except Exception as exc:
+            raise (map_error(exc) or DbUnavailable(str(exc))) from exc
+        try:
+            yield Connector(pool, url, loop)
+        finally:
+            with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True) as scope:
+                await loop.run_aio_coroutine(pool.close())
+            if scope.cancelled_caught:
+                pool.terminate()

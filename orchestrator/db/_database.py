@@ -1,0 +1,176 @@
+"""The database as the rest of the orchestrator sees it: Trio methods, values out.
+
+Each method is one transaction and one bridge crossing; its SQL is a named
+query in `queries.sql`. Nothing outside this package imports asyncpg.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from orchestrator.lifecycle import Account, ErrorCode, Job, JobStatus
+
+from . import _audit, _jobs, _ledger, _schema, _transitions
+from ._connector import Connector, open_connector
+from ._listener import Listener, listen
+
+JOBS_CHANNEL = "orchestrator_jobs"
+
+
+class Database:
+    def __init__(self, connector: Connector) -> None:
+        self._connector = connector
+
+    @property
+    def url(self) -> str:
+        return self._connector.url
+
+    @property
+    def pool_in_use(self) -> int:
+        return self._connector.pool_in_use
+
+    async def migrate(self) -> None:
+        await self._connector.run(_schema.migrate)
+
+    async def schema_is_current(self) -> bool:
+        return await self._connector.run(_schema.is_current)
+
+    async def grant(
+        self, user_id: str, amount: int, *, ref: str | None = None, plan: str | None = None
+    ) -> int:
+        """Grant credits, creating the account on first grant; a repeated `ref` pays once.
+
+        Raises:
+            InvalidRequest: amount not positive, or an unknown plan.
+        """
+        return await self._connector.run(_ledger.grant, user_id, amount, ref, plan)
+
+    async def adjust(
+        self, user_id: str, amount: int, *, note: str, ref: str | None = None
+    ) -> int | None:
+        """Correct a balance by hand, as an `adjust` ledger row.
+
+        Raises:
+            UnknownUser: no such account.
+            IntegrityViolation: the adjustment would make the balance negative.
+        """
+        return await self._connector.run(_ledger.adjust, user_id, amount, note, ref)
+
+    async def debit(self, user_id: str, job_id: uuid.UUID, amount: int) -> int | None:
+        """The new balance, or None when the balance did not cover `amount`.
+
+        Raises:
+            IntegrityViolation: the job was already debited.
+        """
+        return await self._connector.run(_ledger.debit, user_id, job_id, amount)
+
+    async def refund(self, job_id: uuid.UUID, amount: int | None = None) -> _ledger.Refund | None:
+        """Refund a finished job's debit (or `amount` of it) once.
+
+        None when there is nothing to refund: never debited, already refunded,
+        or still in flight (its refund comes with its terminal status).
+
+        Raises:
+            IntegrityViolation: `amount` exceeds the debit.
+        """
+        return await self._connector.run(_ledger.refund, job_id, amount)
+
+    async def account(self, user_id: str) -> Account | None:
+        return await self._connector.run(_ledger.account, user_id)
+
+    async def account_summaries(
+        self, *, user_id: str | None = None
+    ) -> list[_ledger.AccountSummary]:
+        """Per user: balance, credits debited and refunded, jobs by status."""
+        return await self._connector.run(_ledger.summaries, user_id)
+
+    async def submit_job(
+        self,
+        user_id: str,
+        prompt: str,
+        *,
+        params: Mapping[str, object] | None = None,
+        num_outputs: int = 1,
+        idempotency_key: str | None = None,
+    ) -> uuid.UUID:
+        """Submit as submitters do, through `orchestrator.submit_job`.
+
+        Raises:
+            UnknownUser: the user has no account.
+            IdempotencyConflict: the key was used for a different request.
+        """
+        return await self._connector.run(
+            _jobs.submit, user_id, prompt, params or {}, num_outputs, idempotency_key
+        )
+
+    async def request_cancel(self, job_id: uuid.UUID) -> bool:
+        """Ask the daemon to cancel; False when the job already finished.
+
+        Raises:
+            UnknownJob: no such job.
+        """
+        return await self._connector.run(_jobs.request_cancel, job_id)
+
+    async def job(self, job_id: uuid.UUID) -> Job | None:
+        return await self._connector.run(_jobs.get, job_id)
+
+    async def jobs(self, *, user_id: str | None = None, limit: int = 50) -> list[Job]:
+        return await self._connector.run(_jobs.listing, user_id, limit)
+
+    async def admission_context(self, job_id: uuid.UUID) -> _transitions.AdmissionContext | None:
+        """The job and everything admission decides on, read together; None if no such job."""
+        return await self._connector.run(_transitions.admission_context, job_id)
+
+    async def admit(
+        self, job_id: uuid.UUID, *, cost: int, max_inflight: int, deadline_s: float
+    ) -> _transitions.Admission:
+        """Take a seat, debit `cost` and move the job to `starting`, atomically.
+
+        Raises:
+            UnknownJob: no such job.
+        """
+        return await self._connector.run(_transitions.admit, job_id, cost, max_inflight, deadline_s)
+
+    async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
+        """Refuse a queued job without charge; False when it was no longer queued."""
+        return await self._connector.run(_transitions.reject, job_id, code, message)
+
+    async def finish(
+        self,
+        job_id: uuid.UUID,
+        status: JobStatus,
+        *,
+        code: ErrorCode | None = None,
+        message: str | None = None,
+        refund: int | None = None,
+    ) -> _transitions.Finish:
+        """End an admitted job with the refund it is owed, atomically; idempotent.
+
+        Raises:
+            UnknownJob: no such job.
+            IntegrityViolation: the job was never admitted.
+        """
+        return await self._connector.run(_transitions.finish, job_id, status, code, message, refund)
+
+    async def audit(self) -> _audit.AuditReport:
+        return await self._connector.run(_audit.run)
+
+    @asynccontextmanager
+    async def listen(self, channel: str = JOBS_CHANNEL) -> AsyncIterator[Listener]:
+        async with listen(self._connector, channel) as listener:
+            yield listener
+
+
+@asynccontextmanager
+async def open_database(
+    url: str, *, min_size: int = 2, max_size: int = 10
+) -> AsyncIterator[Database]:
+    """Connect for the lifetime of the block.
+
+    Raises:
+        DbUnavailable: the server cannot be reached.
+    """
+    async with open_connector(url, min_size=min_size, max_size=max_size) as connector:
+        yield Database(connector)

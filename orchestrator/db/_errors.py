@@ -1,0 +1,87 @@
+"""Database errors, mapped once from asyncpg at the bridge.
+
+    DbError
+     ├── DbUnavailable          the server cannot be reached or went away
+     ├── UnknownUser            no account with that user id (SQLSTATE OR001)
+     ├── UnknownJob             no job with that id (OR002)
+     ├── IdempotencyConflict    a key reused for a different request (OR003)
+     ├── InvalidRequest         an argument the database refuses (OR004, 22xxx)
+     └── IntegrityViolation     a guard of the money invariants fired
+                                (OR005-OR007, 23xxx): a bug or an attack,
+                                never a normal outcome
+
+Callers catch a branch or a leaf; nothing above `orchestrator.db` sees asyncpg.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+
+
+class DbError(Exception):
+    """Something the database refused or could not do."""
+
+
+class DbUnavailable(DbError):
+    pass
+
+
+class UnknownUser(DbError):
+    pass
+
+
+class UnknownJob(DbError):
+    pass
+
+
+class IdempotencyConflict(DbError):
+    pass
+
+
+class InvalidRequest(DbError):
+    pass
+
+
+class IntegrityViolation(DbError):
+    pass
+
+
+_BY_SQLSTATE: Final[dict[str, type[DbError]]] = {
+    "OR001": UnknownUser,
+    "OR002": UnknownJob,
+    "OR003": IdempotencyConflict,
+    "OR004": InvalidRequest,
+    "OR005": IntegrityViolation,
+    "OR006": IntegrityViolation,
+    "OR007": IntegrityViolation,
+}
+
+_BY_CLASS: Final[dict[str, type[DbError]]] = {
+    "08": DbUnavailable,  # connection exception
+    "22": InvalidRequest,  # data exception: bad uuid, out of range, ...
+    "23": IntegrityViolation,  # integrity constraint violation
+    "53": DbUnavailable,  # insufficient resources
+    "57": DbUnavailable,  # operator intervention: shutdown, cancel
+}
+
+
+def map_error(exc: BaseException) -> DbError | None:
+    """The DbError for a driver exception, or None when it is not a database error."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        kind = _BY_SQLSTATE.get(sqlstate) or _BY_CLASS.get(sqlstate[:2], DbError)
+        return kind(_message(exc))
+    if isinstance(
+        exc,
+        asyncpg.InterfaceError | OSError | ConnectionError | TimeoutError,
+    ):
+        return DbUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _message(exc: asyncpg.PostgresError) -> str:
+    message = str(getattr(exc, "message", None) or exc)
+    hint = getattr(exc, "hint", None)
+    return f"{message} ({hint})" if hint else message

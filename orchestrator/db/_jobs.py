@@ -1,0 +1,41 @@
+"""Submissions and reads of jobs, on asyncio."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from orchestrator.lifecycle import Job
+
+from . import _rows
+from ._connector import Pool
+from ._queries import queries
+
+
+async def submit(
+    pool: Pool,
+    user_id: str,
+    prompt: str,
+    params: Mapping[str, object],
+    num_outputs: int,
+    idempotency_key: str | None,
+) -> uuid.UUID:
+    job_id: uuid.UUID = await pool.fetchval(
+        queries()["submit_job"], user_id, prompt, dict(params), num_outputs, idempotency_key
+    )
+    return job_id
+
+
+async def request_cancel(pool: Pool, job_id: uuid.UUID) -> bool:
+    recorded: bool = await pool.fetchval(queries()["request_cancel"], job_id)
+    return recorded
+
+
+async def get(pool: Pool, job_id: uuid.UUID) -> Job | None:
+    row = await pool.fetchrow(queries()["get_job"], job_id)
+    return None if row is None else _rows.job(row)
+
+
+async def listing(pool: Pool, user_id: str | None, limit: int) -> list[Job]:
+    rows = await pool.fetch(queries()["list_jobs"], user_id, limit)
+    return [_rows.job(row) for row in rows]

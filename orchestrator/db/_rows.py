@@ -1,0 +1,45 @@
+"""Turn records into the lifecycle's values; the only place rows are decoded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import asyncpg
+
+from orchestrator.lifecycle import Account, ErrorCode, Job, JobStatus
+
+
+def job(row: asyncpg.Record) -> Job:
+    params = row["params"]
+    well_formed = isinstance(params, Mapping)
+    return Job(
+        id=row["id"],
+        user_id=row["user_id"],
+        prompt=row["prompt"],
+        params=params if well_formed else {},
+        num_outputs=row["num_outputs"],
+        status=JobStatus(row["status"]),
+        cost=row["cost"],
+        error_code=ErrorCode(row["error_code"]) if row["error_code"] else None,
+        error_message=row["error_message"],
+        idempotency_key=row["idempotency_key"],
+        prediction_id=row["prediction_id"],
+        deadline_at=row["deadline_at"],
+        cancel_requested_at=row["cancel_requested_at"],
+        partial=row["partial"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        admitted_at=row["admitted_at"],
+        finished_at=row["finished_at"],
+        params_error=None if well_formed else f"params must be a JSON object, not {_kind(params)}",
+    )
+
+
+def _kind(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def account(row: asyncpg.Record) -> Account:
+    return Account(user_id=row["user_id"], balance=row["balance"], plan=row["plan"])

@@ -1,0 +1,102 @@
+"""The transitions that move money: admit, reject, finish. Each one transaction.
+
+The SQL functions behind them (`admit_job_v1`, `finish_job_v1` in schema.sql)
+keep the debit with the move to `starting`, and the refund with the terminal
+status, so no crash can separate a charge from the state that justifies it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+import attrs
+
+from orchestrator.lifecycle import ErrorCode, Job, JobStatus, Plan, Usage
+
+from . import _rows
+from ._connector import Pool
+from ._queries import queries
+
+AdmissionOutcome = Literal["admitted", "no_seat", "insufficient_credits", "not_queued"]
+
+
+@attrs.frozen
+class AdmissionContext:
+    job: Job
+    usage: Usage
+    now: datetime
+
+
+@attrs.frozen
+class Admission:
+    outcome: AdmissionOutcome
+    seat: int | None = None
+    balance: int | None = None
+    deadline_at: datetime | None = None
+
+
+@attrs.frozen
+class Finish:
+    status: JobStatus
+    refunded: int
+    balance: int | None
+
+
+async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext | None:
+    row = await pool.fetchrow(queries()["admission_context"], job_id)
+    if row is None:
+        return None
+    plan = None
+    if row["plan"] is not None:
+        plan = Plan(
+            name=row["plan"],
+            monthly_generations=row["monthly_generations"],
+            max_inflight=row["max_inflight"],
+            min_seconds_between=row["min_seconds_between"],
+            cost_per_output=row["cost_per_output"],
+        )
+    usage = Usage(
+        balance=row["balance"],
+        plan=plan,
+        in_flight=row["in_flight"],
+        month_generations=int(row["month_generations"]),
+        last_admitted_at=row["last_admitted_at"],
+        duplicate=row["duplicate"],
+    )
+    return AdmissionContext(job=_rows.job(row), usage=usage, now=row["now"])
+
+
+async def admit(
+    pool: Pool, job_id: uuid.UUID, cost: int, max_inflight: int, deadline_s: float
+) -> Admission:
+    try:
+        row = await pool.fetchrow(queries()["admit_job"], job_id, cost, max_inflight, deadline_s)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "jobs_one_job_per_seat":
+            return Admission("no_seat")  # another daemon took the seat first
+        raise
+    assert row is not None  # noqa: S101  (the function always returns one row)
+    return Admission(row["outcome"], row["seat"], row["balance"], row["deadline_at"])
+
+
+async def reject(pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
+    """Reject a queued job; False when it was no longer queued."""
+    return await pool.fetchval(queries()["reject_job"], job_id, code.value, message) is not None
+
+
+async def finish(
+    pool: Pool,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    code: ErrorCode | None,
+    message: str | None,
+    refund: int | None,
+) -> Finish:
+    row = await pool.fetchrow(
+        queries()["finish_job"], job_id, status.value, code.value if code else None, message, refund
+    )
+    assert row is not None  # noqa: S101
+    return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])

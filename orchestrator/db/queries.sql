@@ -1,0 +1,253 @@
+-- Every SQL statement the orchestrator runs, one named block each.
+--
+-- Format: a block starts with `-- name: <identifier>` followed by one comment
+-- line saying what the statement is for; the statement runs until the next
+-- block. `orchestrator/db/_queries.py` loads them once; no SQL lives anywhere
+-- else in the Python code.
+
+-- name: schema_version
+-- The stamp migrate leaves, to tell whether the database matches this code.
+SELECT value FROM orchestrator.meta WHERE key = 'schema_sha256';
+
+-- name: stamp_schema_version
+-- Record which schema.sql was applied last.
+INSERT INTO orchestrator.meta (key, value) VALUES ('schema_sha256', $1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: migration_lock
+-- Serialize concurrent migrations (daemons starting together) for this transaction.
+SELECT pg_advisory_xact_lock(hashtext('orchestrator.migrate'));
+
+-- name: grant_credits
+-- Grant credits through the SQL function, so submit-side tools and we share one path.
+SELECT orchestrator.grant_credits($1, $2, $3);
+
+-- name: set_plan
+-- Move an account to a plan.
+UPDATE orchestrator.accounts SET plan = $2, updated_at = now()
+ WHERE user_id = $1
+RETURNING user_id;
+
+-- name: plan_exists
+-- Whether a plan of this name exists.
+SELECT EXISTS (SELECT 1 FROM orchestrator.plans WHERE name = $1);
+
+-- name: adjust_balance
+-- A manual correction: the only way an operator changes a balance, and it is
+-- a ledger row like any other; a negative result is refused by the CHECK.
+WITH entry AS (
+    INSERT INTO orchestrator.ledger (user_id, kind, amount, ref, note)
+    SELECT user_id, 'adjust', $2, $3, $4 FROM orchestrator.accounts WHERE user_id = $1
+    ON CONFLICT (ref) DO NOTHING
+    RETURNING user_id, amount
+)
+UPDATE orchestrator.accounts a
+   SET balance = a.balance + entry.amount, updated_at = now()
+  FROM entry
+ WHERE a.user_id = entry.user_id
+RETURNING a.balance;
+
+-- name: debit_account
+-- Take the cost only if the balance covers it, with its ledger row, in one
+-- statement; no row back means refused (the caller must check).
+WITH debited AS (
+    UPDATE orchestrator.accounts
+       SET balance = balance - $3, updated_at = now()
+     WHERE user_id = $1 AND balance >= $3
+    RETURNING user_id, balance
+), entry AS (
+    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
+    SELECT user_id, $2::uuid, 'debit', -$3, 'debit:' || $2::uuid::text FROM debited
+    RETURNING id
+)
+SELECT balance FROM debited, entry;
+
+-- name: refund_job
+-- An operator's refund of a finished job's credits (all, or $2 of them),
+-- once: a second refund finds the unique index and inserts nothing. Jobs in
+-- flight are refused, since their refund belongs to finish_job_v1 and a
+-- partial one taken early would leave their failure short. Returns the amount
+-- and the new balance, or no row when there was nothing to refund.
+WITH debit AS (
+    SELECT l.user_id, -l.amount AS debited
+      FROM orchestrator.ledger l
+      JOIN orchestrator.jobs j ON j.id = l.job_id
+     WHERE l.job_id = $1::uuid AND l.kind = 'debit'
+       AND j.status IN ('succeeded', 'failed', 'timed_out', 'canceled')
+       AND NOT EXISTS (SELECT 1 FROM orchestrator.ledger r
+                        WHERE r.job_id = $1::uuid AND r.kind = 'refund')
+), entry AS (
+    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
+    SELECT user_id, $1::uuid, 'refund', coalesce($2::bigint, debited), 'refund:' || $1::uuid::text
+      FROM debit
+     WHERE coalesce($2::bigint, debited) > 0
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, amount
+)
+UPDATE orchestrator.accounts a
+   SET balance = a.balance + entry.amount, updated_at = now()
+  FROM entry
+ WHERE a.user_id = entry.user_id
+RETURNING entry.amount, a.balance;
+
+-- name: admission_context
+-- Everything admission decides on, in one read: the job, its account and plan,
+-- the user's jobs in flight, this month's generations, and whether an
+-- identical job is in flight or queued ahead of this one.
+SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.error_code,
+       j.error_message, j.idempotency_key, j.prediction_id, j.deadline_at,
+       j.cancel_requested_at, j.partial, j.created_at, j.updated_at, j.admitted_at,
+       j.finished_at,
+       a.balance, a.plan, a.last_admitted_at,
+       p.monthly_generations, p.max_inflight, p.min_seconds_between, p.cost_per_output,
+       (SELECT count(*) FROM orchestrator.jobs i
+         WHERE i.user_id = j.user_id AND i.inflight_seat IS NOT NULL) AS in_flight,
+       (SELECT coalesce(sum(m.num_outputs), 0) FROM orchestrator.jobs m
+         WHERE m.user_id = j.user_id AND m.admitted_at >= date_trunc('month', now())
+           AND m.status IN ('starting', 'processing', 'succeeded')) AS month_generations,
+       EXISTS (
+           SELECT 1 FROM orchestrator.jobs d
+            WHERE d.user_id = j.user_id AND d.fingerprint = j.fingerprint AND d.id <> j.id
+              AND d.status IN ('queued', 'starting', 'processing')
+              AND d.prompt = j.prompt AND d.params = j.params AND d.num_outputs = j.num_outputs
+              AND (d.status <> 'queued' OR (d.created_at, d.id) < (j.created_at, j.id))
+       ) AS duplicate,
+       clock_timestamp() AS now
+  FROM orchestrator.jobs j
+  LEFT JOIN orchestrator.accounts a ON a.user_id = j.user_id
+  LEFT JOIN orchestrator.plans p ON p.name = a.plan
+ WHERE j.id = $1;
+
+-- name: admit_job
+-- Seat, debit, ledger row and `starting`, in one transaction (see admit_job_v1).
+SELECT outcome, seat, balance, deadline_at FROM orchestrator.admit_job_v1($1, $2, $3, $4);
+
+-- name: reject_job
+-- A queued job refused at admission: terminal, with its code, never charged.
+UPDATE orchestrator.jobs
+   SET status = 'rejected', error_code = $2, error_message = $3,
+       finished_at = clock_timestamp(), updated_at = clock_timestamp()
+ WHERE id = $1 AND status = 'queued'
+RETURNING id;
+
+-- name: finish_job
+-- Terminal status, seat release and refund, in one transaction (see finish_job_v1).
+SELECT status, refunded, balance FROM orchestrator.finish_job_v1($1, $2, $3, $4, $5);
+
+-- name: get_account
+-- One account with its plan.
+SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
+
+-- name: submit_job
+-- Submit through the SQL function (idempotency and NOTIFY live there).
+SELECT orchestrator.submit_job($1, $2, $3, $4, $5);
+
+-- name: request_cancel
+-- Ask for cancellation; false when the job is already terminal.
+SELECT orchestrator.request_cancel($1);
+
+-- name: get_job
+-- One job by id.
+SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
+       error_message, idempotency_key, prediction_id, deadline_at,
+       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at
+  FROM orchestrator.jobs
+ WHERE id = $1;
+
+-- name: list_jobs
+-- Newest jobs first, of one user or of everyone ($1 null).
+SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
+       error_message, idempotency_key, prediction_id, deadline_at,
+       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at
+  FROM orchestrator.jobs
+ WHERE $1::text IS NULL OR user_id = $1
+ ORDER BY created_at DESC, id DESC
+ LIMIT $2;
+
+-- name: account_summaries
+-- Per user: balance, plan, credits debited and refunded, and jobs by status.
+SELECT a.user_id, a.balance, a.plan,
+       coalesce(l.debited, 0) AS debited,
+       coalesce(l.refunded, 0) AS refunded,
+       coalesce(j.by_status, '{}'::jsonb) AS jobs_by_status
+  FROM orchestrator.accounts a
+  LEFT JOIN LATERAL (
+      SELECT (-sum(amount) FILTER (WHERE kind = 'debit'))::bigint AS debited,
+             (sum(amount) FILTER (WHERE kind = 'refund'))::bigint AS refunded
+        FROM orchestrator.ledger WHERE user_id = a.user_id
+  ) l ON true
+  LEFT JOIN LATERAL (
+      SELECT jsonb_object_agg(status, n) AS by_status
+        FROM (SELECT status, count(*) AS n FROM orchestrator.jobs
+               WHERE user_id = a.user_id GROUP BY status) s
+  ) j ON true
+ WHERE $1::text IS NULL OR a.user_id = $1
+ ORDER BY a.user_id;
+
+-- name: audit_balance_matches_ledger
+-- Violations of: every balance equals the sum of its ledger rows.
+SELECT a.user_id, a.balance, coalesce(sum(l.amount), 0) AS ledger_sum
+  FROM orchestrator.accounts a
+  LEFT JOIN orchestrator.ledger l ON l.user_id = a.user_id
+ GROUP BY a.user_id, a.balance
+HAVING a.balance <> coalesce(sum(l.amount), 0);
+
+-- name: audit_no_negative_balance
+-- Violations of: no balance is negative.
+SELECT user_id, balance FROM orchestrator.accounts WHERE balance < 0;
+
+-- name: audit_one_debit_and_refund_per_job
+-- Violations of: a job has at most one debit and at most one refund.
+SELECT job_id, kind, count(*) AS n
+  FROM orchestrator.ledger
+ WHERE kind IN ('debit', 'refund')
+ GROUP BY job_id, kind
+HAVING count(*) > 1;
+
+-- name: audit_refund_within_debit
+-- Violations of: a refund has a debit of the same job and user, and is not larger.
+SELECT r.job_id, r.amount AS refunded, -d.amount AS debited
+  FROM orchestrator.ledger r
+  LEFT JOIN orchestrator.ledger d
+    ON d.job_id = r.job_id AND d.kind = 'debit' AND d.user_id = r.user_id
+ WHERE r.kind = 'refund' AND (d.id IS NULL OR r.amount > -d.amount);
+
+-- name: audit_rejected_jobs_uncharged
+-- Violations of: a rejected or still queued job has no ledger row.
+SELECT j.id AS job_id, j.status, l.kind
+  FROM orchestrator.jobs j
+  JOIN orchestrator.ledger l ON l.job_id = j.id
+ WHERE j.status IN ('queued', 'rejected');
+
+-- name: audit_admitted_jobs_debited
+-- Violations of: a job that was admitted carries exactly its cost as a debit.
+SELECT j.id AS job_id, j.status, j.cost, -d.amount AS debited
+  FROM orchestrator.jobs j
+  LEFT JOIN orchestrator.ledger d ON d.job_id = j.id AND d.kind = 'debit'
+ WHERE j.status NOT IN ('queued', 'rejected')
+   AND j.cost > 0
+   AND (d.id IS NULL OR -d.amount <> j.cost);
+
+-- name: audit_failed_jobs_refunded
+-- Violations of: a debited job that ended without success got all its credits back.
+SELECT j.id AS job_id, j.status, -d.amount AS debited, coalesce(r.amount, 0) AS refunded
+  FROM orchestrator.jobs j
+  JOIN orchestrator.ledger d ON d.job_id = j.id AND d.kind = 'debit'
+  LEFT JOIN orchestrator.ledger r ON r.job_id = j.id AND r.kind = 'refund'
+ WHERE j.status IN ('failed', 'timed_out', 'canceled')
+   AND coalesce(r.amount, 0) <> -d.amount;
+
+-- name: audit_outputs_within_num_outputs
+-- Violations of: no job holds more outputs than it asked for.
+SELECT o.job_id, count(*) AS outputs, j.num_outputs
+  FROM orchestrator.outputs o
+  JOIN orchestrator.jobs j ON j.id = o.job_id
+ GROUP BY o.job_id, j.num_outputs
+HAVING count(*) > j.num_outputs OR max(o.idx) >= j.num_outputs;
+
+-- name: audit_totals
+-- Figures for the audit report's header.
+SELECT (SELECT count(*) FROM orchestrator.accounts) AS accounts,
+       (SELECT count(*) FROM orchestrator.ledger) AS ledger_rows,
+       (SELECT count(*) FROM orchestrator.jobs) AS jobs,
+       (SELECT coalesce(sum(balance), 0)::bigint FROM orchestrator.accounts) AS balances;

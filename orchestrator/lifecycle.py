@@ -1,0 +1,243 @@
+"""The job lifecycle: states, error codes and the values they travel in.
+
+Pure by design: nothing here does I/O or reads a clock, so every rule about
+what may happen to a job is a function that tests can call directly.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final
+from uuid import UUID
+
+import attrs
+
+MAX_PROMPT_CHARS: Final = 4000
+MAX_OUTPUTS: Final = 30
+MAX_PARAMS_BYTES: Final = 8192
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the job holds a seat and a debit right now."""
+        return self in {JobStatus.STARTING, JobStatus.PROCESSING}
+
+
+_TERMINAL: Final = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.TIMED_OUT,
+        JobStatus.CANCELED,
+        JobStatus.REJECTED,
+    }
+)
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a job did not succeed; `schema.sql`'s error_codes table holds the same set."""
+
+    INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
+    DUPLICATE = "DUPLICATE"
+    TOO_MANY_INFLIGHT = "TOO_MANY_INFLIGHT"
+    RATE_LIMITED = "RATE_LIMITED"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    TIMEOUT = "TIMEOUT"
+    CANCELED = "CANCELED"
+    STUCK = "STUCK"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@attrs.frozen
+class Plan:
+    name: str
+    monthly_generations: int
+    max_inflight: int
+    min_seconds_between: float
+    cost_per_output: int
+
+
+@attrs.frozen
+class Account:
+    user_id: str
+    balance: int
+    plan: str
+
+
+@attrs.frozen
+class Job:
+    """A job as the database holds it.
+
+    The prompt is kept out of `repr` so that a job can never leak it into a
+    log line or a traceback by accident.
+    """
+
+    id: UUID
+    user_id: str
+    prompt: str = attrs.field(repr=False)
+    params: Mapping[str, object]
+    num_outputs: int
+    status: JobStatus
+    cost: int | None = None
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+    idempotency_key: str | None = attrs.field(default=None, repr=False)
+    prediction_id: str | None = None
+    deadline_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    partial: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    admitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    params_error: str | None = None
+
+
+@attrs.frozen
+class Usage:
+    """What admission needs to know about a user at the moment of deciding.
+
+    `plan` and `balance` are None when the user has no account.
+    """
+
+    balance: int | None
+    plan: Plan | None
+    in_flight: int
+    month_generations: int
+    last_admitted_at: datetime | None
+    duplicate: bool
+
+
+@attrs.frozen
+class Admit:
+    cost: int
+    max_inflight: int
+
+
+@attrs.frozen
+class Reject:
+    code: ErrorCode
+    message: str
+
+
+def validate(job: Job) -> Reject | None:
+    """Refuse submissions no provider should see; the message says what to fix."""
+    problem = _validation_problem(job)
+    return None if problem is None else Reject(ErrorCode.VALIDATION_ERROR, problem)
+
+
+def _validation_problem(job: Job) -> str | None:
+    if not job.prompt.strip():
+        return "the prompt is empty"
+    if len(job.prompt) > MAX_PROMPT_CHARS:
+        return (
+            f"the prompt has {len(job.prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed"
+        )
+    if not 1 <= job.num_outputs <= MAX_OUTPUTS:
+        return f"num_outputs must be between 1 and {MAX_OUTPUTS}, got {job.num_outputs}"
+    if job.params_error is not None:
+        return job.params_error
+    if len(repr(dict(job.params))) > MAX_PARAMS_BYTES:
+        return f"params are larger than {MAX_PARAMS_BYTES} bytes"
+    return None
+
+
+def decide_admission(job: Job, usage: Usage, now: datetime) -> Admit | Reject:
+    """Admit or refuse a queued job, checking in the documented order.
+
+    The order matters: a duplicate is reported as a duplicate even when the
+    user is also out of credits, because that is what they need to hear.
+    """
+    if (invalid := validate(job)) is not None:
+        return invalid
+    if usage.plan is None or usage.balance is None:
+        return Reject(ErrorCode.VALIDATION_ERROR, f"unknown user {job.user_id!r}")
+    for check in _ADMISSION_CHECKS:
+        if (refusal := check(job, usage, usage.plan, now)) is not None:
+            return refusal
+    return Admit(cost=cost_of(job, usage.plan), max_inflight=usage.plan.max_inflight)
+
+
+def cost_of(job: Job, plan: Plan) -> int:
+    return job.num_outputs * plan.cost_per_output
+
+
+def _cancel_requested(job: Job, _usage: Usage, _plan: Plan, _now: datetime) -> Reject | None:
+    if job.cancel_requested_at is None:
+        return None
+    return Reject(ErrorCode.CANCELED, "cancelled before it started; nothing was charged")
+
+
+def _duplicate(_job: Job, usage: Usage, _plan: Plan, _now: datetime) -> Reject | None:
+    if not usage.duplicate:
+        return None
+    return Reject(ErrorCode.DUPLICATE, "an identical job of this user is already queued or running")
+
+
+def _too_many_in_flight(_job: Job, usage: Usage, plan: Plan, _now: datetime) -> Reject | None:
+    if usage.in_flight < plan.max_inflight:
+        return None
+    return Reject(
+        ErrorCode.TOO_MANY_INFLIGHT,
+        f"{usage.in_flight} jobs in flight; the {plan.name} plan allows {plan.max_inflight}",
+    )
+
+
+def _rate_limited(_job: Job, usage: Usage, plan: Plan, now: datetime) -> Reject | None:
+    if usage.last_admitted_at is None or plan.min_seconds_between <= 0:
+        return None
+    waited = (now - usage.last_admitted_at).total_seconds()
+    if waited >= plan.min_seconds_between:
+        return None
+    return Reject(
+        ErrorCode.RATE_LIMITED,
+        f"wait {plan.min_seconds_between - waited:.1f} s more between generations",
+    )
+
+
+def _over_monthly_limit(job: Job, usage: Usage, plan: Plan, _now: datetime) -> Reject | None:
+    if usage.month_generations + job.num_outputs <= plan.monthly_generations:
+        return None
+    return Reject(
+        ErrorCode.LIMIT_EXCEEDED,
+        f"{usage.month_generations} of {plan.monthly_generations} monthly generations used; "
+        f"this job needs {job.num_outputs}",
+    )
+
+
+def _insufficient_credits(job: Job, usage: Usage, plan: Plan, _now: datetime) -> Reject | None:
+    cost = cost_of(job, plan)
+    if usage.balance is None or usage.balance >= cost:
+        return None
+    return Reject(
+        ErrorCode.INSUFFICIENT_CREDITS,
+        f"the job costs {cost} credits; the balance is {usage.balance}",
+    )
+
+
+_ADMISSION_CHECKS: Final = (
+    _cancel_requested,
+    _duplicate,
+    _too_many_in_flight,
+    _rate_limited,
+    _over_monthly_limit,
+    _insufficient_credits,
+)

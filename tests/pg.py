@@ -1,0 +1,58 @@
+"""Raw Postgres access for test set-up and for attacking the schema.
+
+The product reaches the database only through `orchestrator.db`; tests also
+need to act as a superuser or as the `submitter` role, to create databases
+and to try what the schema must refuse. This runs asyncpg on plain asyncio
+in a worker thread, so it never touches the code under test's event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from typing import Any
+
+import asyncpg
+import trio
+
+
+async def _run(
+    url: str, query: str, args: tuple[Any, ...], role: str | None
+) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        if role is not None:
+            await conn.execute(f"SET ROLE {role}")
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def _script(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def script(url: str, sql: str) -> None:
+    """Run several statements as a superuser (no parameters)."""
+    await trio.to_thread.run_sync(lambda: asyncio.run(_script(url, sql)))
+
+
+def fetch_sync(url: str, query: str, *args: Any, role: str | None = None) -> list[asyncpg.Record]:
+    return asyncio.run(_run(url, query, args, role))
+
+
+async def fetch(url: str, query: str, *args: Any, role: str | None = None) -> list[asyncpg.Record]:
+    return await trio.to_thread.run_sync(lambda: fetch_sync(url, query, *args, role=role))
+
+
+async def execute(url: str, query: str, *args: Any, role: str | None = None) -> None:
+    await fetch(url, query, *args, role=role)
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
