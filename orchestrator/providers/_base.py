@@ -1,0 +1,110 @@
+"""The provider-neutral vocabulary: what the daemon asks for and what it gets back.
+
+Adapters translate between these values and one provider's wire format, so the actors and the
+lifecycle never see a provider's JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import uuid
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+import attrs
+
+MAX_OUTPUTS: Final = 30
+RESERVED_INPUTS: Final = frozenset({"prompt", "num_outputs"})
+
+
+class PredictionStatus(enum.StrEnum):
+    """Replicate's prediction states; other providers' states are mapped onto these."""
+
+    STARTING = "starting"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the prediction will never change again, so polling can stop."""
+        return self not in {PredictionStatus.STARTING, PredictionStatus.PROCESSING}
+
+
+@attrs.frozen
+class Prediction:
+    """One provider-side prediction as last observed.
+
+    ``error`` has already been through the adapter's redaction, so it can be stored on the
+    job and shown to the user as is.
+    """
+
+    id: str
+    status: PredictionStatus
+    output: tuple[str, ...] = ()
+    error: str | None = None
+    webhook: str | None = None
+
+
+def _frozen_params(value: Mapping[str, object]) -> Mapping[str, object]:
+    return types.MappingProxyType(dict(value))
+
+
+def _no_reserved_keys(
+    _instance: object,
+    _attribute: attrs.Attribute[Mapping[str, object]],
+    value: Mapping[str, object],
+) -> None:
+    clash = RESERVED_INPUTS.intersection(value)
+    if clash:
+        raise ValueError(f"params must not set {sorted(clash)}: they come from the job itself")
+
+
+@attrs.frozen
+class PredictionRequest:
+    """What the daemon asks a provider to run for one job.
+
+    ``params`` become extra model input; they may not override ``prompt`` or ``num_outputs``,
+    which are what the user was charged for.
+    """
+
+    job_id: uuid.UUID
+    prompt: str = attrs.field(repr=False)
+    params: Mapping[str, object] = attrs.field(
+        converter=_frozen_params, validator=_no_reserved_keys
+    )
+    num_outputs: int = attrs.field(
+        validator=[attrs.validators.ge(1), attrs.validators.le(MAX_OUTPUTS)]
+    )
+    webhook_url: str | None = None
+
+
+class Provider(Protocol):
+    """What the daemon needs from an image-generation provider.
+
+    Every method raises only `ProviderError` subclasses for provider-side trouble, and never
+    retries on its own: the job task owns the deadline, so it owns the backoff too.
+    """
+
+    async def submit(self, request: PredictionRequest) -> Prediction:
+        """Start a prediction for ``request.job_id``; not idempotent, see `find_for_job`."""
+        ...
+
+    async def get(self, prediction_id: str) -> Prediction:
+        """Observe a prediction's current state."""
+        ...
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Stop paying for a prediction; a prediction that already finished is left alone."""
+        ...
+
+    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
+        """Find the prediction submitted for a job whose prediction id was never stored.
+
+        Best effort: after a crash between submit and recording the id, this is how the
+        daemon avoids paying twice. ``None`` means "not found", not "never submitted".
+        """
+        ...

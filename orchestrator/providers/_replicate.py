@@ -1,0 +1,315 @@
+"""Replicate's predictions API over an injected ``httpx.AsyncClient``.
+
+The client (timeouts, connection limits, transport) is chosen by the composition root; tests
+pass ``httpx.MockTransport`` or point ``base_url`` at the simulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+import httpx
+
+from ._base import Prediction, PredictionRequest, PredictionStatus
+from ._errors import (
+    ProviderError,
+    ProviderProtocolError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    safe_summary,
+)
+
+_PREDICTION_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_MODEL: Final = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
+_JOB_ID_PARAM: Final = "job_id"
+_HTTP_TOO_MANY_REQUESTS: Final = 429
+_HTTP_REQUEST_TIMEOUT: Final = 408
+
+
+class ReplicateProvider:
+    """`Provider` for Replicate (or anything speaking its API, like the simulator).
+
+    Submitting with a webhook URL appends ``?job_id=<uuid>`` to it; Replicate echoes the
+    webhook on every prediction, which is how `find_for_job` recognises a prediction whose
+    id the daemon never got to store.
+
+    Args:
+        client: Shared HTTP client; this class never closes it.
+        base_url: API root without ``/v1``, e.g. ``https://api.replicate.com``.
+        token: API token, sent only as a bearer header to ``base_url``.
+        model: ``owner/name`` of an official model; mutually exclusive with ``version``.
+        version: Model version id, for ``POST /v1/predictions``.
+        find_max_pages: How many listing pages `find_for_job` reads before giving up.
+
+    Raises:
+        ValueError: Neither or both of ``model`` and ``version``, or a malformed ``model``.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        token: str,
+        model: str | None = None,
+        version: str | None = None,
+        find_max_pages: int = 10,
+    ) -> None:
+        if (model is None) == (version is None):
+            raise ValueError("give exactly one of model ('owner/name') or version")
+        if model is not None and _MODEL.fullmatch(model) is None:
+            raise ValueError("model must look like 'owner/name'")
+        if find_max_pages < 1:
+            raise ValueError("find_max_pages must be at least 1")
+        self._client = client
+        self._base_url = base_url.rstrip("/")
+        self._token = token
+        self._model = model
+        self._version = version
+        self._find_max_pages = find_max_pages
+
+    def __repr__(self) -> str:
+        target = f"model={self._model!r}" if self._model else f"version={self._version!r}"
+        return f"ReplicateProvider(base_url={self._base_url!r}, {target})"
+
+    async def submit(self, request: PredictionRequest) -> Prediction:
+        """Create a prediction.
+
+        Raises:
+            ProviderError: Any failure; see the hierarchy in `ProviderError`.
+        """
+        body: dict[str, object] = {
+            "input": {"prompt": request.prompt, "num_outputs": request.num_outputs}
+            | dict(request.params)
+        }
+        if self._model is not None:
+            path = f"/v1/models/{self._model}/predictions"
+        else:
+            path = "/v1/predictions"
+            body["version"] = self._version
+        if request.webhook_url is not None:
+            body["webhook"] = _tag_webhook(request.webhook_url, request.job_id)
+            body["webhook_events_filter"] = ["completed"]
+        secrets = (request.prompt,)
+        with self._mapped_errors("submit"):
+            response = await self._client.post(self._url(path), json=body, headers=self._headers())
+            return self._prediction(response, secrets)
+
+    async def get(self, prediction_id: str) -> Prediction:
+        """Read a prediction's current state.
+
+        Raises:
+            ValueError: ``prediction_id`` is not shaped like a Replicate id.
+            ProviderError: Any failure of the call itself.
+        """
+        path = f"/v1/predictions/{_checked_id(prediction_id)}"
+        with self._mapped_errors("get"):
+            response = await self._client.get(self._url(path), headers=self._headers())
+            return self._prediction(response, ())
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Cancel a prediction; Replicate answers 200 for one that already finished, too.
+
+        Raises:
+            ValueError: ``prediction_id`` is not shaped like a Replicate id.
+            ProviderError: Any failure of the call itself.
+        """
+        path = f"/v1/predictions/{_checked_id(prediction_id)}/cancel"
+        with self._mapped_errors("cancel"):
+            response = await self._client.post(self._url(path), headers=self._headers())
+            self._prediction(response, ())
+
+    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
+        """Scan the newest listing pages for the prediction whose webhook names ``job_id``.
+
+        The listing holds every prediction of the account, including other models' with
+        outputs we cannot parse, so entries are only fully parsed once they match. With
+        several matches the newest wins.
+
+        Raises:
+            ProviderError: Any failure while listing; a later call may succeed.
+        """
+        url: str | None = self._url("/v1/predictions")
+        wanted = str(job_id)
+        with self._mapped_errors("list"):
+            for _ in range(self._find_max_pages):
+                if url is None:
+                    break
+                response = await self._client.get(url, headers=self._headers())
+                page = _expect_object(self._json(response, ()), "listing")
+                results = page["results"]
+                if not isinstance(results, list):
+                    raise ProviderProtocolError("replicate list: results is not a list")
+                for entry in results:
+                    if isinstance(entry, Mapping) and _webhook_job_id(entry) == wanted:
+                        return _parse_prediction(entry, (self._token,))
+                url = self._next_page(page.get("next"))
+        return None
+
+    def _url(self, path: str) -> str:
+        return self._base_url + path
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _next_page(self, next_url: object) -> str | None:
+        """Follow a cursor only back to our own API: the token goes wherever we follow."""
+        if next_url is None:
+            return None
+        if not isinstance(next_url, str):
+            raise ProviderProtocolError("replicate list: next is not a URL")
+        if not next_url.startswith(self._base_url + "/"):
+            raise ProviderProtocolError("replicate list: next points outside the API")
+        return next_url
+
+    def _prediction(self, response: httpx.Response, secrets: tuple[str, ...]) -> Prediction:
+        return _parse_prediction(self._json(response, secrets), (self._token, *secrets))
+
+    def _json(self, response: httpx.Response, secrets: tuple[str, ...]) -> object:
+        """Turn a non-2xx into the matching `ProviderError`, else decode the body."""
+        status = response.status_code
+        if status == _HTTP_TOO_MANY_REQUESTS:
+            raise ProviderRateLimited(
+                "replicate: HTTP 429 rate limited",
+                retry_after=_retry_after(response.headers.get("retry-after")),
+            )
+        if status >= httpx.codes.INTERNAL_SERVER_ERROR or status == _HTTP_REQUEST_TIMEOUT:
+            raise ProviderUnavailable(f"replicate: HTTP {status}", status_code=status)
+        if status >= httpx.codes.BAD_REQUEST:
+            detail = _problem_detail(response, (self._token, *secrets))
+            raise ProviderRejected(
+                f"replicate: HTTP {status}" + (f": {detail}" if detail else ""),
+                status_code=status,
+            )
+        if not httpx.codes.is_success(status):
+            raise ProviderProtocolError(f"replicate: unexpected HTTP {status}")
+        return response.json()
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, action: str) -> Iterator[None]:
+        """Turn everything below the adapter into a `ProviderError`, keeping the cause.
+
+        The messages name only the action and the exception type: httpx and json messages
+        may quote URLs or body fragments, and a body fragment may be the prompt.
+        """
+        try:
+            yield
+        except ProviderError:
+            raise
+        except httpx.TimeoutException as exc:
+            msg = f"replicate {action}: timed out ({type(exc).__name__})"
+            raise ProviderUnavailable(msg) from exc
+        except httpx.TransportError as exc:
+            msg = f"replicate {action}: transport error ({type(exc).__name__})"
+            raise ProviderUnavailable(msg) from exc
+        except httpx.HTTPError as exc:
+            msg = f"replicate {action}: bad HTTP response ({type(exc).__name__})"
+            raise ProviderProtocolError(msg) from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            msg = f"replicate {action}: body is not JSON"
+            raise ProviderProtocolError(msg) from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            msg = f"replicate {action}: unexpected body shape ({type(exc).__name__})"
+            raise ProviderProtocolError(msg) from exc
+
+
+def _checked_id(prediction_id: str) -> str:
+    if _PREDICTION_ID.fullmatch(prediction_id) is None:
+        raise ValueError("prediction_id is not a Replicate prediction id")
+    return prediction_id
+
+
+def _tag_webhook(webhook_url: str, job_id: uuid.UUID) -> str:
+    parts = urllib.parse.urlsplit(webhook_url)
+    query = [
+        (k, v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if k != _JOB_ID_PARAM
+    ]
+    query.append((_JOB_ID_PARAM, str(job_id)))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _webhook_job_id(entry: Mapping[object, object]) -> str | None:
+    webhook = entry.get("webhook")
+    if not isinstance(webhook, str):
+        return None
+    values = urllib.parse.parse_qs(urllib.parse.urlsplit(webhook).query).get(_JOB_ID_PARAM)
+    return values[-1] if values else None
+
+
+def _expect_object(body: object, what: str) -> Mapping[str, object]:
+    if not isinstance(body, dict):
+        raise ProviderProtocolError(f"replicate: {what} is not a JSON object")
+    return body
+
+
+def _parse_prediction(body: object, secrets: tuple[str, ...]) -> Prediction:
+    """Read Replicate's prediction JSON strictly: a guess here would be a wrong charge."""
+    data = _expect_object(body, "prediction")
+    prediction_id = data["id"]
+    if not isinstance(prediction_id, str) or not prediction_id:
+        raise ProviderProtocolError("replicate: prediction id is not a string")
+    raw_status = data["status"]
+    try:
+        status = PredictionStatus(str(raw_status))
+    except ValueError:
+        raise ProviderProtocolError("replicate: unknown prediction status") from None
+    webhook = data.get("webhook")
+    if webhook is not None and not isinstance(webhook, str):
+        raise ProviderProtocolError("replicate: webhook is not a string")
+    raw_error = data.get("error")
+    error = raw_error if isinstance(raw_error, str) or raw_error is None else json.dumps(raw_error)
+    return Prediction(
+        id=prediction_id,
+        status=status,
+        output=_parse_output(data.get("output")),
+        error=None if error is None else safe_summary(error, secrets=secrets),
+        webhook=webhook,
+    )
+
+
+def _parse_output(output: object) -> tuple[str, ...]:
+    match output:
+        case None:
+            return ()
+        case str():
+            return (output,)
+        case list() if all(isinstance(item, str) for item in output):
+            return tuple(str(item) for item in output)
+        case _:
+            raise ProviderProtocolError("replicate: output is not a URL or a list of URLs")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Only the delta-seconds form: an HTTP-date would tie backoff to our wall clock."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _problem_detail(response: httpx.Response, secrets: tuple[str, ...]) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    detail = body.get("detail") or body.get("title")
+    if not isinstance(detail, str):
+        return ""
+    return safe_summary(detail, secrets=secrets)

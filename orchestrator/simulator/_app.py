@@ -1,0 +1,328 @@
+"""Replicate's HTTP API as a raw ASGI app over `SimulatorState`.
+
+No framework: a handful of routes, and being raw keeps every status code, header and byte of
+each response, including the deliberately broken ones, under the simulator's control.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from typing import Final
+
+import attrs
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+)
+
+from ._state import (
+    Fault,
+    FaultKind,
+    InvalidPredictionInput,
+    SimulatedPrediction,
+    SimulatorState,
+)
+
+MAX_BODY: Final = 1 << 20
+_FILE_NAME: Final = re.compile(r"(\d{1,3})\.png")
+_WEBHOOK_EVENTS: Final = frozenset({"start", "output", "logs", "completed"})
+
+
+@attrs.frozen
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _json(status: int, payload: object, *headers: tuple[bytes, bytes]) -> _Response:
+    return _Response(status, json.dumps(payload).encode(), headers=headers)
+
+
+def _problem(status: int, detail: str) -> _Response:
+    return _json(status, {"status": status, "detail": detail})
+
+
+_NOT_FOUND: Final = _problem(404, "Not found.")
+
+
+class _BadRequestError(Exception):
+    """Answered as 422 with ``detail``, as Replicate does for invalid requests."""
+
+
+_Handler = Callable[[bytes], _Response]
+
+
+class SimulatorApp:
+    """ASGI entry point; one instance per `SimulatorState`.
+
+    Args:
+        state: Holds the predictions; shared with whoever wants to inspect it.
+        wall_clock: Unix seconds, read once to turn monotonic times into timestamps.
+    """
+
+    def __init__(self, state: SimulatorState, *, wall_clock: Callable[[], float]) -> None:
+        self._state = state
+        self._wall_offset = wall_clock() - state.now()
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        if body is None:
+            response = _problem(413, "Request body too large.")
+        else:
+            response = self._handle(scope, body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", response.content_type.encode()),
+                    (b"content-length", str(len(response.body)).encode()),
+                    *response.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+    def _handle(self, scope: HTTPScope, body: bytes) -> _Response:
+        """Answer one request whose body has been read; synchronous, so atomic under Trio."""
+        method = scope["method"]
+        parts = tuple(part for part in scope["path"].split("/") if part)
+        base = _base_url(scope)
+        handler: _Handler | None = None
+        match method, parts:
+            case "GET", ("_sim", "stats"):
+                return _json(200, self._state.stats())
+            case "GET", ("files", prediction_id, file_name):
+                return self._file(prediction_id, file_name)
+            case "POST", ("v1", "predictions"):
+                handler = partial(self._create, base=base, model=None)
+            case "POST", ("v1", "models", owner, name, "predictions"):
+                handler = partial(self._create, base=base, model=f"{owner}/{name}")
+            case "GET", ("v1", "predictions"):
+                query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+                handler = partial(self._list, query=query, base=base)
+            case "GET", ("v1", "predictions", prediction_id):
+                handler = partial(self._found, self._state.get, prediction_id, base=base)
+            case "POST", ("v1", "predictions", prediction_id, "cancel"):
+                handler = partial(self._found, self._state.cancel, prediction_id, base=base)
+        if handler is None:
+            return _NOT_FOUND
+        return self._api(scope, body, handler)
+
+    def _api(self, scope: HTTPScope, body: bytes, handler: _Handler) -> _Response:
+        """Authenticate, maybe misbehave, then run the handler."""
+        token = self._state.config.token
+        if token is not None:
+            sent = _header(scope, b"authorization") or ""
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                self._state.note_unauthorized()
+                return _problem(401, "You did not pass a valid authentication token")
+        fault = self._state.draw_fault()
+        if fault is not None and fault.kind is not FaultKind.MALFORMED:
+            return self._failed(fault)
+        try:
+            response = handler(body)
+        except _BadRequestError as exc:
+            response = _problem(422, str(exc))
+        if fault is not None:
+            return _malformed(fault, response)
+        return response
+
+    def _failed(self, fault: Fault) -> _Response:
+        if fault.kind is FaultKind.RATE_LIMITED:
+            retry_after = self._state.config.retry_after
+            return _json(
+                429,
+                {"status": 429, "detail": "Request was throttled."},
+                (b"retry-after", f"{retry_after:g}".encode()),
+            )
+        return _problem(fault.status_code, "Internal server error.")
+
+    def _create(self, raw: bytes, *, base: str, model: str | None) -> _Response:
+        request = _object(_decode(raw), "request body")
+        prediction_input = _object(request.get("input"), "input")
+        version = request.get("version")
+        if model is None and not isinstance(version, str):
+            raise _BadRequestError("version is required")
+        webhook = request.get("webhook")
+        if webhook is not None and not (
+            isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
+        ):
+            raise _BadRequestError("webhook must be an http(s) URL")
+        events = request.get("webhook_events_filter", [])
+        if not isinstance(events, list) or not all(
+            isinstance(event, str) and event in _WEBHOOK_EVENTS for event in events
+        ):
+            raise _BadRequestError(f"webhook_events_filter must be a subset of {_WEBHOOK_EVENTS}")
+        try:
+            created = self._state.create(
+                prediction_input,
+                model=model,
+                version=version if isinstance(version, str) else None,
+                webhook=webhook,
+                webhook_events_filter=tuple(str(event) for event in events),
+            )
+        except InvalidPredictionInput as exc:
+            raise _BadRequestError(str(exc)) from exc
+        return _json(201, self._render(created, base))
+
+    def _list(self, _raw: bytes, *, query: Mapping[str, list[str]], base: str) -> _Response:
+        cursor: int | None = None
+        if "cursor" in query:
+            try:
+                cursor = int(query["cursor"][-1])
+            except ValueError:
+                raise _BadRequestError("cursor is invalid") from None
+        page, next_cursor = self._state.list_page(cursor)
+        next_url = None if next_cursor is None else f"{base}/v1/predictions?cursor={next_cursor}"
+        return _json(
+            200,
+            {
+                "previous": None,
+                "next": next_url,
+                "results": [self._render(prediction, base) for prediction in page],
+            },
+        )
+
+    def _found(
+        self,
+        action: Callable[[str], SimulatedPrediction | None],
+        prediction_id: str,
+        _raw: bytes,
+        *,
+        base: str,
+    ) -> _Response:
+        """Run ``action`` only now, after auth and fault injection decided it may happen."""
+        prediction = action(prediction_id)
+        if prediction is None:
+            return _NOT_FOUND
+        return _json(200, self._render(prediction, base))
+
+    def _file(self, prediction_id: str, file_name: str) -> _Response:
+        match = _FILE_NAME.fullmatch(file_name)
+        if match is None:
+            return _NOT_FOUND
+        png = self._state.output_png(prediction_id, int(match.group(1)))
+        if png is None:
+            return _NOT_FOUND
+        return _Response(200, png, content_type="image/png")
+
+    def _render(self, prediction: SimulatedPrediction, base: str) -> dict[str, object]:
+        """Replicate's prediction JSON, with output URLs pointing back at this server."""
+        output: list[str] | None = None
+        if prediction.status == "succeeded":
+            output = [
+                f"{base}/files/{prediction.id}/{idx}.png" for idx in range(prediction.num_outputs)
+            ]
+        metrics: dict[str, float] = {}
+        if prediction.started_at is not None and prediction.completed_at is not None:
+            metrics["predict_time"] = prediction.completed_at - prediction.started_at
+        api = f"{base}/v1/predictions/{prediction.id}"
+        return {
+            "id": prediction.id,
+            "model": prediction.model or "simulator/model",
+            "version": prediction.version,
+            "input": dict(prediction.input),
+            "logs": "",
+            "output": output,
+            "data_removed": False,
+            "error": prediction.error,
+            "status": prediction.status.value,
+            "created_at": self._timestamp(prediction.created_at),
+            "started_at": self._timestamp(prediction.started_at),
+            "completed_at": self._timestamp(prediction.completed_at),
+            "urls": {"get": api, "cancel": f"{api}/cancel"},
+            "webhook": prediction.webhook,
+            "webhook_events_filter": list(prediction.webhook_events_filter),
+            "metrics": metrics,
+        }
+
+    def _timestamp(self, monotonic: float | None) -> str | None:
+        if monotonic is None:
+            return None
+        moment = datetime.fromtimestamp(monotonic + self._wall_offset, UTC)
+        return moment.isoformat().replace("+00:00", "Z")
+
+
+def _malformed(fault: Fault, real: _Response) -> _Response:
+    """A 200 whose body is not a prediction, after the real work was done."""
+    match fault.variant:
+        case 0:
+            return _Response(200, b"<html><body>upstream hiccup</body></html>", "text/html")
+        case 1:
+            return _Response(200, real.body[: max(1, len(real.body) // 2)])
+        case 2:
+            return _json(200, ["unexpected", "shape"])
+        case _:
+            return _json(200, {"id": "malformed", "status": "exploded", "output": None})
+
+
+def _decode(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _BadRequestError("request body is not valid JSON") from None
+
+
+def _object(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _BadRequestError(f"{what} must be a JSON object")
+    return value
+
+
+def _header(scope: HTTPScope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _base_url(scope: HTTPScope) -> str:
+    host = _header(scope, b"host")
+    if host is None:
+        server = scope["server"] or ("127.0.0.1", None)
+        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
+    return f"{scope['scheme']}://{host}"
+
+
+async def _read_body(receive: ASGIReceiveCallable) -> bytes | None:
+    """The whole request body, or ``None`` once it exceeds `MAX_BODY`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await receive()
+        if event["type"] != "http.request":
+            return b"".join(chunks)
+        size += len(event["body"])
+        if size > MAX_BODY:
+            return None
+        chunks.append(event["body"])
+        if not event.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

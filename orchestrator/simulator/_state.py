@@ -1,0 +1,327 @@
+"""The simulated provider's memory: predictions and counters, with no I/O and no own clock.
+
+A prediction's whole future is drawn when it is created (when it starts, when and how it
+ends), and its status is computed from the injected monotonic clock whenever it is read. So
+nothing runs in the background, and tests drive time with a fake clock instead of sleeping.
+Webhook delivery can be added on top: each record keeps its webhook, its event filter and the
+exact moments it starts and finishes, which is everything a sender task needs to schedule
+(or deliberately duplicate and reorder) deliveries.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import string
+import types
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import attrs
+
+from orchestrator.providers import PredictionStatus
+
+from ._config import SimulatorConfig
+from ._images import render_output
+
+MAX_OUTPUTS: Final = 30
+_ID_ALPHABET: Final = string.ascii_lowercase + "234567"
+_ID_LENGTH: Final = 26
+_STARTING_SHARE: Final = 0.25
+_SLOW_FACTOR: Final = 10.0
+_MALFORMED_VARIANTS: Final = 4
+SIMULATED_ERROR: Final = (
+    "simulated failure: CUDA out of memory while loading "
+    "https://sim-user:sim-secret@weights.invalid/model.safetensors?sig=sim-signature"
+)
+
+
+class Directive(enum.StrEnum):
+    """Per-prediction overrides of the random draw, sent as ``input["simulate"]``."""
+
+    HANG = "hang"
+    FAIL = "fail"
+    SUCCEED = "succeed"
+    SLOW = "slow"
+
+
+class FaultKind(enum.StrEnum):
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    MALFORMED = "malformed"
+
+
+@attrs.frozen
+class Fault:
+    """A misbehaviour drawn for one API request; ``variant`` picks which malformed body."""
+
+    kind: FaultKind
+    status_code: int
+    variant: int = 0
+
+
+class InvalidPredictionInput(ValueError):
+    """The create request is one Replicate would answer with 422."""
+
+
+class _Outcome(enum.Enum):
+    SUCCEED = enum.auto()
+    FAIL = enum.auto()
+    HANG = enum.auto()
+
+
+@attrs.define
+class _Record:
+    id: str
+    seq: int
+    model: str | None
+    version: str | None
+    input: Mapping[str, object]
+    num_outputs: int
+    webhook: str | None
+    webhook_events_filter: tuple[str, ...]
+    created_at: float
+    started_at: float
+    finish_at: float | None
+    outcome: _Outcome
+    canceled_at: float | None = None
+
+    def status(self, now: float) -> PredictionStatus:
+        if self.canceled_at is not None:
+            return PredictionStatus.CANCELED
+        if self.finish_at is not None and now >= self.finish_at:
+            if self.outcome is _Outcome.FAIL:
+                return PredictionStatus.FAILED
+            return PredictionStatus.SUCCEEDED
+        if now >= self.started_at:
+            return PredictionStatus.PROCESSING
+        return PredictionStatus.STARTING
+
+
+@attrs.frozen
+class SimulatedPrediction:
+    """A prediction as the simulator would report it at one moment (monotonic seconds)."""
+
+    id: str
+    seq: int
+    model: str | None
+    version: str | None
+    input: Mapping[str, object]
+    num_outputs: int
+    status: PredictionStatus
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    error: str | None
+    webhook: str | None
+    webhook_events_filter: tuple[str, ...]
+
+
+def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
+    status = record.status(now)
+    completed_at: float | None = None
+    if status is PredictionStatus.CANCELED:
+        completed_at = record.canceled_at
+    elif status.terminal:
+        completed_at = record.finish_at
+    started = now >= record.started_at and (
+        record.canceled_at is None or record.canceled_at >= record.started_at
+    )
+    return SimulatedPrediction(
+        id=record.id,
+        seq=record.seq,
+        model=record.model,
+        version=record.version,
+        input=record.input,
+        num_outputs=record.num_outputs,
+        status=status,
+        created_at=record.created_at,
+        started_at=record.started_at if started else None,
+        completed_at=completed_at,
+        error=SIMULATED_ERROR if status is PredictionStatus.FAILED else None,
+        webhook=record.webhook,
+        webhook_events_filter=record.webhook_events_filter,
+    )
+
+
+def _num_outputs(value: object) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidPredictionInput("input.num_outputs must be an integer")
+    if not 1 <= value <= MAX_OUTPUTS:
+        raise InvalidPredictionInput(f"input.num_outputs must be between 1 and {MAX_OUTPUTS}")
+    return value
+
+
+def _directive(value: object) -> Directive | None:
+    if value is None:
+        return None
+    try:
+        return Directive(str(value))
+    except ValueError:
+        allowed = ", ".join(d.value for d in Directive)
+        raise InvalidPredictionInput(f"input.simulate must be one of: {allowed}") from None
+
+
+class SimulatorState:
+    """Every prediction the simulator knows, and the counters `/_sim/stats` reports.
+
+    Methods never await, so under Trio each one is atomic with respect to the others.
+
+    Args:
+        config: The misbehaviour to simulate; its seed fixes every random draw.
+        clock: Monotonic seconds, e.g. ``trio.current_time``; a fake one in tests.
+    """
+
+    def __init__(self, config: SimulatorConfig, *, clock: Callable[[], float]) -> None:
+        self.config: Final = config
+        self._clock = clock
+        self._rng = random.Random(config.seed)  # noqa: S311 -- a simulator, not cryptography
+        self._records: dict[str, _Record] = {}
+        self._order: list[_Record] = []
+        self._counters: dict[str, int] = dict.fromkeys(
+            (
+                "created",
+                "gets",
+                "cancels",
+                "canceled",
+                "lists",
+                "files",
+                "unauthorized",
+                *(kind.value for kind in FaultKind),
+            ),
+            0,
+        )
+
+    def now(self) -> float:
+        return self._clock()
+
+    def draw_fault(self) -> Fault | None:
+        """Decide whether this API request misbehaves, counting it if so."""
+        config = self.config
+        fault: Fault | None = None
+        if self._rng.random() < config.rate_limit_rate:
+            fault = Fault(FaultKind.RATE_LIMITED, 429)
+        elif self._rng.random() < config.server_error_rate:
+            fault = Fault(FaultKind.SERVER_ERROR, self._rng.choice((500, 503)))
+        elif self._rng.random() < config.malformed_rate:
+            fault = Fault(FaultKind.MALFORMED, 200, self._rng.randrange(_MALFORMED_VARIANTS))
+        if fault is not None:
+            self._counters[fault.kind.value] += 1
+        return fault
+
+    def note_unauthorized(self) -> None:
+        self._counters["unauthorized"] += 1
+
+    def create(
+        self,
+        prediction_input: Mapping[str, object],
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: tuple[str, ...] = (),
+    ) -> SimulatedPrediction:
+        """Create a prediction and draw its future.
+
+        The draws happen in the same order whatever the directive, so one request's
+        directive never shifts the random stream seen by the next one.
+
+        Raises:
+            InvalidPredictionInput: Missing prompt, bad ``num_outputs`` or ``simulate``.
+        """
+        if not isinstance(prediction_input.get("prompt"), str):
+            raise InvalidPredictionInput("input.prompt is required and must be a string")
+        num_outputs = _num_outputs(prediction_input.get("num_outputs"))
+        directive = _directive(prediction_input.get("simulate"))
+        low, high = self.config.latency
+        duration = self._rng.uniform(low, high)
+        fails = self._rng.random() < self.config.failure_rate
+        hangs = self._rng.random() < self.config.hang_rate
+        prediction_id = self._new_id()
+        match directive:
+            case Directive.HANG:
+                outcome = _Outcome.HANG
+            case Directive.FAIL:
+                outcome = _Outcome.FAIL
+            case Directive.SUCCEED:
+                outcome = _Outcome.SUCCEED
+            case Directive.SLOW:
+                outcome = _Outcome.SUCCEED
+                duration *= _SLOW_FACTOR
+            case None:
+                outcome = _Outcome.HANG if hangs else _Outcome.FAIL if fails else _Outcome.SUCCEED
+        now = self._clock()
+        record = _Record(
+            id=prediction_id,
+            seq=len(self._order),
+            model=model,
+            version=version,
+            input=types.MappingProxyType(dict(prediction_input)),
+            num_outputs=num_outputs,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+            created_at=now,
+            started_at=now + duration * _STARTING_SHARE,
+            finish_at=None if outcome is _Outcome.HANG else now + duration,
+            outcome=outcome,
+        )
+        self._records[prediction_id] = record
+        self._order.append(record)
+        self._counters["created"] += 1
+        return _snapshot(record, now)
+
+    def get(self, prediction_id: str) -> SimulatedPrediction | None:
+        self._counters["gets"] += 1
+        record = self._records.get(prediction_id)
+        return None if record is None else _snapshot(record, self._clock())
+
+    def cancel(self, prediction_id: str) -> SimulatedPrediction | None:
+        """Cancel unless already finished; a finished prediction comes back unchanged."""
+        self._counters["cancels"] += 1
+        record = self._records.get(prediction_id)
+        if record is None:
+            return None
+        now = self._clock()
+        if not record.status(now).terminal:
+            record.canceled_at = now
+            self._counters["canceled"] += 1
+        return _snapshot(record, now)
+
+    def list_page(self, cursor: int | None = None) -> tuple[list[SimulatedPrediction], int | None]:
+        """One page, newest first, and the cursor of the next page (``None`` at the end).
+
+        The cursor is the sequence number of the last prediction returned, so predictions
+        created while a client pages through never shift what it sees.
+        """
+        self._counters["lists"] += 1
+        end = len(self._order) if cursor is None else max(0, min(cursor, len(self._order)))
+        start = max(0, end - self.config.page_size)
+        now = self._clock()
+        page = [_snapshot(record, now) for record in reversed(self._order[start:end])]
+        return page, (start if start > 0 else None)
+
+    def output_png(self, prediction_id: str, idx: int) -> bytes | None:
+        """The bytes of one output, or ``None`` unless the prediction succeeded with it."""
+        self._counters["files"] += 1
+        record = self._records.get(prediction_id)
+        if record is None or not 0 <= idx < record.num_outputs:
+            return None
+        if record.status(self._clock()) is not PredictionStatus.SUCCEEDED:
+            return None
+        return render_output(prediction_id, idx)
+
+    def stats(self) -> dict[str, object]:
+        """Counters so far, plus how many predictions are in each status right now."""
+        now = self._clock()
+        statuses = dict.fromkeys((s.value for s in PredictionStatus), 0)
+        for record in self._order:
+            statuses[record.status(now).value] += 1
+        return {**self._counters, "predictions": len(self._order), "statuses": statuses}
+
+    def _new_id(self) -> str:
+        while True:
+            candidate = "".join(self._rng.choices(_ID_ALPHABET, k=_ID_LENGTH))
+            if candidate not in self._records:
+                return candidate
