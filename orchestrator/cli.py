@@ -1,0 +1,291 @@
+"""The `orchestrator` command: the composition root for every subcommand.
+
+Each subcommand builds `Settings` once, resolves the database (DATABASE_URL
+or the shared embedded server) and runs one Trio program. Expected failures
+(bad input, unknown ids, an unreachable database) print one line on stderr
+and exit 2; `audit` exits 1 when it finds a violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Final, NoReturn
+
+import trio
+
+from orchestrator import views
+from orchestrator.db import (
+    Database,
+    DbError,
+    ensure_embedded_server,
+    open_database,
+    stop_embedded_server,
+)
+from orchestrator.settings import Settings, SettingsError, environment_variables, from_env
+
+EXIT_OK: Final = 0
+EXIT_AUDIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class CliError(Exception):
+    """An expected failure, reported as one line without a traceback."""
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL when given, else the embedded server (started on first use)."""
+    if settings.database_url:
+        return settings.database_url
+    return ensure_embedded_server(settings.home)
+
+
+def _job_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a UUID)") from None
+
+
+def _credits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"credits must be positive, got {value}")
+    return value
+
+
+def _nonzero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("an adjustment must not be zero")
+    return value
+
+
+def _outputs(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of outputs") from None
+
+
+def _params(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--params is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--params must be a JSON object")
+    return value
+
+
+async def _with_database(
+    settings: Settings, body: Callable[[Database], Awaitable[int]], *, migrate: bool = False
+) -> int:
+    async with open_database(database_url(settings), min_size=1, max_size=2) as db:
+        if migrate:
+            await db.migrate()
+        elif not await db.schema_is_current():
+            raise CliError("the database schema is missing or stale: run `orchestrator migrate`")
+        return await body(db)
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    async def body(_db: Database) -> int:
+        views.say("schema applied; the database is current")
+        return EXIT_OK
+
+    return trio.run(lambda: _with_database(settings, body, migrate=True))
+
+
+def cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        balance = await db.grant(args.user, args.credits, ref=args.ref, plan=args.plan)
+        views.say(f"{args.user}: balance {balance}")
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_adjust(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        balance = await db.adjust(args.user, args.amount, note=args.note, ref=args.ref)
+        if balance is None:
+            views.say(f"adjustment {args.ref} was already applied; nothing changed")
+        else:
+            views.say(f"{args.user}: balance {balance}")
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        job_id = await db.submit_job(
+            args.user,
+            args.prompt,
+            params=args.params,
+            num_outputs=args.outputs,
+            idempotency_key=args.idempotency_key,
+        )
+        print(job_id)  # noqa: T201  (the id is the command's output, for scripts)
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        if await db.request_cancel(args.job_id):
+            views.say(f"cancellation of {args.job_id} requested")
+            return EXIT_OK
+        raise CliError(f"job {args.job_id} has already finished and cannot be cancelled")
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        jobs = await db.jobs(user_id=args.user, limit=args.limit)
+        views.jobs(jobs, as_json=args.json)
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        job = await db.job(args.job_id)
+        if job is None:
+            raise CliError(f"unknown job {args.job_id}")
+        views.job(job, as_json=args.json)
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        views.accounts(await db.account_summaries(user_id=args.user), as_json=args.json)
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        report = await db.audit()
+        views.audit(report, as_json=args.json)
+        return EXIT_OK if report.ok else EXIT_AUDIT_FAILED
+
+    return trio.run(_with_database, settings, body)
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "url":
+        print(database_url(settings))  # noqa: T201
+        return EXIT_OK
+    if settings.database_url:
+        raise CliError("DATABASE_URL is set: that server is not ours to stop")
+    stopped = stop_embedded_server(settings.home)
+    views.say("embedded Postgres stopped" if stopped else "no embedded Postgres was running")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Run paid image-generation jobs without losing, double-charging "
+        "or over-delivering anything.",
+        epilog="environment: " + ", ".join(environment_variables()),
+    )
+    parser.add_argument("--database-url", help="Postgres URL (default: DATABASE_URL or embedded)")
+    parser.add_argument("--home", help="where the embedded Postgres keeps its data")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("migrate", help="apply schema.sql (idempotent)").set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("grant", help="grant credits, creating the account if needed")
+    p.add_argument("user")
+    p.add_argument("credits", type=_credits)
+    p.add_argument("--plan", help="move the account to this plan")
+    p.add_argument("--ref", help="idempotency reference: a repeated grant pays once")
+    p.set_defaults(func=cmd_grant)
+
+    p = sub.add_parser("adjust", help="correct a balance by hand, as an `adjust` ledger row")
+    p.add_argument("user")
+    p.add_argument("amount", type=_nonzero, help="credits to add (negative to remove)")
+    p.add_argument("--note", required=True, help="why, for the audit trail")
+    p.add_argument("--ref", help="idempotency reference")
+    p.set_defaults(func=cmd_adjust)
+
+    p = sub.add_parser("submit", help="submit a job; prints its id")
+    p.add_argument("user")
+    p.add_argument("prompt")
+    p.add_argument("--outputs", type=_outputs, default=1, help="images to generate (1-30)")
+    p.add_argument("--params", type=_params, default=None, help="model input as a JSON object")
+    p.add_argument("--idempotency-key", help="a repeat with the same key returns the same job")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("job_id", type=_job_id)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--user")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("status", help="show one job")
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("accounts", help="balances, credits debited and refunded, jobs by status")
+    p.add_argument("--user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts)
+
+    p = sub.add_parser("audit", help="check every ledger invariant; exit 1 on a violation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("db", help="the embedded Postgres: show its URL or stop it")
+    p.add_argument("action", choices=("url", "stop"))
+    p.set_defaults(func=cmd_db)
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    views.error(message)
+    raise SystemExit(EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        home = Path(args.home) if args.home else None
+        settings = from_env(os.environ, database_url=args.database_url, home=home)
+        code: int = args.func(settings, args)
+    except (CliError, SettingsError) as exc:
+        _fail(str(exc))
+    except DbError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""One frozen settings value, read once at the composition root.
+
+Nothing else in the orchestrator reads the environment: the CLI builds a
+`Settings` from environment variables and flags and passes it down, so every
+component's configuration is visible in one place and in its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+DEFAULT_HOME: Final = Path("~/.local/share/orchestrator")
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise SettingsError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:  # noqa: PLR2004
+        raise SettingsError(f"{attribute.name} must be a TCP port (0-65535), got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything the daemon and the CLI can be told; the README's table mirrors it."""
+
+    database_url: str | None = attrs.field(default=None, repr=False)
+    home: Path = DEFAULT_HOME
+    provider: str = attrs.field(default="replicate", validator=attrs.validators.in_(("replicate",)))
+    replicate_api_base: str = "https://api.replicate.com"
+    replicate_api_token: str | None = attrs.field(default=None, repr=False)
+    replicate_model: str = "black-forest-labs/flux-schnell"
+    job_deadline_s: float = attrs.field(default=120.0, validator=_positive)
+    poll_initial_s: float = attrs.field(default=0.5, validator=_positive)
+    poll_max_s: float = attrs.field(default=5.0, validator=_positive)
+    poll_multiplier: float = attrs.field(default=1.6, validator=_positive)
+    cancel_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    actor_idle_s: float = attrs.field(default=60.0, validator=_positive)
+    mailbox_size: int = attrs.field(default=256, validator=_positive)
+    scan_interval_s: float = attrs.field(default=5.0, validator=_positive)
+    stuck_after_s: float = attrs.field(default=1800.0, validator=_positive)
+    grace_s: float = attrs.field(default=30.0, validator=_positive)
+    http_host: str = "127.0.0.1"
+    http_port: int = attrs.field(default=8080, validator=_port)
+    db_pool_size: int = attrs.field(default=10, validator=_positive)
+    log_level: str = attrs.field(
+        default="info",
+        converter=_lower,
+        validator=attrs.validators.in_(("debug", "info", "warning", "error")),
+    )
+    log_format: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "json", "console"))
+    )
+
+
+# environment variable -> (field, parser)
+_ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
+    "DATABASE_URL": ("database_url", str),
+    "ORCHESTRATOR_HOME": ("home", Path),
+    "ORCHESTRATOR_PROVIDER": ("provider", str),
+    "REPLICATE_API_BASE": ("replicate_api_base", str),
+    "REPLICATE_API_TOKEN": ("replicate_api_token", str),
+    "ORCHESTRATOR_MODEL": ("replicate_model", str),
+    "ORCHESTRATOR_JOB_DEADLINE": ("job_deadline_s", float),
+    "ORCHESTRATOR_POLL_INITIAL": ("poll_initial_s", float),
+    "ORCHESTRATOR_POLL_MAX": ("poll_max_s", float),
+    "ORCHESTRATOR_CANCEL_TIMEOUT": ("cancel_timeout_s", float),
+    "ORCHESTRATOR_ACTOR_IDLE": ("actor_idle_s", float),
+    "ORCHESTRATOR_MAILBOX_SIZE": ("mailbox_size", int),
+    "ORCHESTRATOR_SCAN_INTERVAL": ("scan_interval_s", float),
+    "ORCHESTRATOR_STUCK_AFTER": ("stuck_after_s", float),
+    "ORCHESTRATOR_GRACE": ("grace_s", float),
+    "ORCHESTRATOR_HTTP_HOST": ("http_host", str),
+    "ORCHESTRATOR_HTTP_PORT": ("http_port", int),
+    "ORCHESTRATOR_DB_POOL_SIZE": ("db_pool_size", int),
+    "ORCHESTRATOR_LOG_LEVEL": ("log_level", str),
+    "ORCHESTRATOR_LOG_FORMAT": ("log_format", str),
+}
+
+
+def environment_variables() -> Mapping[str, str]:
+    """Each variable and the field it sets, for the README and `--help`."""
+    return {name: field for name, (field, _) in _ENV.items()}
+
+
+def from_env(env: Mapping[str, str], **overrides: object) -> Settings:
+    """Build settings from the environment, then flags (`overrides`, None = not given).
+
+    Raises:
+        SettingsError: a value does not parse or is out of range; names the variable.
+    """
+    values: dict[str, object] = {}
+    for name, (field, parse) in _ENV.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r} is not a valid {parse.__name__}") from exc
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(str(exc)) from exc

@@ -1,0 +1,174 @@
+"""How the CLI shows things: rich tables on a terminal, JSON lines for scripts.
+
+The prompt is shown only by `status` of one job, which its owner asked for;
+listings never print it whole.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.db import AccountSummary, AuditReport
+from orchestrator.lifecycle import Job, JobStatus
+
+_PROMPT_PREVIEW: Final = 40
+_STATUS_STYLE: Final = {
+    JobStatus.QUEUED: "cyan",
+    JobStatus.STARTING: "blue",
+    JobStatus.PROCESSING: "blue",
+    JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.TIMED_OUT: "red",
+    JobStatus.CANCELED: "yellow",
+    JobStatus.REJECTED: "magenta",
+}
+
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    _out.print(message)
+
+
+def error(message: str) -> None:
+    _err.print(f"[bold red]error:[/] {message}")
+
+
+def job_record(job: Job, *, with_prompt: bool) -> dict[str, object]:
+    record: dict[str, object] = {
+        "id": str(job.id),
+        "user_id": job.user_id,
+        "status": job.status.value,
+        "num_outputs": job.num_outputs,
+        "cost": job.cost,
+        "error_code": job.error_code.value if job.error_code else None,
+        "error_message": job.error_message,
+        "partial": job.partial,
+        "prediction_id": job.prediction_id,
+        "created_at": _iso(job.created_at),
+        "admitted_at": _iso(job.admitted_at),
+        "deadline_at": _iso(job.deadline_at),
+        "finished_at": _iso(job.finished_at),
+    }
+    if with_prompt:
+        record["prompt"] = job.prompt
+        record["params"] = dict(job.params)
+    return record
+
+
+def jobs(items: Sequence[Job], *, as_json: bool) -> None:
+    if as_json:
+        for item in items:
+            sys.stdout.write(json.dumps(job_record(item, with_prompt=False)) + "\n")
+        return
+    table = Table(title=f"{len(items)} jobs, newest first", title_justify="left")
+    for column in ("id", "user", "status", "outputs", "cost", "error", "created"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            str(item.id),
+            item.user_id,
+            _status(item.status),
+            str(item.num_outputs),
+            "" if item.cost is None else str(item.cost),
+            item.error_code.value if item.error_code else "",
+            _iso(item.created_at) or "",
+        )
+    _out.print(table)
+
+
+def job(item: Job, *, as_json: bool) -> None:
+    record = job_record(item, with_prompt=True)
+    if as_json:
+        sys.stdout.write(json.dumps(record) + "\n")
+        return
+    table = Table(show_header=False, title=f"job {item.id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in record.items():
+        if key == "status":
+            table.add_row(key, _status(item.status))
+        elif value is not None:
+            shown = str(value)
+            if key == "prompt" and len(shown) > _PROMPT_PREVIEW * 4:
+                shown = shown[: _PROMPT_PREVIEW * 4] + "…"
+            table.add_row(key, shown)
+    _out.print(table)
+
+
+def accounts(items: Sequence[AccountSummary], *, as_json: bool) -> None:
+    if as_json:
+        for item in items:
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "user_id": item.user_id,
+                        "balance": item.balance,
+                        "plan": item.plan,
+                        "debited": item.debited,
+                        "refunded": item.refunded,
+                        "jobs_by_status": dict(item.jobs_by_status),
+                    }
+                )
+                + "\n"
+            )
+        return
+    table = Table(title="accounts", title_justify="left")
+    for column in ("user", "plan", "balance", "debited", "refunded", "jobs by status"):
+        table.add_column(column)
+    for item in items:
+        by_status = ", ".join(f"{k} {v}" for k, v in sorted(item.jobs_by_status.items()))
+        table.add_row(
+            item.user_id,
+            item.plan,
+            str(item.balance),
+            str(item.debited),
+            str(item.refunded),
+            by_status,
+        )
+    _out.print(table)
+
+
+def audit(report: AuditReport, *, as_json: bool) -> None:
+    if as_json:
+        payload = {
+            "ok": report.ok,
+            "totals": dict(report.totals),
+            "checks": [
+                {
+                    "name": c.name,
+                    "description": c.description,
+                    "violations": c.violations,
+                    "samples": [{k: str(v) for k, v in s.items()} for s in c.samples],
+                }
+                for c in report.checks
+            ],
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    totals = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.totals.items())
+    _out.print(f"audit over {totals}")
+    for check in report.checks:
+        mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
+        suffix = "" if check.ok else f" — {check.violations} violation(s)"
+        _out.print(f"  {mark} {check.description}{suffix}")
+        for sample in check.samples:
+            _out.print("        " + ", ".join(f"{k}={v}" for k, v in sample.items()))
+    verdict = "[green]audit clean[/]" if report.ok else "[bold red]audit FAILED[/]"
+    _out.print(verdict)
+
+
+def _status(status: JobStatus) -> str:
+    return f"[{_STATUS_STYLE[status]}]{status.value}[/]"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")

@@ -1,0 +1,135 @@
+"""The `orchestrator` command as users run it: a subprocess against a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from . import pg
+
+
+def run(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": db_url, "NO_COLOR": "1", "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 2  # argparse prints its usage line above the error
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_grant_submit_status_jobs_and_audit_work_end_to_end(db_url: str):
+    """The ledger commands do what they say, and the audit reports clean."""
+    assert "balance 5" in run(db_url, "grant", "alice", "5").stdout
+    assert "balance 8" in run(db_url, "grant", "alice", "3", "--plan", "pro").stdout
+    job_id = uuid.UUID(
+        run(db_url, "submit", "alice", "a lighthouse", "--outputs", "2").stdout.strip()
+    )
+    again = run(db_url, "submit", "alice", "a lighthouse", "--idempotency-key", "k1").stdout.strip()
+    assert (
+        run(db_url, "submit", "alice", "a lighthouse", "--idempotency-key", "k1").stdout.strip()
+        == again
+    )
+    status = json.loads(run(db_url, "status", str(job_id), "--json").stdout)
+    assert status["status"] == "queued"
+    assert status["num_outputs"] == 2
+    listed = [
+        json.loads(line)
+        for line in run(db_url, "jobs", "--user", "alice", "--json").stdout.splitlines()
+    ]
+    assert {row["id"] for row in listed} == {str(job_id), again}
+    assert all("prompt" not in row for row in listed)
+    accounts = json.loads(run(db_url, "accounts", "--user", "alice", "--json").stdout)
+    assert accounts["balance"] == 8
+    assert accounts["plan"] == "pro"
+    audit = run(db_url, "audit")
+    assert "audit clean" in audit.stdout
+    assert json.loads(run(db_url, "audit", "--json").stdout)["ok"] is True
+
+
+def test_cancel_reports_whether_it_took(db_url: str):
+    """A queued job's cancel is recorded; an unknown job is a one-line error."""
+    run(db_url, "grant", "bob", "1")
+    job_id = run(db_url, "submit", "bob", "x").stdout.strip()
+    assert "requested" in run(db_url, "cancel", job_id).stdout
+    assert_one_line_error(run(db_url, "cancel", str(uuid.uuid4()), check=False), "unknown job")
+
+
+def test_an_adjustment_moves_the_balance_through_the_ledger(db_url: str):
+    """`adjust` is the operator's manual correction, never a raw UPDATE."""
+    run(db_url, "grant", "carol", "5")
+    assert "balance 3" in run(db_url, "adjust", "carol", "-2", "--note", "chargeback").stdout
+    assert_one_line_error(
+        run(db_url, "adjust", "carol", "-9", "--note", "too much", check=False),
+        "IntegrityViolation",
+    )
+    assert "audit clean" in run(db_url, "audit").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("submit", "ghost", "boo"), ("unknown user ghost",)),
+        (("status", "not-a-uuid"), ("not a job id",)),
+        (("grant", "dave", "-5"), ("credits must be positive",)),
+        (("grant", "dave", "lots"), ("not a whole number",)),
+        (("grant", "dave", "5", "--plan", "platinum"), ("unknown plan",)),
+        (("submit", "dave", "x", "--params", "[1, 2]"), ("JSON object",)),
+        (("submit", "dave", "x", "--params", "{nope"), ("not valid JSON",)),
+        (("status", "00000000-0000-0000-0000-000000000000"), ("unknown job",)),
+    ],
+)
+def test_bad_input_is_a_clear_one_line_error(
+    db_url: str, args: tuple[str, ...], fragments: tuple[str, ...]
+):
+    """Bad input gets a message that says what is wrong, never a traceback."""
+    assert_one_line_error(run(db_url, *args, check=False), *fragments)
+
+
+def test_audit_exits_1_and_names_the_violation(db_url: str):
+    """A corrupted balance makes `orchestrator audit` fail loudly."""
+    run(db_url, "grant", "erin", "5")
+    pg.fetch_sync(db_url, "UPDATE orchestrator.accounts SET balance = 50 WHERE user_id = 'erin'")
+    result = run(db_url, "audit", check=False)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+    assert "every balance equals the sum of its ledger rows" in result.stdout
+    assert "audit FAILED" in result.stdout
+
+
+def test_commands_refuse_a_database_without_the_schema(server_url: str):
+    """Without `migrate`, commands say what to do instead of failing on a missing table."""
+    name = f"orch_empty_{uuid.uuid4().hex[:8]}"
+    pg.fetch_sync(server_url, f"CREATE DATABASE {name}")
+    try:
+        url = pg.with_database(server_url, name)
+        assert_one_line_error(run(url, "jobs", check=False), "orchestrator migrate")
+        assert "current" in run(url, "migrate").stdout
+        assert run(url, "jobs").returncode == 0
+    finally:
+        pg.fetch_sync(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_an_unreachable_database_is_a_one_line_error():
+    """A wrong DATABASE_URL is reported, not dumped as a traceback."""
+    result = run("postgresql://nobody@127.0.0.1:1/none", "jobs", check=False)
+    assert_one_line_error(result, "DbUnavailable")
