@@ -160,6 +160,7 @@ CREATE TABLE IF NOT EXISTS orchestrator.outputs (
     job_id       uuid NOT NULL,
     idx          integer NOT NULL,
     num_outputs  integer NOT NULL,
+    url          text,
     path         text,
     size_bytes   bigint CHECK (size_bytes >= 0),
     sha256       text,

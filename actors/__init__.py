@@ -1,0 +1,32 @@
+"""The actor runtime: one actor per user, admitting strictly one message at a time.
+
+Code lives in private modules; this is the front door. The composition root
+builds a `Registry` with a `JobStore`, a `Provider` and an `ActorConfig`,
+runs it in a nursery, and delivers `Submit`, `Cancel` and `Resume` messages.
+"""
+
+from ._config import ActorConfig as ActorConfig
+from ._job import JobTask as JobTask
+from ._mailbox import Mailbox as Mailbox
+from ._mailbox import Offer as Offer
+from ._messages import Cancel as Cancel
+from ._messages import Message as Message
+from ._messages import Resume as Resume
+from ._messages import Submit as Submit
+from ._ports import JobStore as JobStore
+from ._registry import Registry as Registry
+from ._user import UserActor as UserActor
+
+__all__ = [
+    "ActorConfig",
+    "Cancel",
+    "JobStore",
+    "JobTask",
+    "Mailbox",
+    "Message",
+    "Offer",
+    "Registry",
+    "Resume",
+    "Submit",
+    "UserActor",
+]

@@ -9,6 +9,7 @@ and exit 2; `audit` exits 1 when it finds a violation.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -202,6 +203,45 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from orchestrator import daemon, logs  # noqa: PLC0415  (only `run` pays for the daemon)
+
+    logs.configure(settings.log_level, settings.log_format)
+    url = database_url(settings)
+    trio.run(daemon.serve, settings, url)
+    return EXIT_OK
+
+
+def cmd_simulate_provider(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator import logs  # noqa: PLC0415
+    from orchestrator.simulator import SimulatorConfig, serve_simulator  # noqa: PLC0415
+
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        config = SimulatorConfig(
+            latency=(args.latency[0], args.latency[1]),
+            failure_rate=args.failure_rate,
+            hang_rate=args.hang_rate,
+            rate_limit_rate=args.rate_limit_rate,
+            server_error_rate=args.server_error_rate,
+            malformed_rate=args.malformed_rate,
+            seed=args.seed,
+            token=args.token,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(serve_simulator, config, host=args.host, port=args.port)
+            )
+            views.say(f"simulated provider listening on {url}")
+
+    trio.run(main)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",
@@ -212,7 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="Postgres URL (default: DATABASE_URL or embedded)")
     parser.add_argument("--home", help="where the embedded Postgres keeps its data")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_ledger_commands(sub)
+    _add_job_commands(sub)
+    _add_daemon_commands(sub)
+    return parser
 
+
+Subparsers = argparse._SubParsersAction  # noqa: SLF001  (argparse names no public type)
+
+
+def _add_ledger_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     sub.add_parser("migrate", help="apply schema.sql (idempotent)").set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("grant", help="grant credits, creating the account if needed")
@@ -229,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", help="idempotency reference")
     p.set_defaults(func=cmd_adjust)
 
+    p = sub.add_parser("accounts", help="balances, credits debited and refunded, jobs by status")
+    p.add_argument("--user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts)
+
+    p = sub.add_parser("audit", help="check every ledger invariant; exit 1 on a violation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+
+def _add_job_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", help="submit a job; prints its id")
     p.add_argument("user")
     p.add_argument("prompt")
@@ -252,19 +312,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("accounts", help="balances, credits debited and refunded, jobs by status")
-    p.add_argument("--user")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_accounts)
 
-    p = sub.add_parser("audit", help="check every ledger invariant; exit 1 on a violation")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_audit)
+def _add_daemon_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    p.add_argument("--deadline", type=float, help="seconds a job may wait on the provider")
+    p.add_argument("--provider-url", help="provider base URL (REPLICATE_API_BASE)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "simulate-provider", help="serve a Replicate-compatible simulator on loopback"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--latency", type=float, nargs=2, default=(0.05, 0.2), metavar=("LOW", "HIGH"))
+    p.add_argument("--failure-rate", type=float, default=0.0)
+    p.add_argument("--hang-rate", type=float, default=0.0)
+    p.add_argument("--rate-limit-rate", type=float, default=0.0)
+    p.add_argument("--server-error-rate", type=float, default=0.0)
+    p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--token", help="require this bearer token")
+    p.set_defaults(func=cmd_simulate_provider)
 
     p = sub.add_parser("db", help="the embedded Postgres: show its URL or stop it")
     p.add_argument("action", choices=("url", "stop"))
     p.set_defaults(func=cmd_db)
-    return parser
 
 
 def _fail(message: str) -> NoReturn:
@@ -276,7 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         home = Path(args.home) if args.home else None
-        settings = from_env(os.environ, database_url=args.database_url, home=home)
+        settings = from_env(
+            os.environ,
+            database_url=args.database_url,
+            home=home,
+            job_deadline_s=getattr(args, "deadline", None),
+            replicate_api_base=getattr(args, "provider_url", None),
+        )
         code: int = args.func(settings, args)
     except (CliError, SettingsError) as exc:
         _fail(str(exc))

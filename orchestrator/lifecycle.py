@@ -7,9 +7,9 @@ what may happen to a job is a function that tests can call directly.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
 from uuid import UUID
 
 import attrs
@@ -17,6 +17,7 @@ import attrs
 MAX_PROMPT_CHARS: Final = 4000
 MAX_OUTPUTS: Final = 30
 MAX_PARAMS_BYTES: Final = 8192
+RESERVED_PARAMS: Final = frozenset({"prompt", "num_outputs"})
 
 
 class JobStatus(enum.StrEnum):
@@ -127,6 +128,60 @@ class Usage:
 
 
 @attrs.frozen
+class AdmissionContext:
+    """A queued job and everything admission decides on, read together."""
+
+    job: Job
+    usage: Usage
+    now: datetime
+
+
+AdmissionOutcome = Literal["admitted", "no_seat", "insufficient_credits", "not_queued"]
+
+
+@attrs.frozen
+class Admission:
+    """What the atomic admit (seat, debit, `starting`) did.
+
+    `deadline_s` is the provider wait the job was given, counted from the
+    moment of admission.
+    """
+
+    outcome: AdmissionOutcome
+    seat: int | None = None
+    balance: int | None = None
+    deadline_s: float | None = None
+
+
+@attrs.frozen
+class JobRef:
+    """Enough of a job to route it to its user's actor."""
+
+    id: UUID
+    user_id: str
+    status: JobStatus
+    cancel_requested: bool = False
+    prediction_id: str | None = None
+
+
+@attrs.frozen
+class InFlight:
+    """An admitted job and the seconds left before its deadline (negative when past)."""
+
+    job: Job
+    remaining_s: float
+
+
+@attrs.frozen
+class Finish:
+    """What ending a job did: its status now, and the credits given back."""
+
+    status: JobStatus
+    refunded: int
+    balance: int | None
+
+
+@attrs.frozen
 class Admit:
     cost: int
     max_inflight: int
@@ -140,24 +195,23 @@ class Reject:
 
 def validate(job: Job) -> Reject | None:
     """Refuse submissions no provider should see; the message says what to fix."""
-    problem = _validation_problem(job)
+    problem = next(_validation_problems(job), None)
     return None if problem is None else Reject(ErrorCode.VALIDATION_ERROR, problem)
 
 
-def _validation_problem(job: Job) -> str | None:
+def _validation_problems(job: Job) -> Iterator[str]:
     if not job.prompt.strip():
-        return "the prompt is empty"
+        yield "the prompt is empty"
     if len(job.prompt) > MAX_PROMPT_CHARS:
-        return (
-            f"the prompt has {len(job.prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed"
-        )
+        yield f"the prompt has {len(job.prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed"
     if not 1 <= job.num_outputs <= MAX_OUTPUTS:
-        return f"num_outputs must be between 1 and {MAX_OUTPUTS}, got {job.num_outputs}"
+        yield f"num_outputs must be between 1 and {MAX_OUTPUTS}, got {job.num_outputs}"
     if job.params_error is not None:
-        return job.params_error
+        yield job.params_error
+    if reserved := sorted(RESERVED_PARAMS.intersection(job.params)):
+        yield f"params must not set {', '.join(reserved)}: they come from the job itself"
     if len(repr(dict(job.params))) > MAX_PARAMS_BYTES:
-        return f"params are larger than {MAX_PARAMS_BYTES} bytes"
-    return None
+        yield f"params are larger than {MAX_PARAMS_BYTES} bytes"
 
 
 def decide_admission(job: Job, usage: Usage, now: datetime) -> Admit | Reject:
@@ -241,3 +295,123 @@ _ADMISSION_CHECKS: Final = (
     _over_monthly_limit,
     _insufficient_credits,
 )
+
+
+def poll_delays(initial: float, multiplier: float, maximum: float) -> Iterator[float]:
+    """Seconds to wait before each poll: exponential from `initial`, capped at `maximum`.
+
+    Polling stops when the job's deadline fires, so the sequence is endless.
+    """
+    delay = initial
+    while True:
+        yield min(delay, maximum)
+        delay = min(delay * multiplier, maximum)
+
+
+def refund_for_delivery(job: Job, delivered: int) -> int:
+    """Credits owed back for outputs paid for but not delivered.
+
+    The documented rule: a job delivers exactly what it asked for, or the
+    user gets back the cost of each missing output.
+    """
+    if job.cost is None or job.num_outputs <= 0:
+        return 0
+    missing = max(job.num_outputs - delivered, 0)
+    return job.cost * missing // job.num_outputs
+
+
+@attrs.frozen
+class Delivered:
+    """The provider finished and returned these outputs (URLs), in order."""
+
+    outputs: tuple[str, ...]
+
+
+@attrs.frozen
+class UpstreamFailed:
+    """The provider failed, refused or garbled the job; `summary` is already redacted."""
+
+    summary: str
+
+
+@attrs.frozen
+class TimedOut:
+    deadline_s: float
+
+
+@attrs.frozen
+class CanceledByUser:
+    pass
+
+
+@attrs.frozen
+class Abandoned:
+    """The daemon lost the job: crashed mid-submit, or failed in its own code."""
+
+    reason: str
+
+
+Ending = Delivered | UpstreamFailed | TimedOut | CanceledByUser | Abandoned
+
+
+@attrs.frozen
+class Settlement:
+    """How an admitted job ends: its terminal status, code, message and refund.
+
+    For a job that did not succeed the refund is its whole cost (the database
+    refunds the full debit whatever this says); for a success it is the cost
+    of the outputs that were paid for but not delivered.
+    """
+
+    status: JobStatus
+    code: ErrorCode | None
+    message: str
+    refund: int
+    outputs: tuple[str, ...] = ()
+
+
+def settle(job: Job, ending: Ending) -> Settlement:
+    """The one place that decides what each way of ending a job means for the user."""
+    full = job.cost or 0
+    match ending:
+        case Delivered(outputs=outputs) if outputs:
+            kept = outputs[: job.num_outputs]
+            refund = refund_for_delivery(job, len(kept))
+            note = (
+                f"{len(kept)} of {job.num_outputs} outputs delivered; {refund} credits refunded"
+                if refund
+                else f"{len(kept)} outputs delivered"
+            )
+            return Settlement(JobStatus.SUCCEEDED, None, note, refund, kept)
+        case Delivered():
+            return Settlement(
+                JobStatus.FAILED,
+                ErrorCode.UPSTREAM_ERROR,
+                "the provider finished without any output; credits refunded",
+                full,
+            )
+        case UpstreamFailed(summary=summary):
+            return Settlement(
+                JobStatus.FAILED,
+                ErrorCode.UPSTREAM_ERROR,
+                f"the provider failed: {summary}; credits refunded",
+                full,
+            )
+        case TimedOut(deadline_s=deadline_s):
+            return Settlement(
+                JobStatus.TIMED_OUT,
+                ErrorCode.TIMEOUT,
+                f"the provider did not finish within {deadline_s:g} s; credits refunded",
+                full,
+            )
+        case CanceledByUser():
+            return Settlement(
+                JobStatus.CANCELED,
+                ErrorCode.CANCELED,
+                "cancelled on request; credits refunded",
+                full,
+            )
+        case Abandoned(reason=reason):
+            return Settlement(
+                JobStatus.FAILED, ErrorCode.INTERNAL_ERROR, f"{reason}; credits refunded", full
+            )

@@ -23,21 +23,15 @@ from ._ledger import AccountSummary as AccountSummary
 from ._ledger import Refund as Refund
 from ._listener import Listener as Listener
 from ._schema import schema_text as schema_text
-from ._transitions import Admission as Admission
-from ._transitions import AdmissionContext as AdmissionContext
-from ._transitions import Finish as Finish
 
 __all__ = [
     "JOBS_CHANNEL",
     "AccountSummary",
-    "Admission",
-    "AdmissionContext",
     "AuditReport",
     "CheckResult",
     "Database",
     "DbError",
     "DbUnavailable",
-    "Finish",
     "IdempotencyConflict",
     "IntegrityViolation",
     "InvalidRequest",

@@ -7,12 +7,22 @@ query in `queries.sql`. Nothing outside this package imports asyncpg.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
-from orchestrator.lifecycle import Account, ErrorCode, Job, JobStatus
+from orchestrator.lifecycle import (
+    Account,
+    Admission,
+    AdmissionContext,
+    ErrorCode,
+    Finish,
+    InFlight,
+    Job,
+    JobRef,
+    JobStatus,
+)
 
-from . import _audit, _jobs, _ledger, _schema, _transitions
+from . import _audit, _jobs, _ledger, _routing, _schema, _transitions
 from ._connector import Connector, open_connector
 from ._listener import Listener, listen
 
@@ -119,13 +129,13 @@ class Database:
     async def jobs(self, *, user_id: str | None = None, limit: int = 50) -> list[Job]:
         return await self._connector.run(_jobs.listing, user_id, limit)
 
-    async def admission_context(self, job_id: uuid.UUID) -> _transitions.AdmissionContext | None:
+    async def admission_context(self, job_id: uuid.UUID) -> AdmissionContext | None:
         """The job and everything admission decides on, read together; None if no such job."""
         return await self._connector.run(_transitions.admission_context, job_id)
 
     async def admit(
         self, job_id: uuid.UUID, *, cost: int, max_inflight: int, deadline_s: float
-    ) -> _transitions.Admission:
+    ) -> Admission:
         """Take a seat, debit `cost` and move the job to `starting`, atomically.
 
         Raises:
@@ -145,14 +155,43 @@ class Database:
         code: ErrorCode | None = None,
         message: str | None = None,
         refund: int | None = None,
-    ) -> _transitions.Finish:
-        """End an admitted job with the refund it is owed, atomically; idempotent.
+        outputs: tuple[str, ...] = (),
+    ) -> Finish:
+        """End an admitted job with its outputs and the refund it is owed, atomically.
+
+        Idempotent: finishing a finished job changes and refunds nothing.
 
         Raises:
             UnknownJob: no such job.
             IntegrityViolation: the job was never admitted.
         """
-        return await self._connector.run(_transitions.finish, job_id, status, code, message, refund)
+        return await self._connector.run(
+            _transitions.finish_with_outputs, job_id, status, code, message, refund, outputs
+        )
+
+    async def mark_processing(
+        self, job_id: uuid.UUID, *, provider: str, prediction_id: str
+    ) -> bool:
+        """Store the prediction id the moment it is known; False if the job already ended."""
+        return await self._connector.run(
+            _transitions.mark_processing, job_id, provider, prediction_id
+        )
+
+    async def route(self, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
+        return await self._connector.run(_routing.route, job_ids)
+
+    async def queued(self, *, limit: int = 10_000) -> list[JobRef]:
+        """Queued jobs and in-flight jobs with a cancel request, oldest first."""
+        return await self._connector.run(_routing.queued, limit)
+
+    async def in_flight(self) -> list[JobRef]:
+        return await self._connector.run(_routing.in_flight)
+
+    async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None:
+        return await self._connector.run(_routing.in_flight_job, job_id)
+
+    async def stuck(self, *, older_than_s: float, limit: int = 1000) -> list[JobRef]:
+        return await self._connector.run(_routing.stuck, older_than_s, limit)
 
     async def audit(self) -> _audit.AuditReport:
         return await self._connector.run(_audit.run)

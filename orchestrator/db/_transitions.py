@@ -8,41 +8,22 @@ status, so no crash can separate a charge from the state that justifies it.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Literal
 
 import asyncpg
-import attrs
 
-from orchestrator.lifecycle import ErrorCode, Job, JobStatus, Plan, Usage
+from orchestrator.lifecycle import (
+    Admission,
+    AdmissionContext,
+    ErrorCode,
+    Finish,
+    JobStatus,
+    Plan,
+    Usage,
+)
 
 from . import _rows
 from ._connector import Pool
 from ._queries import queries
-
-AdmissionOutcome = Literal["admitted", "no_seat", "insufficient_credits", "not_queued"]
-
-
-@attrs.frozen
-class AdmissionContext:
-    job: Job
-    usage: Usage
-    now: datetime
-
-
-@attrs.frozen
-class Admission:
-    outcome: AdmissionOutcome
-    seat: int | None = None
-    balance: int | None = None
-    deadline_at: datetime | None = None
-
-
-@attrs.frozen
-class Finish:
-    status: JobStatus
-    refunded: int
-    balance: int | None
 
 
 async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext | None:
@@ -79,7 +60,7 @@ async def admit(
             return Admission("no_seat")  # another daemon took the seat first
         raise
     assert row is not None  # noqa: S101  (the function always returns one row)
-    return Admission(row["outcome"], row["seat"], row["balance"], row["deadline_at"])
+    return Admission(row["outcome"], row["seat"], row["balance"], row["deadline_s"])
 
 
 async def reject(pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
@@ -87,16 +68,29 @@ async def reject(pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str) -
     return await pool.fetchval(queries()["reject_job"], job_id, code.value, message) is not None
 
 
-async def finish(
+async def mark_processing(pool: Pool, job_id: uuid.UUID, provider: str, prediction_id: str) -> bool:
+    q = queries()
+    return await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id) is not None
+
+
+async def finish_with_outputs(
     pool: Pool,
     job_id: uuid.UUID,
     status: JobStatus,
     code: ErrorCode | None,
     message: str | None,
     refund: int | None,
+    outputs: tuple[str, ...],
 ) -> Finish:
-    row = await pool.fetchrow(
-        queries()["finish_job"], job_id, status.value, code.value if code else None, message, refund
-    )
+    """Record outputs and end the job in one transaction, so both or neither happen."""
+    q = queries()
+    async with pool.acquire() as conn, conn.transaction():
+        if outputs:
+            await conn.execute(
+                q["record_outputs"], job_id, list(range(len(outputs))), list(outputs)
+            )
+        row = await conn.fetchrow(
+            q["finish_job"], job_id, status.value, code.value if code else None, message, refund
+        )
     assert row is not None  # noqa: S101
     return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])

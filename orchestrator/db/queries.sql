@@ -120,7 +120,9 @@ SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.e
 
 -- name: admit_job
 -- Seat, debit, ledger row and `starting`, in one transaction (see admit_job_v1).
-SELECT outcome, seat, balance, deadline_at FROM orchestrator.admit_job_v1($1, $2, $3, $4);
+SELECT outcome, seat, balance,
+       extract(epoch FROM deadline_at - clock_timestamp())::float8 AS deadline_s
+  FROM orchestrator.admit_job_v1($1, $2, $3, $4);
 
 -- name: reject_job
 -- A queued job refused at admission: terminal, with its code, never charged.
@@ -133,6 +135,66 @@ RETURNING id;
 -- name: finish_job
 -- Terminal status, seat release and refund, in one transaction (see finish_job_v1).
 SELECT status, refunded, balance FROM orchestrator.finish_job_v1($1, $2, $3, $4, $5);
+
+-- name: mark_processing
+-- Record the provider's prediction id right after submitting, so a restart
+-- can re-attach to it instead of paying for a second prediction.
+UPDATE orchestrator.jobs
+   SET status = 'processing', provider = $2, prediction_id = $3, updated_at = clock_timestamp()
+ WHERE id = $1 AND status IN ('starting', 'processing')
+RETURNING id;
+
+-- name: record_outputs
+-- Store delivered outputs by index; a repeated index keeps the first, and an
+-- index past num_outputs is never even attempted (the schema would refuse it).
+INSERT INTO orchestrator.outputs (job_id, idx, num_outputs, url)
+SELECT j.id, o.idx, j.num_outputs, o.url
+  FROM orchestrator.jobs j, unnest($2::integer[], $3::text[]) AS o(idx, url)
+ WHERE j.id = $1 AND o.idx >= 0 AND o.idx < j.num_outputs
+ON CONFLICT (job_id, idx) DO NOTHING;
+
+-- name: route_jobs
+-- Who owns each notified job and what it needs: admission or a cancel.
+SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
+  FROM orchestrator.jobs
+ WHERE id = ANY($1::uuid[]);
+
+-- name: queued_jobs
+-- Catch-up scan: queued jobs (their notification may have been lost), and
+-- in-flight jobs whose cancellation was requested, oldest first.
+SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
+  FROM orchestrator.jobs
+ WHERE status = 'queued'
+    OR (status IN ('starting', 'processing') AND cancel_requested_at IS NOT NULL)
+ ORDER BY created_at, id
+ LIMIT $1;
+
+-- name: in_flight_jobs
+-- Recovery at start: every job a previous run left between admission and its end.
+SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
+  FROM orchestrator.jobs
+ WHERE status IN ('starting', 'processing')
+ ORDER BY created_at, id;
+
+-- name: in_flight_job
+-- One in-flight job with the seconds left before its deadline (negative when past),
+-- measured on the database's clock, the same clock that set the deadline.
+SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
+       error_message, idempotency_key, prediction_id, deadline_at,
+       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at,
+       extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s
+  FROM orchestrator.jobs
+ WHERE id = $1 AND status IN ('starting', 'processing');
+
+-- name: stuck_jobs
+-- Jobs non-terminal for longer than the stuck limit, for the sweeper.
+SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested,
+       prediction_id
+  FROM orchestrator.jobs
+ WHERE status IN ('queued', 'starting', 'processing')
+   AND created_at < clock_timestamp() - make_interval(secs => $1)
+ ORDER BY created_at
+ LIMIT $2;
 
 -- name: get_account
 -- One account with its plan.

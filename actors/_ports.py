@@ -1,0 +1,49 @@
+"""What the actors need from the world, as interfaces.
+
+The actors never import a concrete adapter: the composition root hands them
+the Postgres store and the Replicate provider, and the tests hand them the
+in-memory twin (`orchestrator.db.testing.InMemoryStore`) and a fake provider.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol
+
+from orchestrator.lifecycle import (
+    Admission,
+    AdmissionContext,
+    ErrorCode,
+    Finish,
+    InFlight,
+    JobStatus,
+)
+
+
+class JobStore(Protocol):
+    """The job transitions the actors perform, each one atomic in the store."""
+
+    async def admission_context(self, job_id: uuid.UUID) -> AdmissionContext | None: ...
+
+    async def admit(
+        self, job_id: uuid.UUID, *, cost: int, max_inflight: int, deadline_s: float
+    ) -> Admission: ...
+
+    async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool: ...
+
+    async def mark_processing(
+        self, job_id: uuid.UUID, *, provider: str, prediction_id: str
+    ) -> bool: ...
+
+    async def finish(
+        self,
+        job_id: uuid.UUID,
+        status: JobStatus,
+        *,
+        code: ErrorCode | None = None,
+        message: str | None = None,
+        refund: int | None = None,
+        outputs: tuple[str, ...] = (),
+    ) -> Finish: ...
+
+    async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...

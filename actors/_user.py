@@ -1,0 +1,227 @@
+"""The per-user actor: admission strictly one message at a time.
+
+Two submissions of one user can never pass a check together, because this
+actor is the only place that admits for the user and it handles one message
+before the next. Admitted jobs run as tasks in the actor's own nursery, so
+they neither block admission nor outlive the actor.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+import attrs
+import structlog
+import trio
+
+from orchestrator.lifecycle import (
+    Abandoned,
+    Admit,
+    ErrorCode,
+    InFlight,
+    Job,
+    JobStatus,
+    Reject,
+    decide_admission,
+    settle,
+)
+from orchestrator.providers import Provider, ProviderError
+
+from ._config import ActorConfig
+from ._job import JobTask
+from ._mailbox import Mailbox
+from ._messages import Cancel, Message, Resume, Submit
+from ._ports import JobStore
+
+if TYPE_CHECKING:
+    from ._registry import Registry
+
+log = structlog.get_logger("actors.user")
+
+_REFUSAL_FOR_OUTCOME = {
+    "no_seat": (ErrorCode.TOO_MANY_INFLIGHT, "every in-flight seat of the plan is taken"),
+    "insufficient_credits": (
+        ErrorCode.INSUFFICIENT_CREDITS,
+        "the balance no longer covers the cost",
+    ),
+}
+
+
+class UserActor:
+    def __init__(
+        self,
+        user_id: str,
+        *,
+        registry: Registry,
+        store: JobStore,
+        provider: Provider,
+        config: ActorConfig,
+    ) -> None:
+        self.user_id = user_id
+        self.mailbox = Mailbox(config.mailbox_size)
+        self._registry = registry
+        self._store = store
+        self._provider = provider
+        self._config = config
+        self._running: dict[uuid.UUID, JobTask] = {}
+        self._admission = trio.CancelScope()
+        self._jobs: trio.Nursery | None = None
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def stop_admitting(self) -> None:
+        """Drain: handle no more messages; running jobs go on."""
+        self._admission.cancel()
+
+    def cancel_running(self, job_id: uuid.UUID) -> bool:
+        """Stop a running job's task (its settle then finds the job already ended)."""
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+        return task is not None
+
+    def poke(self, job_id: uuid.UUID) -> bool:
+        task = self._running.get(job_id)
+        if task is not None:
+            task.poke()
+        return task is not None
+
+    async def run(self) -> None:
+        with structlog.contextvars.bound_contextvars(user_id=self.user_id):
+            async with trio.open_nursery() as jobs:
+                self._jobs = jobs
+                with self._admission:
+                    await self._serve()
+                self.mailbox.close()
+
+    async def _serve(self) -> None:
+        while True:
+            with trio.move_on_after(self._config.idle_s):
+                try:
+                    message = await self.mailbox.receive()
+                except trio.EndOfChannel:
+                    return
+                await self._handle(message)
+                continue
+            # Idle: retire unless a job runs or a message raced in; the check and the
+            # removal are synchronous, so no delivery can land in between.
+            if not self._running and self._registry.retire(self):
+                log.debug("actor.retired")
+                return
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            match message:
+                case Submit(job_id=job_id):
+                    await self._admit(job_id)
+                case Cancel(job_id=job_id):
+                    await self._cancel(job_id)
+                case Resume(job_id=job_id):
+                    await self._resume(job_id)
+        except Exception:
+            # The job stays as the store has it; the catch-up scan brings it back.
+            log.exception("actor.message_failed", message=type(message).__name__)
+        finally:
+            self.mailbox.done(message)
+
+    async def _admit(self, job_id: uuid.UUID) -> None:
+        context = await self._store.admission_context(job_id)
+        if context is None or context.job.status is not JobStatus.QUEUED:
+            return
+        job = context.job
+        with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
+            decision = decide_admission(job, context.usage, context.now)
+            match decision:
+                case Reject(code=code, message=message):
+                    await self._reject(job_id, code, message)
+                case Admit(cost=cost, max_inflight=max_inflight):
+                    admission = await self._store.admit(
+                        job_id,
+                        cost=cost,
+                        max_inflight=max_inflight,
+                        deadline_s=self._config.deadline_s,
+                    )
+                    if admission.outcome == "admitted":
+                        log.info("job.admitted", cost=cost, balance=admission.balance)
+                        started = InFlight(
+                            job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
+                        )
+                        self._start(started)
+                    elif admission.outcome in _REFUSAL_FOR_OUTCOME:
+                        await self._reject(job_id, *_REFUSAL_FOR_OUTCOME[admission.outcome])
+
+    async def _reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> None:
+        if await self._store.reject(job_id, code, message):
+            log.info("job.rejected", code=code.value)
+
+    def _start(self, in_flight: InFlight) -> JobTask:
+        assert self._jobs is not None  # noqa: S101  (set before the first message)
+        task = JobTask(
+            in_flight.job,
+            in_flight.remaining_s,
+            store=self._store,
+            provider=self._provider,
+            config=self._config,
+            on_done=self._job_done,
+        )
+        self._running[in_flight.job.id] = task
+        self._jobs.start_soon(task.run)
+        return task
+
+    def _job_done(self, job: Job) -> None:
+        self._running.pop(job.id, None)
+        self._registry.job_finished()
+
+    async def _cancel(self, job_id: uuid.UUID) -> None:
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+            return
+        # Not running here: queued (admission refuses it as CANCELED) or left by a
+        # previous run (resume it; the cancel request is on the row).
+        await self._admit(job_id)
+        await self._resume(job_id)
+
+    async def _resume(self, job_id: uuid.UUID) -> None:
+        if job_id in self._running:
+            return
+        in_flight = await self._store.in_flight_job(job_id)
+        if in_flight is None:
+            return
+        job = in_flight.job
+        with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
+            if job.prediction_id is None:
+                await self._abandon_unrecorded(job)
+                return
+            log.info("job.resumed", remaining_s=round(in_flight.remaining_s, 3))
+            task = self._start(in_flight)
+            if job.cancel_requested_at is not None:
+                task.cancel()
+
+    async def _abandon_unrecorded(self, job: Job) -> None:
+        """A crash between `starting` and storing the prediction id: decide, never leave it."""
+        try:
+            lost = await self._provider.find_for_job(job.id)
+            if lost is not None and not lost.status.terminal:
+                await self._provider.cancel(lost.id)
+        except ProviderError as exc:
+            log.warning("provider.error", operation="find", error=exc.summary)
+        settlement = settle(
+            job, Abandoned("the daemon stopped while submitting the job to the provider")
+        )
+        finish = await self._store.finish(
+            job.id, settlement.status, code=settlement.code, message=settlement.message
+        )
+        log.info(
+            "job.finished",
+            status=settlement.status.value,
+            code=ErrorCode.INTERNAL_ERROR.value,
+            credits_refunded=finish.refunded,
+        )
+
+
+def _admitted(job: Job, cost: int) -> Job:
+    return attrs.evolve(job, status=JobStatus.STARTING, cost=cost)

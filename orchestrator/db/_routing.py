@@ -1,0 +1,45 @@
+"""Reads that tell intake, recovery and the sweeper which jobs need attention."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from orchestrator.lifecycle import InFlight, JobRef, JobStatus
+
+from . import _rows
+from ._connector import Pool
+from ._queries import queries
+
+
+def _ref(row: asyncpg.Record) -> JobRef:
+    return JobRef(
+        id=row["id"],
+        user_id=row["user_id"],
+        status=JobStatus(row["status"]),
+        cancel_requested=row["cancel_requested"],
+        prediction_id=row.get("prediction_id"),
+    )
+
+
+async def route(pool: Pool, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["route_jobs"], list(job_ids))]
+
+
+async def queued(pool: Pool, limit: int) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["queued_jobs"], limit)]
+
+
+async def in_flight(pool: Pool) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["in_flight_jobs"])]
+
+
+async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
+    row = await pool.fetchrow(queries()["in_flight_job"], job_id)
+    return None if row is None else InFlight(_rows.job(row), row["remaining_s"])
+
+
+async def stuck(pool: Pool, older_than_s: float, limit: int) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["stuck_jobs"], older_than_s, limit)]

@@ -1,0 +1,133 @@
+"""Intake: LISTEN for submissions, scan for what a notification missed, route to actors.
+
+A notification is only a wake-up hint (procrastinate's rule): the catch-up
+scan at start, after every reconnect and at a short interval finds every
+queued job whatever happened to its NOTIFY. The scan and the notifications
+may name the same job; the actor's mailbox takes it once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+import structlog
+import trio
+
+from actors import Cancel, Offer, Registry, Resume, Submit
+from orchestrator.db import Database, DbError
+from orchestrator.lifecycle import JobRef, JobStatus
+
+log = structlog.get_logger("orchestrator.intake")
+
+_BATCH: Final = 1000
+_RECONNECT_INITIAL_S: Final = 0.1
+_RECONNECT_MAX_S: Final = 10.0
+
+
+@attrs.define
+class IntakeStats:
+    notifications: int = 0
+    bad_payloads: int = 0
+    scan_finds: int = 0
+    delivered: int = 0
+    mailbox_full: int = 0
+    reconnects: int = 0
+    connected: bool = False
+
+
+class Intake:
+    def __init__(self, db: Database, registry: Registry, *, scan_interval_s: float) -> None:
+        self._db = db
+        self._registry = registry
+        self._scan_interval_s = scan_interval_s
+        self.stats = IntakeStats()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover, then listen and scan until cancelled; reconnect with backoff when lost."""
+        await self._recover()
+        await self._scan()
+        task_status.started()
+        backoff = _RECONNECT_INITIAL_S
+        while True:
+            try:
+                async with self._db.listen() as listener:
+                    self.stats.connected = True
+                    backoff = _RECONNECT_INITIAL_S
+                    await self._scan()  # whatever was submitted while we were not listening
+                    await self._pump(listener.notifications)
+            except DbError as exc:
+                log.warning("intake.listener_lost", error=str(exc))
+            finally:
+                self.stats.connected = False
+            self.stats.reconnects += 1
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, _RECONNECT_MAX_S)
+
+    async def _pump(self, notifications: trio.MemoryReceiveChannel[str]) -> None:
+        next_scan = trio.current_time() + self._scan_interval_s
+        while True:
+            batch: list[str] = []
+            with trio.move_on_at(next_scan):
+                try:
+                    batch.append(await notifications.receive())
+                except trio.EndOfChannel:
+                    log.warning("intake.listener_lost", error="connection closed")
+                    return
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(notifications.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+            if batch:
+                self.stats.notifications += len(batch)
+                await self._route(_job_ids(batch, self.stats))
+            if trio.current_time() >= next_scan:
+                await self._scan()
+                next_scan = trio.current_time() + self._scan_interval_s
+
+    async def _route(self, job_ids: list[uuid.UUID]) -> None:
+        if job_ids:
+            self._deliver(await self._db.route(job_ids))
+
+    async def _scan(self) -> None:
+        found = await self._db.queued()
+        self.stats.scan_finds += self._deliver(found)
+
+    async def _recover(self) -> None:
+        """At start: every job a previous run left in flight goes back to its actor."""
+        left = await self._db.in_flight()
+        for ref in left:
+            self._offer(ref.user_id, Resume(ref.id))
+        if left:
+            log.info("daemon.recovering", jobs=len(left))
+
+    def _deliver(self, refs: Iterable[JobRef]) -> int:
+        accepted = 0
+        for ref in refs:
+            if ref.status is JobStatus.QUEUED:
+                accepted += self._offer(ref.user_id, Submit(ref.id))
+            elif ref.status.in_flight and ref.cancel_requested:
+                accepted += self._offer(ref.user_id, Cancel(ref.id))
+        return accepted
+
+    def _offer(self, user_id: str, message: Submit | Cancel | Resume) -> bool:
+        offer = self._registry.deliver(user_id, message)
+        if offer is Offer.FULL:
+            self.stats.mailbox_full += 1  # still queued in the database: the next scan retries
+        accepted = offer is Offer.ACCEPTED
+        self.stats.delivered += accepted
+        return accepted
+
+
+def _job_ids(payloads: list[str], stats: IntakeStats) -> list[uuid.UUID]:
+    ids = []
+    for payload in payloads:
+        try:
+            ids.append(uuid.UUID(payload))
+        except ValueError:
+            stats.bad_payloads += 1
+            log.warning("intake.bad_notification", length=len(payload))
+    return ids

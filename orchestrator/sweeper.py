@@ -1,0 +1,84 @@
+"""The sweeper: no job stays non-terminal forever.
+
+A job older than the stuck limit (30 minutes by default, far beyond any
+deadline) has been lost by something: it is failed as STUCK and refunded,
+or rejected as STUCK if it never left the queue, and any prediction it has
+is cancelled upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import structlog
+import trio
+
+from actors import Registry
+from orchestrator.db import Database, DbError
+from orchestrator.lifecycle import ErrorCode, JobRef, JobStatus
+from orchestrator.providers import Provider, ProviderError
+
+log = structlog.get_logger("orchestrator.sweeper")
+
+_MAX_INTERVAL_S: Final = 60.0
+
+
+class Sweeper:
+    def __init__(
+        self,
+        db: Database,
+        provider: Provider,
+        registry: Registry,
+        *,
+        stuck_after_s: float,
+        cancel_timeout_s: float,
+    ) -> None:
+        self._db = db
+        self._provider = provider
+        self._registry = registry
+        self._stuck_after_s = stuck_after_s
+        self._cancel_timeout_s = cancel_timeout_s
+        self.swept = 0
+
+    @property
+    def interval_s(self) -> float:
+        return min(self._stuck_after_s / 10, _MAX_INTERVAL_S)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except DbError as exc:
+                log.warning("sweeper.failed", error=str(exc))
+            await trio.sleep(self.interval_s)
+
+    async def sweep(self) -> int:
+        stuck = await self._db.stuck(older_than_s=self._stuck_after_s)
+        for ref in stuck:
+            await self._end(ref)
+        self.swept += len(stuck)
+        return len(stuck)
+
+    async def _end(self, ref: JobRef) -> None:
+        minutes = self._stuck_after_s / 60
+        message = f"not finished after {minutes:g} minutes; credits refunded"
+        with structlog.contextvars.bound_contextvars(job_id=str(ref.id), user_id=ref.user_id):
+            if ref.status is JobStatus.QUEUED:
+                await self._db.reject(ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes")
+            else:
+                if ref.prediction_id is not None:
+                    await self._cancel_upstream(ref.prediction_id)
+                finish = await self._db.finish(
+                    ref.id, JobStatus.FAILED, code=ErrorCode.STUCK, message=message
+                )
+                log.warning("job.stuck", credits_refunded=finish.refunded)
+            actor = self._registry.actor(ref.user_id)
+            if actor is not None:
+                actor.cancel_running(ref.id)
+
+    async def _cancel_upstream(self, prediction_id: str) -> None:
+        with trio.move_on_after(self._cancel_timeout_s):
+            try:
+                await self._provider.cancel(prediction_id)
+            except ProviderError as exc:
+                log.warning("provider.cancel_failed", error=exc.summary)

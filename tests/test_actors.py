@@ -1,0 +1,275 @@
+"""Actor logic under Trio's MockClock: the in-memory store twin and a fake provider, no I/O.
+
+With `autojump_clock` every wait is skipped instantly, so 120 s deadlines and
+60 s idle periods are tested at their real values in milliseconds. Each
+behaviour here also has an end-to-end test on real Postgres and the simulator.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import attrs
+import pytest
+import trio
+
+from actors import ActorConfig, Cancel, Offer, Registry, Resume, Submit
+from orchestrator.db.testing import InMemoryStore
+from orchestrator.lifecycle import ErrorCode, JobStatus, Plan
+from orchestrator.providers import (
+    Prediction,
+    PredictionRequest,
+    PredictionStatus,
+    ProviderRateLimited,
+)
+
+CONFIG = ActorConfig(deadline_s=120.0, poll_initial_s=0.5, poll_multiplier=1.6, poll_max_s=5.0)
+
+
+@attrs.define
+class FakeProvider:
+    """Predictions that succeed after `latency` seconds unless params say otherwise."""
+
+    latency: float = 3.0
+    submit_delay: float = 0.0
+    rate_limited_submits: int = 0
+    predictions: dict[str, tuple[float, PredictionRequest]] = attrs.Factory(dict)
+    gets: list[float] = attrs.Factory(list)
+    canceled: list[str] = attrs.Factory(list)
+    found: list[uuid.UUID] = attrs.Factory(list)
+
+    async def submit(self, request: PredictionRequest) -> Prediction:
+        if self.rate_limited_submits:
+            self.rate_limited_submits -= 1
+            raise ProviderRateLimited("slow down", retry_after=2.0)
+        await trio.sleep(self.submit_delay)
+        prediction_id = f"p{len(self.predictions)}"
+        self.predictions[prediction_id] = (trio.current_time(), request)
+        return Prediction(prediction_id, PredictionStatus.STARTING)
+
+    async def get(self, prediction_id: str) -> Prediction:
+        self.gets.append(trio.current_time())
+        created, request = self.predictions[prediction_id]
+        if prediction_id in self.canceled:
+            return Prediction(prediction_id, PredictionStatus.CANCELED)
+        directive = request.params.get("simulate")
+        if directive == "hang" or trio.current_time() - created < self.latency:
+            return Prediction(prediction_id, PredictionStatus.PROCESSING)
+        if directive == "fail":
+            return Prediction(prediction_id, PredictionStatus.FAILED, error="out of memory")
+        outputs = tuple(
+            f"https://cdn.test/{prediction_id}/{n}.png" for n in range(request.num_outputs)
+        )
+        return Prediction(prediction_id, PredictionStatus.SUCCEEDED, output=outputs)
+
+    async def cancel(self, prediction_id: str) -> None:
+        self.canceled.append(prediction_id)
+
+    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
+        self.found.append(job_id)
+        for prediction_id, (_, request) in self.predictions.items():
+            if request.job_id == job_id:
+                return Prediction(prediction_id, PredictionStatus.PROCESSING)
+        return None
+
+
+@attrs.define
+class Rig:
+    store: InMemoryStore
+    provider: FakeProvider
+    registry: Registry
+    finished_at: dict[uuid.UUID, float]
+
+    def submit(self, user: str, prompt: str = "a lighthouse", **kw: object) -> uuid.UUID:
+        job_id = self.store.submit(user, prompt, **kw)  # type: ignore[arg-type]
+        assert self.registry.deliver(user, Submit(job_id)) is Offer.ACCEPTED
+        return job_id
+
+    def status(self, job_id: uuid.UUID) -> JobStatus:
+        return self.store.jobs[job_id].status
+
+    async def settled(self, *job_ids: uuid.UUID) -> None:
+        while not all(self.status(j).terminal for j in job_ids):
+            await trio.sleep(0.01)
+
+
+async def make_rig(nursery: trio.Nursery, config: ActorConfig = CONFIG, **provider: object) -> Rig:
+    store = InMemoryStore(
+        plans={
+            "free": Plan("free", 100, 2, 0.0, 1),
+            "pro": Plan("pro", 10_000, 50, 0.0, 1),
+            "slow": Plan("slow", 100, 5, 10.0, 1),
+        }
+    )
+    finished_at: dict[uuid.UUID, float] = {}
+    original_finish = store.finish
+
+    async def finish(job_id: uuid.UUID, *args: object, **kwargs: object):
+        finished_at.setdefault(job_id, trio.current_time())
+        return await original_finish(job_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    store.finish = finish  # type: ignore[method-assign]
+    fake = FakeProvider(**provider)  # type: ignore[arg-type]
+    registry = Registry(store=store, provider=fake, config=config)
+    await nursery.start(registry.run)
+    return Rig(store, fake, registry, finished_at)
+
+
+async def test_the_deadline_fires_at_120_seconds_not_119_nor_180(autojump_clock, nursery):
+    """A hanging prediction is cut exactly at the job's deadline, then refunded."""
+    rig = await make_rig(nursery)
+    rig.store.grant("alice", 5, plan="pro")
+    admitted_at = trio.current_time()
+    job_id = rig.submit("alice", params={"simulate": "hang"})
+    await trio.sleep(119.9)
+    assert rig.status(job_id) is JobStatus.PROCESSING
+    await rig.settled(job_id)
+    assert rig.finished_at[job_id] - admitted_at == pytest.approx(120.0, abs=0.05)
+    job = rig.store.jobs[job_id]
+    assert (job.status, job.error_code) == (JobStatus.TIMED_OUT, ErrorCode.TIMEOUT)
+    assert rig.provider.canceled == ["p0"]
+    assert rig.store.balance("alice") == 5
+
+
+async def test_polls_back_off_geometrically_to_the_cap(autojump_clock, nursery):
+    """Polling is 0.5 s, 0.8 s, 1.28 s ... up to 5 s between polls, not a fixed 2 s loop."""
+    rig = await make_rig(nursery, latency=40.0)
+    rig.store.grant("bob", 5, plan="pro")
+    job_id = rig.submit("bob")
+    await rig.settled(job_id)
+    gaps = [b - a for a, b in zip([0.0, *rig.provider.gets], rig.provider.gets, strict=False)]
+    assert gaps[:4] == pytest.approx([0.5, 0.8, 1.28, 2.048], abs=0.01)
+    assert max(gaps) == pytest.approx(5.0, abs=0.01)
+    assert len(rig.provider.gets) < 20  # a fixed 2 s loop would poll 20 times in 40 s
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+
+
+async def test_an_idle_actor_retires_and_the_next_message_starts_a_fresh_one(
+    autojump_clock, nursery
+):
+    """Actors exist while they have work; retirement loses no later message."""
+    rig = await make_rig(nursery, attrs.evolve(CONFIG, idle_s=60.0), latency=1.0)
+    rig.store.grant("carol", 5, plan="pro")
+    first = rig.submit("carol", "one")
+    await rig.settled(first)
+    assert len(rig.registry) == 1
+    await trio.sleep(61)
+    assert len(rig.registry) == 0
+    assert rig.registry.retired == 1
+    second = rig.submit("carol", "two")
+    await rig.settled(second)
+    assert rig.registry.started == 2
+    assert rig.status(second) is JobStatus.SUCCEEDED
+
+
+async def test_messages_delivered_at_the_moment_of_retirement_are_never_lost(
+    autojump_clock, nursery
+):
+    """Deliveries racing the idle timer at every offset all get handled."""
+    rig = await make_rig(nursery, attrs.evolve(CONFIG, idle_s=1.0), latency=0.0)
+    rig.store.grant("dave", 1000, plan="pro")
+    job_ids = []
+    for offset in [0.99, 1.0, 1.0, 1.01, 0.5, 1.0, 2.0, 1.0]:
+        await trio.sleep(offset)
+        job_ids.append(rig.submit("dave", f"prompt at {trio.current_time()}"))
+    await rig.settled(*job_ids)
+    assert {rig.status(j) for j in job_ids} == {JobStatus.SUCCEEDED}
+
+
+@pytest.mark.parametrize("phase", ["queued", "submitting", "processing", "finished"])
+async def test_cancellation_at_every_phase_refunds_exactly_what_was_taken(
+    autojump_clock, nursery, phase
+):
+    """Queued: refused uncharged. Submitting or processing: cancelled, refunded. Finished: no-op."""
+    rig = await make_rig(nursery, submit_delay=5.0 if phase == "submitting" else 0.0, latency=10.0)
+    rig.store.grant("erin", 4, plan="pro")
+    if phase == "queued":
+        job_id = rig.store.submit("erin", "x")
+        rig.store.request_cancel(job_id)
+        rig.registry.deliver("erin", Submit(job_id))
+        await rig.settled(job_id)
+        job = rig.store.jobs[job_id]
+        assert (job.status, job.error_code) == (JobStatus.REJECTED, ErrorCode.CANCELED)
+        assert rig.store.balance("erin") == 4
+        return
+    job_id = rig.submit("erin", "x")
+    await trio.sleep({"submitting": 2.0, "processing": 5.0, "finished": 20.0}[phase])
+    expected_status = JobStatus.SUCCEEDED if phase == "finished" else JobStatus.CANCELED
+    assert rig.store.request_cancel(job_id) is (phase != "finished")
+    assert rig.registry.deliver("erin", Cancel(job_id)) is Offer.ACCEPTED
+    await rig.settled(job_id)
+    await trio.sleep(1)
+    assert rig.status(job_id) is expected_status
+    assert rig.store.balance("erin") == (3 if phase == "finished" else 4)
+    assert rig.store.ledger_sum("erin") == rig.store.balance("erin")
+    if phase == "processing":
+        assert rig.provider.canceled == ["p0"]
+
+
+async def test_twenty_identical_submissions_admit_one(autojump_clock, nursery):
+    """Serial admission per user makes duplicates visible: one admitted, nineteen DUPLICATE."""
+    rig = await make_rig(nursery)
+    rig.store.grant("fay", 50, plan="pro")
+    job_ids = [rig.submit("fay", "same") for _ in range(20)]
+    await rig.settled(*job_ids)
+    codes = sorted(str(rig.store.jobs[j].error_code) for j in job_ids)
+    assert codes == ["DUPLICATE"] * 19 + ["None"]
+    assert rig.store.balance("fay") == 49
+
+
+async def test_rate_limits_are_measured_from_the_last_admission(autojump_clock, nursery):
+    """A plan's minimum gap between generations refuses early jobs, then admits."""
+    rig = await make_rig(nursery, latency=0.0)
+    rig.store.grant("gus", 10, plan="slow")
+    first = rig.submit("gus", "one")
+    await rig.settled(first)
+    await trio.sleep(5)
+    early = rig.submit("gus", "two")
+    await rig.settled(early)
+    assert rig.store.jobs[early].error_code is ErrorCode.RATE_LIMITED
+    await trio.sleep(6)
+    later = rig.submit("gus", "three")
+    await rig.settled(later)
+    assert rig.status(later) is JobStatus.SUCCEEDED
+
+
+async def test_a_rate_limited_submit_is_retried_after_retry_after(autojump_clock, nursery):
+    """A 429 on create certainly created nothing, so it is retried within the deadline."""
+    rig = await make_rig(nursery, rate_limited_submits=2, latency=1.0)
+    rig.store.grant("hal", 5, plan="pro")
+    job_id = rig.submit("hal")
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert rig.finished_at[job_id] >= 4.0
+
+
+async def test_an_unrecorded_prediction_found_on_resume_is_cancelled_and_refunded(
+    autojump_clock, nursery
+):
+    """A crash between `starting` and storing the prediction id ends INTERNAL_ERROR, refunded."""
+    rig = await make_rig(nursery)
+    rig.store.grant("ida", 5, plan="pro")
+    job_id = rig.store.submit("ida", "x")
+    await rig.store.admit(job_id, cost=2, max_inflight=5, deadline_s=120)
+    await rig.provider.submit(PredictionRequest(job_id, "x", {}, 1))
+    rig.registry.deliver("ida", Resume(job_id))
+    await rig.settled(job_id)
+    job = rig.store.jobs[job_id]
+    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    assert rig.provider.found == [job_id]
+    assert rig.provider.canceled == ["p0"]
+    assert rig.store.balance("ida") == 5
+
+
+async def test_a_full_mailbox_refuses_without_blocking_and_loses_nothing(autojump_clock, nursery):
+    """Intake never waits on a busy user; the refused job stays queued for the next scan."""
+    rig = await make_rig(nursery, attrs.evolve(CONFIG, mailbox_size=2))
+    rig.store.grant("jay", 50, plan="pro")
+    ids = [rig.store.submit("jay", f"p{n}") for n in range(3)]
+    offers = [rig.registry.deliver("jay", Submit(j)) for j in ids]
+    assert offers == [Offer.ACCEPTED, Offer.ACCEPTED, Offer.FULL]
+    assert rig.registry.deliver("jay", Submit(ids[0])) is Offer.ALREADY_PENDING
+    assert rig.status(ids[2]) is JobStatus.QUEUED
+    await rig.settled(ids[0], ids[1])
+    assert rig.registry.deliver("jay", Submit(ids[2])) is Offer.ACCEPTED
+    await rig.settled(ids[2])

@@ -1,0 +1,230 @@
+"""The daemon end to end: real Postgres, the simulator over HTTP, a 2 s deadline.
+
+Each test here is one of the seeds' failures, shown impossible.
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+
+import httpx
+import trio
+
+from orchestrator.db import Database
+from orchestrator.lifecycle import ErrorCode, JobStatus
+
+from . import pg
+from .e2e import DEADLINE_S, settings_for, start_daemon, start_simulator, wait_status, wait_terminal
+
+
+async def _debits(db_url: str, user: str) -> int:
+    rows = await pg.fetch(
+        db_url,
+        "SELECT count(*) AS n FROM orchestrator.ledger WHERE user_id = $1 AND kind = 'debit'",
+        user,
+    )
+    return int(rows[0]["n"])
+
+
+async def _sim_stats(provider_url: str) -> dict[str, object]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return (await client.get(f"{provider_url}/_sim/stats")).json()  # type: ignore[no-any-return]
+
+
+async def _submit_concurrently(
+    db: Database, user: str, prompts: list[tuple[str, dict[str, object]]]
+):
+    ids: list[uuid.UUID] = []
+
+    async def submit(prompt: str, params: dict[str, object]) -> None:
+        ids.append(await db.submit_job(user, prompt, params=params))
+
+    async with trio.open_nursery() as nursery:
+        for prompt, params in prompts:
+            nursery.start_soon(submit, prompt, params)
+    return ids
+
+
+async def test_twenty_identical_submissions_run_once_and_charge_once(
+    nursery, db: Database, db_url: str
+):
+    """Seed 000: twenty clicks of the same job: one runs, nineteen are DUPLICATE, one debit."""
+    provider = await start_simulator(nursery, latency=(0.4, 0.5))
+    await start_daemon(nursery, settings_for(db_url, provider))
+    await db.grant("alice", 10, plan="pro")
+    ids = await _submit_concurrently(db, "alice", [("a red fox", {})] * 20)
+    jobs = await wait_terminal(db, ids)
+    statuses = collections.Counter((j.status, j.error_code) for j in jobs)
+    assert statuses == {
+        (JobStatus.SUCCEEDED, None): 1,
+        (JobStatus.REJECTED, ErrorCode.DUPLICATE): 19,
+    }
+    assert await _debits(db_url, "alice") == 1
+    account = await db.account("alice")
+    assert account is not None
+    assert account.balance == 9
+    assert (await db.audit()).ok
+
+
+async def test_rapid_clicks_with_one_credit_run_one_job(nursery, db: Database, db_url: str):
+    """Seed 001's test: balance 1, ten rapid clicks: one success, the rest INSUFFICIENT_CREDITS."""
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db_url, provider))
+    await db.grant("bob", 1, plan="pro")
+    ids = await _submit_concurrently(db, "bob", [("a cat", {"seed": n}) for n in range(10)])
+    jobs = await wait_terminal(db, ids)
+    statuses = collections.Counter((j.status, j.error_code) for j in jobs)
+    assert statuses == {
+        (JobStatus.SUCCEEDED, None): 1,
+        (JobStatus.REJECTED, ErrorCode.INSUFFICIENT_CREDITS): 9,
+    }
+    account = await db.account("bob")
+    assert account is not None
+    assert account.balance == 0
+    assert (await db.audit()).ok
+
+
+async def test_a_hanging_provider_times_out_at_the_deadline_and_refunds(nursery, db: Database):
+    """Seed 000/003: a poll that never ends is cut at the deadline, cancelled upstream, refunded."""
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db.url, provider))
+    await db.grant("carol", 3, plan="pro")
+    started = trio.current_time()
+    job_id = await db.submit_job("carol", "never finishes", params={"simulate": "hang"})
+    (job,) = await wait_terminal(db, [job_id])
+    elapsed = trio.current_time() - started
+    assert job.status is JobStatus.TIMED_OUT
+    assert job.error_code is ErrorCode.TIMEOUT
+    assert DEADLINE_S <= elapsed < DEADLINE_S + 2
+    account = await db.account("carol")
+    assert account is not None
+    assert account.balance == 3
+    stats = await _sim_stats(provider)
+    assert stats["cancels"] >= 1
+    assert (await db.audit()).ok
+
+
+async def test_a_failing_provider_fails_the_job_and_refunds(nursery, db: Database):
+    """Seed 003: a provider failure refunds in the same transaction that fails the job."""
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db.url, provider))
+    await db.grant("dave", 2, plan="pro")
+    job_id = await db.submit_job("dave", "doomed", params={"simulate": "fail"})
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.FAILED
+    assert job.error_code is ErrorCode.UPSTREAM_ERROR
+    assert job.error_message is not None
+    assert "sim-secret" not in job.error_message
+    assert "refunded" in job.error_message
+    account = await db.account("dave")
+    assert account is not None
+    assert account.balance == 2
+    assert (await db.audit()).ok
+
+
+async def test_cancel_mid_flight_cancels_upstream_and_refunds(nursery, db: Database):
+    """Cancelling a running job stops its prediction and gives the credits back."""
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db.url, provider, job_deadline_s=30.0))
+    await db.grant("erin", 5, plan="pro")
+    job_id = await db.submit_job("erin", "long one", params={"simulate": "hang"})
+    await wait_status(db, job_id, "processing")
+    assert await db.request_cancel(job_id)
+    (job,) = await wait_terminal(db, [job_id], timeout=5)
+    assert job.status is JobStatus.CANCELED
+    assert job.error_code is ErrorCode.CANCELED
+    account = await db.account("erin")
+    assert account is not None
+    assert account.balance == 5
+    assert (await _sim_stats(provider))["cancels"] >= 1
+    assert not await db.request_cancel(job_id)
+    assert (await db.audit()).ok
+
+
+async def test_a_queued_job_cancelled_before_admission_is_never_charged(
+    nursery, db: Database, db_url: str
+):
+    """A cancel that arrives first turns the job away as CANCELED without a debit."""
+    await db.grant("fay", 5, plan="pro")
+    job_id = await db.submit_job("fay", "changed my mind")
+    assert await db.request_cancel(job_id)
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db_url, provider))
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.REJECTED
+    assert job.error_code is ErrorCode.CANCELED
+    assert await _debits(db_url, "fay") == 0
+
+
+async def test_jobs_submitted_while_the_daemon_was_down_still_run(nursery, db: Database):
+    """A NOTIFY nobody heard is not a lost job: the start-up scan finds it."""
+    await db.grant("gus", 5, plan="pro")
+    ids = [await db.submit_job("gus", f"while down {n}") for n in range(3)]
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db.url, provider))
+    jobs = await wait_terminal(db, ids)
+    assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
+
+
+async def test_malformed_rows_and_notifications_do_not_stop_the_daemon(
+    nursery, db: Database, db_url: str
+):
+    """Bad submissions are rejected as VALIDATION_ERROR with nothing charged; good ones still run."""
+    provider = await start_simulator(nursery)
+    daemon = await start_daemon(nursery, settings_for(db_url, provider))
+    await db.grant("hal", 5, plan="pro")
+    await pg.execute(db_url, "SELECT pg_notify('orchestrator_jobs', 'not-a-uuid')")
+    await pg.execute(db_url, f"SELECT pg_notify('orchestrator_jobs', '{uuid.uuid4()}')")
+    bad = [
+        ("hal", "", "{}", 1),
+        ("hal", "x" * 5000, "{}", 1),
+        ("hal", "too many", "{}", 99),
+        ("hal", "zero", "{}", 0),
+        ("hal", "array params", "[1, 2]", 1),
+        ("hal", "reserved", '{"num_outputs": 30}', 1),
+        ("nobody", "unknown user", "{}", 1),
+    ]
+    ids = []
+    for user, prompt, params, outputs in bad:
+        rows = await pg.fetch(
+            db_url,
+            "INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs)"
+            " VALUES ($1, $2, $3::jsonb, $4) RETURNING id",
+            user,
+            prompt,
+            params,
+            outputs,
+        )
+        ids.append(rows[0]["id"])
+    good = await db.submit_job("hal", "a fine request")
+    jobs = await wait_terminal(db, [*ids, good])
+    for job in jobs[:-1]:
+        assert job.status is JobStatus.REJECTED
+        assert job.error_code is ErrorCode.VALIDATION_ERROR
+        assert job.error_message
+    assert jobs[-1].status is JobStatus.SUCCEEDED
+    assert await _debits(db_url, "hal") == 1
+    assert daemon.intake.stats.bad_payloads == 1
+    assert (await db.audit()).ok
+
+
+async def test_the_listener_reconnects_after_losing_its_connection(
+    nursery, db: Database, db_url: str
+):
+    """A dropped LISTEN connection is re-made; jobs submitted meanwhile still run."""
+    provider = await start_simulator(nursery)
+    daemon = await start_daemon(nursery, settings_for(db_url, provider, scan_interval_s=60.0))
+    await db.grant("ida", 5, plan="pro")
+    with trio.fail_after(5):
+        while not daemon.intake.stats.connected:
+            await trio.sleep(0.02)
+    await pg.execute(
+        db_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    job_id = await db.submit_job("ida", "after the drop")
+    (job,) = await wait_terminal(db, [job_id], timeout=10)
+    assert job.status is JobStatus.SUCCEEDED
+    assert daemon.intake.stats.reconnects >= 1

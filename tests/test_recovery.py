@@ -1,0 +1,114 @@
+"""Recovery and the sweeper: nothing an earlier run left behind stays unsettled."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from actors import ActorConfig, Registry
+from orchestrator.db import Database
+from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.providers import PredictionRequest, ReplicateProvider
+from orchestrator.sweeper import Sweeper
+
+from . import pg
+from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
+
+
+async def _left_in_flight(db: Database, user: str, *, deadline_s: float = 30.0, params=None):
+    job_id = await db.submit_job(user, "left behind", params=params or {})
+    admission = await db.admit(job_id, cost=2, max_inflight=5, deadline_s=deadline_s)
+    assert admission.outcome == "admitted"
+    return job_id
+
+
+async def _create_prediction(provider_url: str, job_id, params) -> str:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        provider = ReplicateProvider(client, base_url=provider_url, token="t", model="sim/image")
+        prediction = await provider.submit(PredictionRequest(job_id, "left behind", params, 1))
+    return prediction.id
+
+
+async def test_a_job_left_processing_is_resumed_and_finishes(nursery, db: Database):
+    """After a crash, the daemon re-attaches to the stored prediction instead of paying again."""
+    provider = await start_simulator(nursery, latency=(0.3, 0.4))
+    await db.grant("alice", 5, plan="pro")
+    job_id = await _left_in_flight(db, "alice")
+    prediction_id = await _create_prediction(provider, job_id, {})
+    assert await db.mark_processing(job_id, provider="replicate", prediction_id=prediction_id)
+    await start_daemon(nursery, settings_for(db.url, provider))
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.prediction_id == prediction_id
+    account = await db.account("alice")
+    assert account is not None
+    assert account.balance == 3
+    assert (await db.audit()).ok
+
+
+async def test_a_job_caught_between_starting_and_its_prediction_id_is_failed_and_refunded(
+    nursery, db: Database
+):
+    """Brandur's phase gap: a job with no stored prediction is decided, never left hanging."""
+    provider = await start_simulator(nursery)
+    await db.grant("bob", 5, plan="pro")
+    job_id = await _left_in_flight(db, "bob")
+    await start_daemon(nursery, settings_for(db.url, provider))
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.FAILED
+    assert job.error_code is ErrorCode.INTERNAL_ERROR
+    account = await db.account("bob")
+    assert account is not None
+    assert account.balance == 5
+    assert (await db.audit()).ok
+
+
+async def test_a_job_whose_deadline_passed_while_down_times_out_and_refunds(nursery, db: Database):
+    """Deadlines are stored on the row, so a restart honours them instead of starting over."""
+    provider = await start_simulator(nursery)
+    await db.grant("carol", 5, plan="pro")
+    job_id = await _left_in_flight(db, "carol", deadline_s=0.2, params={"simulate": "hang"})
+    prediction_id = await _create_prediction(provider, job_id, {"simulate": "hang"})
+    assert await db.mark_processing(job_id, provider="replicate", prediction_id=prediction_id)
+    await trio.sleep(0.3)
+    await start_daemon(nursery, settings_for(db.url, provider))
+    (job,) = await wait_terminal(db, [job_id], timeout=5)
+    assert job.status is JobStatus.TIMED_OUT
+    account = await db.account("carol")
+    assert account is not None
+    assert account.balance == 5
+    async with httpx.AsyncClient(trust_env=False) as client:
+        stats = (await client.get(f"{provider}/_sim/stats")).json()
+    assert stats["cancels"] >= 1
+
+
+async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
+    nursery, db: Database, db_url: str
+):
+    """Seed 003's 'scheduled job': anything non-terminal past the stuck limit is ended and refunded."""
+    await db.grant("dave", 10, plan="pro")
+    stuck_flight = await _left_in_flight(db, "dave")
+    stuck_queue = await db.submit_job("dave", "never picked up")
+    fresh = await db.submit_job("dave", "just arrived")
+    await pg.execute(
+        db_url,
+        "UPDATE orchestrator.jobs SET created_at = now() - interval '2 hours' WHERE id = ANY($1)",
+        [stuck_flight, stuck_queue],
+    )
+    provider_url = await start_simulator(nursery)
+    async with httpx.AsyncClient(trust_env=False) as client:
+        provider = ReplicateProvider(client, base_url=provider_url, token="t", model="sim/image")
+        registry = Registry(store=db, provider=provider, config=ActorConfig())
+        sweeper = Sweeper(db, provider, registry, stuck_after_s=1800, cancel_timeout_s=1)
+        assert await sweeper.sweep() == 2
+    flight, queued, young = [await db.job(j) for j in (stuck_flight, stuck_queue, fresh)]
+    assert flight is not None
+    assert (flight.status, flight.error_code) == (JobStatus.FAILED, ErrorCode.STUCK)
+    assert queued is not None
+    assert (queued.status, queued.error_code) == (JobStatus.REJECTED, ErrorCode.STUCK)
+    assert young is not None
+    assert young.status is JobStatus.QUEUED
+    account = await db.account("dave")
+    assert account is not None
+    assert account.balance == 10
+    assert (await db.audit()).ok
