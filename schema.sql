@@ -392,12 +392,15 @@ BEGIN
 END
 $$;
 
--- End an admitted job: terminal status, seat released and the refund it is
--- owed, in one transaction. A job that did not succeed gets its whole debit
--- back; a succeeded one gets `p_refund` back (outputs that were paid for but
--- not delivered). Finishing a job twice is a no-op that refunds nothing.
+-- End an admitted job: delivered outputs recorded, terminal status, seat
+-- released and the refund it is owed, in one transaction and one round trip.
+-- A job that did not succeed gets its whole debit back; a succeeded one gets
+-- `p_refund` back (outputs that were paid for but not delivered). Outputs
+-- past num_outputs are never stored. Finishing a job twice is a no-op.
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint);
 CREATE OR REPLACE FUNCTION orchestrator.finish_job_v1(
-    p_job_id uuid, p_status text, p_error_code text, p_message text, p_refund bigint
+    p_job_id uuid, p_status text, p_error_code text, p_message text, p_refund bigint,
+    p_outputs text[] DEFAULT NULL
 ) RETURNS TABLE (status text, refunded bigint, balance bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
 AS $$
@@ -423,6 +426,13 @@ BEGIN
     END IF;
     IF p_status NOT IN ('succeeded', 'failed', 'timed_out', 'canceled') THEN
         RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
+    END IF;
+    IF p_outputs IS NOT NULL THEN
+        INSERT INTO outputs (job_id, idx, num_outputs, url)
+        SELECT p_job_id, o.idx - 1, j.num_outputs, o.url
+          FROM jobs j, unnest(p_outputs) WITH ORDINALITY AS o(url, idx)
+         WHERE j.id = p_job_id AND o.idx <= j.num_outputs
+        ON CONFLICT (job_id, idx) DO NOTHING;
     END IF;
     SELECT -l.amount INTO v_debited FROM ledger l
      WHERE l.job_id = p_job_id AND l.kind = 'debit';

@@ -228,3 +228,20 @@ async def test_the_listener_reconnects_after_losing_its_connection(
     (job,) = await wait_terminal(db, [job_id], timeout=10)
     assert job.status is JobStatus.SUCCEEDED
     assert daemon.intake.stats.reconnects >= 1
+
+
+async def test_a_succeeded_job_records_exactly_its_outputs(nursery, db: Database, db_url: str):
+    """Outputs are stored with the terminal status, one row per index, never more than paid for."""
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db_url, provider))
+    await db.grant("kim", 10, plan="pro")
+    job_id = await db.submit_job("kim", "three views", num_outputs=3)
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.cost == 3
+    rows = await pg.fetch(
+        db_url, "SELECT idx, url FROM orchestrator.outputs WHERE job_id = $1 ORDER BY idx", job_id
+    )
+    assert [row["idx"] for row in rows] == [0, 1, 2]
+    assert all(row["url"].startswith(provider) for row in rows)
+    assert (await db.audit()).ok

@@ -166,7 +166,7 @@ class Database:
             IntegrityViolation: the job was never admitted.
         """
         return await self._connector.run(
-            _transitions.finish_with_outputs, job_id, status, code, message, refund, outputs
+            _transitions.finish, job_id, status, code, message, refund, outputs
         )
 
     async def mark_processing(

@@ -73,7 +73,7 @@ async def mark_processing(pool: Pool, job_id: uuid.UUID, provider: str, predicti
     return await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id) is not None
 
 
-async def finish_with_outputs(
+async def finish(
     pool: Pool,
     job_id: uuid.UUID,
     status: JobStatus,
@@ -82,15 +82,15 @@ async def finish_with_outputs(
     refund: int | None,
     outputs: tuple[str, ...],
 ) -> Finish:
-    """Record outputs and end the job in one transaction, so both or neither happen."""
-    q = queries()
-    async with pool.acquire() as conn, conn.transaction():
-        if outputs:
-            await conn.execute(
-                q["record_outputs"], job_id, list(range(len(outputs))), list(outputs)
-            )
-        row = await conn.fetchrow(
-            q["finish_job"], job_id, status.value, code.value if code else None, message, refund
-        )
-    assert row is not None  # noqa: S101
+    """Record outputs and end the job in one statement, so both or neither happen."""
+    row = await pool.fetchrow(
+        queries()["finish_job"],
+        job_id,
+        status.value,
+        code.value if code else None,
+        message,
+        refund,
+        list(outputs) if outputs else None,
+    )
+    assert row is not None  # noqa: S101  (the function always returns one row)
     return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])

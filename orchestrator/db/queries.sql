@@ -133,8 +133,8 @@ UPDATE orchestrator.jobs
 RETURNING id;
 
 -- name: finish_job
--- Terminal status, seat release and refund, in one transaction (see finish_job_v1).
-SELECT status, refunded, balance FROM orchestrator.finish_job_v1($1, $2, $3, $4, $5);
+-- Outputs, terminal status, seat release and refund, in one transaction (see finish_job_v1).
+SELECT status, refunded, balance FROM orchestrator.finish_job_v1($1, $2, $3, $4, $5, $6);
 
 -- name: mark_processing
 -- Record the provider's prediction id right after submitting, so a restart
@@ -143,15 +143,6 @@ UPDATE orchestrator.jobs
    SET status = 'processing', provider = $2, prediction_id = $3, updated_at = clock_timestamp()
  WHERE id = $1 AND status IN ('starting', 'processing')
 RETURNING id;
-
--- name: record_outputs
--- Store delivered outputs by index; a repeated index keeps the first, and an
--- index past num_outputs is never even attempted (the schema would refuse it).
-INSERT INTO orchestrator.outputs (job_id, idx, num_outputs, url)
-SELECT j.id, o.idx, j.num_outputs, o.url
-  FROM orchestrator.jobs j, unnest($2::integer[], $3::text[]) AS o(idx, url)
- WHERE j.id = $1 AND o.idx >= 0 AND o.idx < j.num_outputs
-ON CONFLICT (job_id, idx) DO NOTHING;
 
 -- name: route_jobs
 -- Who owns each notified job and what it needs: admission or a cancel.
