@@ -14,6 +14,8 @@ from ._messages import Message as Message
 from ._messages import Resume as Resume
 from ._messages import Submit as Submit
 from ._ports import JobStore as JobStore
+from ._ports import NullObserver as NullObserver
+from ._ports import Observer as Observer
 from ._registry import Registry as Registry
 from ._user import UserActor as UserActor
 
@@ -24,6 +26,8 @@ __all__ = [
     "JobTask",
     "Mailbox",
     "Message",
+    "NullObserver",
+    "Observer",
     "Offer",
     "Registry",
     "Resume",

@@ -10,6 +10,7 @@ left in flight for recovery to pick up.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -42,7 +43,7 @@ from orchestrator.providers import (
 )
 
 from ._config import ActorConfig
-from ._ports import JobStore
+from ._ports import JobStore, Observer
 
 log = structlog.get_logger("actors.job")
 
@@ -65,8 +66,13 @@ class JobTask:
         store: JobStore,
         provider: Provider,
         config: ActorConfig,
+        observer: Observer,
+        queued_s: float | None = None,
         on_done: Callable[[Job], None] | None = None,
     ) -> None:
+        self._observer = observer
+        self._queued_s = queued_s
+        self._polls = 0
         self.job = job
         self._remaining_s = remaining_s
         self._store = store
@@ -143,7 +149,8 @@ class JobTask:
         delays = self._delays()
         while True:
             try:
-                return await self._provider.submit(request)
+                with self._observed("submit"):
+                    return await self._provider.submit(request)
             except ProviderRateLimited as exc:
                 log.info("provider.rate_limited", operation="submit")
                 await trio.sleep(exc.retry_after or next(delays))
@@ -158,7 +165,8 @@ class JobTask:
 
     async def _find_lost_prediction(self) -> Prediction | None:
         try:
-            return await self._provider.find_for_job(self.job.id)
+            with self._observed("find"):
+                return await self._provider.find_for_job(self.job.id)
         except ProviderError as exc:
             log.warning("provider.error", operation="find", error=exc.summary)
             return None
@@ -180,8 +188,10 @@ class JobTask:
             with trio.move_on_after(next(delays)):
                 await self._poke.wait()
             self._poke = trio.Event()
+            self._polls += 1
             try:
-                prediction = await self._provider.get(prediction.id)
+                with self._observed("get"):
+                    prediction = await self._provider.get(prediction.id)
             except ProviderRejected as exc:
                 log.warning("provider.error", operation="get", error=exc.summary)
                 return UpstreamFailed(exc.summary)
@@ -194,7 +204,8 @@ class JobTask:
     async def _cancel_upstream(self, prediction_id: str) -> None:
         with trio.move_on_after(self._config.cancel_timeout_s, shield=True) as scope:
             try:
-                await self._provider.cancel(prediction_id)
+                with self._observed("cancel"):
+                    await self._provider.cancel(prediction_id)
             except ProviderError as exc:
                 log.warning("provider.cancel_failed", error=exc.summary)
                 return
@@ -235,8 +246,41 @@ class JobTask:
         )
         if finish.refunded:
             log.info("job.refunded", credits=finish.refunded)
+        if finish.status is settlement.status:
+            self._observer.job_finished(
+                settlement.status,
+                settlement.code,
+                refunded=finish.refunded,
+                provider_s=duration_s,
+                total_s=None if self._queued_s is None else self._queued_s + duration_s,
+                polls=self._polls,
+            )
+
+    @contextlib.contextmanager
+    def _observed(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except ProviderError as exc:
+            self._observer.provider_request(operation, _outcome(exc))
+            raise
+        self._observer.provider_request(operation, "ok")
 
     def _delays(self) -> Iterator[float]:
         return poll_delays(
             self._config.poll_initial_s, self._config.poll_multiplier, self._config.poll_max_s
         )
+
+
+def _outcome(exc: ProviderError) -> str:
+    """A bounded label for a provider failure."""
+    match exc:
+        case ProviderRateLimited():
+            return "rate_limited"
+        case ProviderUnavailable():
+            return "unavailable"
+        case ProviderRejected():
+            return "rejected"
+        case ProviderProtocolError():
+            return "malformed"
+        case _:
+            return "error"

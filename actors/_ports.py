@@ -47,3 +47,49 @@ class JobStore(Protocol):
     ) -> Finish: ...
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...
+
+
+class Observer(Protocol):
+    """Where the actors report what happened, for metrics; `orchestrator.metrics` implements it."""
+
+    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None: ...
+
+    def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None: ...
+
+    def job_finished(
+        self,
+        status: JobStatus,
+        code: ErrorCode | None,
+        *,
+        refunded: int,
+        provider_s: float,
+        total_s: float | None,
+        polls: int,
+    ) -> None: ...
+
+    def provider_request(self, operation: str, outcome: str) -> None: ...
+
+
+class NullObserver:
+    """Counts nothing; the default when no metrics are wanted (most tests)."""
+
+    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None:
+        pass
+
+    def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None:
+        pass
+
+    def job_finished(
+        self,
+        status: JobStatus,
+        code: ErrorCode | None,
+        *,
+        refunded: int,
+        provider_s: float,
+        total_s: float | None,
+        polls: int,
+    ) -> None:
+        pass
+
+    def provider_request(self, operation: str, outcome: str) -> None:
+        pass

@@ -18,14 +18,22 @@ from orchestrator.providers import Provider
 from ._config import ActorConfig
 from ._mailbox import Offer
 from ._messages import Message
-from ._ports import JobStore
+from ._ports import JobStore, NullObserver, Observer
 from ._user import UserActor
 
 log = structlog.get_logger("actors.registry")
 
 
 class Registry:
-    def __init__(self, *, store: JobStore, provider: Provider, config: ActorConfig) -> None:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        provider: Provider,
+        config: ActorConfig,
+        observer: Observer | None = None,
+    ) -> None:
+        self._observer: Observer = observer or NullObserver()
         self._store = store
         self._provider = provider
         self._config = config
@@ -65,6 +73,7 @@ class Registry:
                 store=self._store,
                 provider=self._provider,
                 config=self._config,
+                observer=self._observer,
             )
             self._actors[user_id] = actor
             self.started += 1

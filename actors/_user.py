@@ -32,7 +32,7 @@ from ._config import ActorConfig
 from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
-from ._ports import JobStore
+from ._ports import JobStore, Observer
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -57,7 +57,9 @@ class UserActor:
         store: JobStore,
         provider: Provider,
         config: ActorConfig,
+        observer: Observer,
     ) -> None:
+        self._observer = observer
         self.user_id = user_id
         self.mailbox = Mailbox(config.mailbox_size)
         self._registry = registry
@@ -132,11 +134,12 @@ class UserActor:
         if context is None or context.job.status is not JobStatus.QUEUED:
             return
         job = context.job
+        lag_s = (context.now - job.created_at).total_seconds() if job.created_at else None
         with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
             decision = decide_admission(job, context.usage, context.now)
             match decision:
                 case Reject(code=code, message=message):
-                    await self._reject(job_id, code, message)
+                    await self._reject(job_id, code, message, lag_s)
                 case Admit(cost=cost, max_inflight=max_inflight):
                     admission = await self._store.admit(
                         job_id,
@@ -146,18 +149,23 @@ class UserActor:
                     )
                     if admission.outcome == "admitted":
                         log.info("job.admitted", cost=cost, balance=admission.balance)
+                        self._observer.job_admitted(cost, lag_s)
                         started = InFlight(
                             job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                         )
-                        self._start(started)
+                        self._start(started, lag_s)
                     elif admission.outcome in _REFUSAL_FOR_OUTCOME:
-                        await self._reject(job_id, *_REFUSAL_FOR_OUTCOME[admission.outcome])
+                        code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
+                        await self._reject(job_id, code, message, lag_s)
 
-    async def _reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> None:
+    async def _reject(
+        self, job_id: uuid.UUID, code: ErrorCode, message: str, lag_s: float | None
+    ) -> None:
         if await self._store.reject(job_id, code, message):
             log.info("job.rejected", code=code.value)
+            self._observer.job_rejected(code, lag_s)
 
-    def _start(self, in_flight: InFlight) -> JobTask:
+    def _start(self, in_flight: InFlight, lag_s: float | None = None) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
             in_flight.job,
@@ -165,6 +173,8 @@ class UserActor:
             store=self._store,
             provider=self._provider,
             config=self._config,
+            observer=self._observer,
+            queued_s=lag_s,
             on_done=self._job_done,
         )
         self._running[in_flight.job.id] = task

@@ -10,21 +10,29 @@ either: that is what recovery is for.
 
 from __future__ import annotations
 
+import functools
+import logging
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
 import httpx
+import hypercorn.config
+import hypercorn.trio
 import structlog
 import trio
 
 from actors import ActorConfig, Registry
 from orchestrator.db import Database, open_database
+from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
+from orchestrator.metrics import Metrics
 from orchestrator.providers import Provider, ReplicateProvider
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.sweeper import Sweeper
+from orchestrator.webhooks import WebhookHandler
 
 log = structlog.get_logger("orchestrator.daemon")
 
@@ -34,12 +42,28 @@ _PUBLIC_REPLICATE: Final = "api.replicate.com"
 class Daemon:
     """A running daemon's handle: its parts, for tests and the HTTP endpoints."""
 
-    def __init__(self, db: Database, registry: Registry, intake: Intake, sweeper: Sweeper) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        intake: Intake,
+        sweeper: Sweeper,
+        metrics: Metrics,
+    ) -> None:
         self.db = db
         self.registry = registry
         self.intake = intake
         self.sweeper = sweeper
+        self.metrics = metrics
+        self.http_url = ""
         self._stop = trio.Event()
+
+    async def readiness(self) -> dict[str, bool]:
+        return {
+            "database": await self.db.ping(),
+            "schema": await self.db.schema_is_current(),
+            "listener": self.intake.stats.connected,
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -48,7 +72,24 @@ class Daemon:
         await self._stop.wait()
 
 
+def webhook_base(settings: Settings) -> str | None:
+    """Where providers should call back, or None to rely on polling alone.
+
+    Raises:
+        SettingsError: webhooks requested without a secret, unless unsigned ones are allowed.
+    """
+    if not settings.public_url:
+        return None
+    if not settings.webhook_secret and not settings.accept_unsigned_webhooks:
+        raise SettingsError(
+            "ORCHESTRATOR_PUBLIC_URL enables webhooks: set ORCHESTRATOR_WEBHOOK_SECRET, or "
+            "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS=1 to accept forgeable ones"
+        )
+    return f"{settings.public_url.rstrip('/')}/webhooks/{settings.provider}"
+
+
 def actor_config(settings: Settings) -> ActorConfig:
+    base = webhook_base(settings)
     return ActorConfig(
         deadline_s=settings.job_deadline_s,
         poll_initial_s=settings.poll_initial_s,
@@ -58,6 +99,7 @@ def actor_config(settings: Settings) -> ActorConfig:
         idle_s=settings.actor_idle_s,
         mailbox_size=settings.mailbox_size,
         provider_name=settings.provider,
+        webhook_url=(lambda _job_id: base) if base else (lambda _job_id: None),
     )
 
 
@@ -96,17 +138,39 @@ async def serve(
     ):
         await db.migrate()
         config = actor_config(settings)
-        registry = Registry(store=db, provider=provider, config=config)
-        intake = Intake(db, registry, scan_interval_s=settings.scan_interval_s)
+        metrics = Metrics()
+        registry = Registry(store=db, provider=provider, config=config, observer=metrics)
+        intake = Intake(db, registry, scan_interval_s=settings.scan_interval_s, metrics=metrics)
         sweeper = Sweeper(
             db,
             provider,
             registry,
             stuck_after_s=settings.stuck_after_s,
             cancel_timeout_s=settings.cancel_timeout_s,
+            metrics=metrics,
         )
-        daemon = Daemon(db, registry, intake, sweeper)
+        daemon = Daemon(db, registry, intake, sweeper, metrics)
+        metrics.bind_gauges(
+            actors=lambda: len(registry),
+            mailbox_depth=lambda: registry.mailbox_depth,
+            jobs_running=lambda: registry.running_jobs,
+            listener_connected=lambda: float(intake.stats.connected),
+            db_pool_in_use=lambda: db.pool_in_use,
+        )
+        webhooks = None
+        if config.webhook_url(uuid.uuid4()) is not None:
+            if not settings.webhook_secret:
+                log.warning("webhook.unsigned_accepted", note="anyone can forge deliveries")
+            webhooks = WebhookHandler(
+                db,
+                registry,
+                {settings.provider: provider},
+                secret=settings.webhook_secret,
+                metrics=metrics,
+            )
+        app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=webhooks)
         async with trio.open_nursery() as root:
+            daemon.http_url = await root.start(_serve_http, app, settings)
             await root.start(registry.run)
             services = trio.CancelScope()
 
@@ -128,6 +192,23 @@ async def serve(
             left = await registry.drain(settings.grace_s)
             root.cancel_scope.cancel()
         log.info("daemon.stopped", jobs_left_for_recovery=left)
+
+
+async def _serve_http(
+    app: HttpApp, settings: Settings, *, task_status: trio.TaskStatus[str]
+) -> None:
+    config = hypercorn.config.Config()
+    host = settings.http_host
+    config.bind = [
+        f"[{host}]:{settings.http_port}" if ":" in host else f"{host}:{settings.http_port}"
+    ]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("orchestrator.http")
+    config.graceful_timeout = 0.5
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+        log.info("http.listening", url=binds[0])
+        task_status.started(binds[0])
 
 
 async def _stop_on_signal(daemon: Daemon) -> None:

@@ -19,6 +19,7 @@ import trio
 from actors import Cancel, Offer, Registry, Resume, Submit
 from orchestrator.db import Database, DbError
 from orchestrator.lifecycle import JobRef, JobStatus
+from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.intake")
 
@@ -39,7 +40,15 @@ class IntakeStats:
 
 
 class Intake:
-    def __init__(self, db: Database, registry: Registry, *, scan_interval_s: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        *,
+        scan_interval_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics or Metrics()
         self._db = db
         self._registry = registry
         self._scan_interval_s = scan_interval_s
@@ -83,7 +92,10 @@ class Intake:
                         break
             if batch:
                 self.stats.notifications += len(batch)
-                await self._route(_job_ids(batch, self.stats))
+                self._metrics.notifications.inc(len(batch))
+                job_ids = _job_ids(batch, self.stats)
+                self._metrics.bad_notifications.inc(len(batch) - len(job_ids))
+                await self._route(job_ids)
             if trio.current_time() >= next_scan:
                 await self._scan()
                 next_scan = trio.current_time() + self._scan_interval_s
@@ -94,7 +106,9 @@ class Intake:
 
     async def _scan(self) -> None:
         found = await self._db.queued()
-        self.stats.scan_finds += self._deliver(found)
+        accepted = self._deliver(found)
+        self.stats.scan_finds += accepted
+        self._metrics.scan_finds.inc(accepted)
 
     async def _recover(self) -> None:
         """At start: every job a previous run left in flight goes back to its actor."""
@@ -117,6 +131,7 @@ class Intake:
         offer = self._registry.deliver(user_id, message)
         if offer is Offer.FULL:
             self.stats.mailbox_full += 1  # still queued in the database: the next scan retries
+            self._metrics.mailbox_full.inc()
         accepted = offer is Offer.ACCEPTED
         self.stats.delivered += accepted
         return accepted

@@ -55,6 +55,9 @@ class Settings:
     scan_interval_s: float = attrs.field(default=5.0, validator=_positive)
     stuck_after_s: float = attrs.field(default=1800.0, validator=_positive)
     grace_s: float = attrs.field(default=30.0, validator=_positive)
+    webhook_secret: str | None = attrs.field(default=None, repr=False)
+    public_url: str | None = None
+    accept_unsigned_webhooks: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(default=8080, validator=_port)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
@@ -66,6 +69,15 @@ class Settings:
     log_format: str = attrs.field(
         default="auto", validator=attrs.validators.in_(("auto", "json", "console"))
     )
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
 
 
 # environment variable -> (field, parser)
@@ -85,6 +97,9 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_SCAN_INTERVAL": ("scan_interval_s", float),
     "ORCHESTRATOR_STUCK_AFTER": ("stuck_after_s", float),
     "ORCHESTRATOR_GRACE": ("grace_s", float),
+    "ORCHESTRATOR_WEBHOOK_SECRET": ("webhook_secret", str),
+    "ORCHESTRATOR_PUBLIC_URL": ("public_url", str),
+    "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS": ("accept_unsigned_webhooks", _boolean),
     "ORCHESTRATOR_HTTP_HOST": ("http_host", str),
     "ORCHESTRATOR_HTTP_PORT": ("http_port", int),
     "ORCHESTRATOR_DB_POOL_SIZE": ("db_pool_size", int),

@@ -16,6 +16,7 @@ import trio
 from actors import Registry
 from orchestrator.db import Database, DbError
 from orchestrator.lifecycle import ErrorCode, JobRef, JobStatus
+from orchestrator.metrics import Metrics
 from orchestrator.providers import Provider, ProviderError
 
 log = structlog.get_logger("orchestrator.sweeper")
@@ -32,7 +33,9 @@ class Sweeper:
         *,
         stuck_after_s: float,
         cancel_timeout_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._db = db
         self._provider = provider
         self._registry = registry
@@ -57,6 +60,7 @@ class Sweeper:
         for ref in stuck:
             await self._end(ref)
         self.swept += len(stuck)
+        self._metrics.stuck.inc(len(stuck))
         return len(stuck)
 
     async def _end(self, ref: JobRef) -> None:

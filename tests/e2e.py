@@ -30,6 +30,7 @@ def settings_for(db_url: str, provider_url: str, **overrides: object) -> Setting
         scan_interval_s=0.5,
         actor_idle_s=5.0,
         grace_s=1.0,
+        http_port=0,
     )
     return attrs.evolve(base, **overrides)  # type: ignore[misc]
 

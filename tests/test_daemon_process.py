@@ -31,6 +31,7 @@ def _env(db_url: str, provider_url: str, **extra: str) -> dict[str, str]:
         "ORCHESTRATOR_SCAN_INTERVAL": "0.5",
         "ORCHESTRATOR_GRACE": "1",
         "ORCHESTRATOR_LOG_FORMAT": "json",
+        "ORCHESTRATOR_HTTP_PORT": "0",
         **extra,
     }
 

@@ -47,6 +47,13 @@ class Database:
     async def schema_is_current(self) -> bool:
         return await self._connector.run(_schema.is_current)
 
+    async def ping(self) -> bool:
+        return await self._connector.run(_jobs.ping)
+
+    async def record_webhook_event(self, provider: str, event_id: str) -> bool:
+        """True the first time a webhook delivery id is seen; False for a duplicate."""
+        return await self._connector.run(_jobs.record_webhook_event, provider, event_id)
+
     async def grant(
         self, user_id: str, amount: int, *, ref: str | None = None, plan: str | None = None
     ) -> int:

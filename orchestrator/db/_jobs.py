@@ -39,3 +39,12 @@ async def get(pool: Pool, job_id: uuid.UUID) -> Job | None:
 async def listing(pool: Pool, user_id: str | None, limit: int) -> list[Job]:
     rows = await pool.fetch(queries()["list_jobs"], user_id, limit)
     return [_rows.job(row) for row in rows]
+
+
+async def ping(pool: Pool) -> bool:
+    return bool(await pool.fetchval(queries()["ping"]) == 1)
+
+
+async def record_webhook_event(pool: Pool, provider: str, event_id: str) -> bool:
+    """True the first time a delivery is seen, False for every repeat."""
+    return await pool.fetchval(queries()["record_webhook_event"], provider, event_id) is not None

@@ -187,6 +187,16 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested,
  ORDER BY created_at
  LIMIT $2;
 
+-- name: ping
+-- Readiness: the database answers.
+SELECT 1;
+
+-- name: record_webhook_event
+-- Remember a webhook delivery; no row back means it was processed before.
+INSERT INTO orchestrator.webhook_events (provider, event_id) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+RETURNING event_id;
+
 -- name: get_account
 -- One account with its plan.
 SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;

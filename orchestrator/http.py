@@ -1,0 +1,136 @@
+"""The daemon's HTTP endpoints, as one small raw ASGI app served by hypercorn on Trio.
+
+GET  /healthz                 200 while the process runs
+GET  /readyz                  200 when the database answers, the schema is
+                              current and the listener is connected; 503
+                              with the failing checks otherwise
+GET  /metrics                 Prometheus text format
+POST /webhooks/{provider}     provider callbacks (when enabled)
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import structlog
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
+
+from orchestrator.metrics import CONTENT_TYPE, Metrics
+from orchestrator.webhooks import WebhookHandler
+
+log = structlog.get_logger("orchestrator.http")
+
+MAX_WEBHOOK_BODY: Final = 1 << 20
+_READY_TIMEOUT_S: Final = 2.0
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+class HttpApp:
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        readiness: ReadinessCheck,
+        webhooks: WebhookHandler | None,
+    ) -> None:
+        self._metrics = metrics
+        self._readiness = readiness
+        self._webhooks = webhooks
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        status, content_type, body = await self._route(scope, receive)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+                "trailers": False,
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _route(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable
+    ) -> tuple[int, str, bytes]:
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path == "/healthz":
+            return _json(200, {"status": "ok"})
+        if method == "GET" and path == "/readyz":
+            return await self._ready()
+        if method == "GET" and path == "/metrics":
+            return 200, CONTENT_TYPE, self._metrics.render()
+        if path.startswith("/webhooks/") and self._webhooks is not None:
+            if method != "POST":
+                return _json(405, {"error": "use POST"})
+            return await self._webhook(scope, receive, path.removeprefix("/webhooks/"))
+        return _json(404, {"error": "not found"})
+
+    async def _ready(self) -> tuple[int, str, bytes]:
+        checks: dict[str, bool]
+        with trio.move_on_after(_READY_TIMEOUT_S) as scope:
+            try:
+                checks = await self._readiness()
+            except Exception:  # noqa: BLE001  (any failure to check is "not ready")
+                checks = {"database": False}
+        if scope.cancelled_caught:
+            checks = {"database": False}
+        ok = all(checks.values())
+        return _json(200 if ok else 503, {"ready": ok, "checks": checks})
+
+    async def _webhook(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, provider: str
+    ) -> tuple[int, str, bytes]:
+        assert self._webhooks is not None  # noqa: S101
+        body = await _read_body(receive, MAX_WEBHOOK_BODY)
+        if body is None:
+            return _json(413, {"error": "body too large"})
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+        job_param = query.get("job_id", [None])[0]
+        reply = await self._webhooks.handle(provider, headers, job_param, body)
+        return _json(reply.status, {"result": reply.result})
+
+
+def _json(status: int, payload: object) -> tuple[int, str, bytes]:
+    return status, "application/json", json.dumps(payload).encode()
+
+
+async def _read_body(receive: ASGIReceiveCallable, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

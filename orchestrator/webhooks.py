@@ -1,0 +1,118 @@
+"""Provider webhooks: verified, deduplicated, and only ever a wake-up.
+
+A webhook never sets a job's state by itself: it wakes the job's task, which
+asks the provider for the prediction and settles from that. So duplicates
+and out-of-order deliveries (a `processing` after `succeeded`) cannot move a
+job backwards or pay twice. What a webhook adds beyond speed: it names the
+job in its URL, so a prediction whose id was never stored (a crash between
+submit and store) is matched, recorded and resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+import structlog
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from actors import Registry, Resume
+from orchestrator.db import Database
+from orchestrator.metrics import Metrics
+from orchestrator.providers import Prediction, Provider, ProviderProtocolError
+
+log = structlog.get_logger("orchestrator.webhooks")
+
+_SIGNATURE_HEADERS: Final = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+@attrs.frozen
+class Reply:
+    status: int
+    result: str
+
+
+class WebhookHandler:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        providers: Mapping[str, Provider],
+        *,
+        secret: str | None,
+        metrics: Metrics,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._providers = providers
+        self._verifier = Webhook(secret) if secret else None
+        self._metrics = metrics
+
+    async def handle(
+        self, provider_name: str, headers: Mapping[str, str], job_param: str | None, body: bytes
+    ) -> Reply:
+        provider = self._providers.get(provider_name)
+        if provider is None:
+            return Reply(404, "unknown_provider")
+        reply = await self._handle(provider_name, provider, headers, job_param, body)
+        self._metrics.webhooks.labels(provider=provider_name, result=reply.result).inc()
+        if reply.status >= 400:  # noqa: PLR2004
+            log.warning("webhook.rejected", provider=provider_name, result=reply.result)
+        return reply
+
+    async def _handle(
+        self,
+        provider_name: str,
+        provider: Provider,
+        headers: Mapping[str, str],
+        job_param: str | None,
+        body: bytes,
+    ) -> Reply:
+        request = self._authentic(provider, headers, job_param, body)
+        if isinstance(request, Reply):
+            return request
+        job_id, prediction = request
+        event_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
+        if not await self._db.record_webhook_event(provider_name, event_id):
+            return Reply(200, "duplicate")
+        return await self._wake(provider_name, job_id, prediction)
+
+    def _authentic(
+        self, provider: Provider, headers: Mapping[str, str], job_param: str | None, body: bytes
+    ) -> Reply | tuple[uuid.UUID, Prediction]:
+        """Signature, job id and body checked, or the refusal to send back."""
+        if self._verifier is not None:
+            try:
+                self._verifier.verify(body, {k: headers.get(k, "") for k in _SIGNATURE_HEADERS})
+            except WebhookVerificationError:
+                return Reply(401, "bad_signature")
+        try:
+            job_id = uuid.UUID(job_param or "")
+        except ValueError:
+            return Reply(400, "no_job_id")
+        try:
+            return job_id, provider.parse_webhook(body)
+        except ProviderProtocolError:
+            return Reply(400, "malformed")
+
+    async def _wake(self, provider_name: str, job_id: uuid.UUID, prediction: Prediction) -> Reply:
+        job = await self._db.job(job_id)
+        if job is None:
+            return Reply(200, "unknown_job")
+        if not job.status.in_flight:
+            return Reply(200, "ignored")
+        with structlog.contextvars.bound_contextvars(job_id=str(job_id), user_id=job.user_id):
+            actor = self._registry.actor(job.user_id)
+            if actor is not None and actor.poke(job_id):
+                return Reply(200, "accepted")
+            if job.prediction_id is None:
+                # The crash-between-phases case: the webhook tells us the lost id.
+                await self._db.mark_processing(
+                    job_id, provider=provider_name, prediction_id=prediction.id
+                )
+                log.info("webhook.matched_lost_prediction")
+            self._registry.deliver(job.user_id, Resume(job_id))
+            return Reply(200, "accepted")
