@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestrator.db import Database
 from orchestrator.lifecycle import JobStatus
 
+from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
 from .test_actors import make_rig
 
-SECRET_PROMPT = "a portrait of my neighbour Trudy at 12 Elm Street"
+PRIVATE_PROMPT = "a portrait of my neighbour Trudy at 12 Elm Street"
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,8 +43,8 @@ async def test_metrics_move_as_jobs_finish_and_never_carry_ids(nursery, db: Data
     await db.grant("metrics-user", 10, plan="pro")
     before = samples(await scrape(daemon.http_url))
     failed = await db.submit_job("metrics-user", "x", params={"simulate": "fail"}, num_outputs=3)
-    ok = await db.submit_job("metrics-user", SECRET_PROMPT)
-    dup = await db.submit_job("metrics-user", SECRET_PROMPT)
+    ok = await db.submit_job("metrics-user", PRIVATE_PROMPT)
+    dup = await db.submit_job("metrics-user", PRIVATE_PROMPT)
     jobs = await wait_terminal(db, [failed, ok, dup])
     assert [j.status for j in jobs] == [JobStatus.FAILED, JobStatus.SUCCEEDED, JobStatus.REJECTED]
     text = await scrape(daemon.http_url)
@@ -91,8 +92,6 @@ async def test_health_and_readiness_report_what_they_check(nursery, db: Database
 
 async def test_readiness_fails_when_the_schema_is_stale(nursery, db: Database, db_url: str):
     """A daemon in front of a database it does not match is alive but not ready."""
-    from . import pg
-
     provider = await start_simulator(nursery)
     daemon = await start_daemon(nursery, settings_for(db_url, provider))
     await pg.execute(
@@ -113,7 +112,7 @@ async def test_a_jobs_log_lines_name_each_transition_with_ids_and_never_the_prom
     with structlog.testing.capture_logs(
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:
-        job_id = rig.submit("logger", SECRET_PROMPT, params={"simulate": "fail"})
+        job_id = rig.submit("logger", PRIVATE_PROMPT, params={"simulate": "fail"})
         await rig.settled(job_id)
     events = [entry["event"] for entry in logs]
     assert events == ["job.admitted", "job.processing", "job.finished", "job.refunded"]
