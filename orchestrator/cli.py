@@ -18,21 +18,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final, NoReturn
 
+import attrs
 import trio
 
 from orchestrator import views
 from orchestrator.db import (
     Database,
     DbError,
+    embedded_server_running,
     ensure_embedded_server,
     open_database,
     stop_embedded_server,
 )
+from orchestrator.lifecycle import JobStatus
 from orchestrator.settings import Settings, SettingsError, environment_variables, from_env
 
 EXIT_OK: Final = 0
 EXIT_AUDIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_JOB_FAILED: Final = 3
 
 
 class CliError(Exception):
@@ -140,7 +144,11 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
         )
         print(job_id)  # noqa: T201  (the id is the command's output, for scripts)
-        return EXIT_OK
+        if not args.wait:
+            return EXIT_OK
+        job = await views.follow(db.job, job_id)
+        views.job(job, as_json=False)
+        return EXIT_OK if job.status is JobStatus.SUCCEEDED else EXIT_JOB_FAILED
 
     return trio.run(_with_database, settings, body)
 
@@ -210,6 +218,40 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     url = database_url(settings)
     trio.run(daemon.serve, settings, url)
     return EXIT_OK
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator import demo  # noqa: PLC0415  (only the demo pays for it)
+
+    settings = attrs.evolve(
+        settings,
+        job_deadline_s=args.deadline,
+        poll_initial_s=0.1,
+        poll_max_s=1.0,
+        scan_interval_s=1.0,
+        grace_s=1.0,
+        cancel_timeout_s=2.0,
+        replicate_model="sim/image",
+    )
+    started_here = not settings.database_url and not embedded_server_running(settings.home)
+    url = database_url(settings)
+    log_path = Path(settings.home).expanduser() / "demo.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ok = trio.run(
+            functools.partial(
+                demo.run,
+                settings,
+                url,
+                console=views.console(),
+                log_path=log_path,
+                scale=args.scale,
+            )
+        )
+    finally:
+        if started_here:
+            stop_embedded_server(settings.home)
+    return EXIT_OK if ok else EXIT_AUDIT_FAILED
 
 
 def cmd_simulate_provider(settings: Settings, args: argparse.Namespace) -> int:
@@ -295,6 +337,9 @@ def _add_job_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--outputs", type=_outputs, default=1, help="images to generate (1-30)")
     p.add_argument("--params", type=_params, default=None, help="model input as a JSON object")
     p.add_argument("--idempotency-key", help="a repeat with the same key returns the same job")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job to its end; exit 3 unless it succeeded"
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("cancel", help="cancel a queued or running job")
@@ -314,6 +359,15 @@ def _add_job_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def _add_daemon_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo", help="run the daemon and the simulator through a realistic burst, then audit"
+    )
+    p.add_argument(
+        "--deadline", type=float, default=5.0, help="job deadline for the demo (default 5 s)"
+    )
+    p.add_argument("--scale", type=int, default=1, help="multiply the ordinary traffic")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     p.add_argument("--deadline", type=float, help="seconds a job may wait on the provider")
     p.add_argument("--provider-url", help="provider base URL (REPLICATE_API_BASE)")
@@ -352,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ,
             database_url=args.database_url,
             home=home,
-            job_deadline_s=getattr(args, "deadline", None),
+            job_deadline_s=getattr(args, "deadline", None) if args.command == "run" else None,
             replicate_api_base=getattr(args, "provider_url", None),
         )
         code: int = args.func(settings, args)

@@ -25,6 +25,7 @@ import structlog
 import trio
 
 from actors import ActorConfig, Registry
+from orchestrator.auditor import run_auditor
 from orchestrator.db import Database, open_database
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
@@ -179,6 +180,11 @@ async def serve(
                     async with trio.open_nursery() as nursery:
                         await nursery.start(intake.run)
                         nursery.start_soon(sweeper.run)
+                        nursery.start_soon(
+                            functools.partial(
+                                run_auditor, db, metrics, interval_s=settings.audit_interval_s
+                            )
+                        )
                         task_status.started()
 
             await root.start(run_services)

@@ -130,6 +130,16 @@ class Metrics:
         self.stuck = Counter(
             "orchestrator_jobs_stuck", "Jobs the sweeper ended as STUCK.", registry=r
         )
+        self.audit_violations = Gauge(
+            "orchestrator_audit_violations",
+            "Violations found by the last periodic ledger audit (0 when clean).",
+            registry=r,
+        )
+        self.audit_last_run = Gauge(
+            "orchestrator_audit_last_run_timestamp_seconds",
+            "When the periodic ledger audit last completed.",
+            registry=r,
+        )
         self.actors_active = Gauge(
             "orchestrator_actors_active", "User actors currently alive.", registry=r
         )

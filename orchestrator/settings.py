@@ -55,6 +55,7 @@ class Settings:
     scan_interval_s: float = attrs.field(default=5.0, validator=_positive)
     stuck_after_s: float = attrs.field(default=1800.0, validator=_positive)
     grace_s: float = attrs.field(default=30.0, validator=_positive)
+    audit_interval_s: float = attrs.field(default=300.0, validator=_positive)
     webhook_secret: str | None = attrs.field(default=None, repr=False)
     public_url: str | None = None
     accept_unsigned_webhooks: bool = False
@@ -97,6 +98,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_SCAN_INTERVAL": ("scan_interval_s", float),
     "ORCHESTRATOR_STUCK_AFTER": ("stuck_after_s", float),
     "ORCHESTRATOR_GRACE": ("grace_s", float),
+    "ORCHESTRATOR_AUDIT_INTERVAL": ("audit_interval_s", float),
     "ORCHESTRATOR_WEBHOOK_SECRET": ("webhook_secret", str),
     "ORCHESTRATOR_PUBLIC_URL": ("public_url", str),
     "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS": ("accept_unsigned_webhooks", _boolean),

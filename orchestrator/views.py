@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Final
 
+import trio
 from rich.console import Console
 from rich.table import Table
 
@@ -19,6 +21,7 @@ from orchestrator.db import AccountSummary, AuditReport
 from orchestrator.lifecycle import Job, JobStatus
 
 _PROMPT_PREVIEW: Final = 40
+_FOLLOW_POLL_S: Final = 0.25
 _STATUS_STYLE: Final = {
     JobStatus.QUEUED: "cyan",
     JobStatus.STARTING: "blue",
@@ -32,6 +35,10 @@ _STATUS_STYLE: Final = {
 
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def console() -> Console:
+    return _out
 
 
 def say(message: str) -> None:
@@ -164,6 +171,19 @@ def audit(report: AuditReport, *, as_json: bool) -> None:
             _out.print("        " + ", ".join(f"{k}={v}" for k, v in sample.items()))
     verdict = "[green]audit clean[/]" if report.ok else "[bold red]audit FAILED[/]"
     _out.print(verdict)
+
+
+async def follow(fetch: Callable[[uuid.UUID], Awaitable[Job | None]], job_id: uuid.UUID) -> Job:
+    """Show a live status line until the job is terminal; return it as it ended."""
+    with _err.status(f"job {job_id}: queued") as line:
+        while True:
+            item = await fetch(job_id)
+            if item is None:
+                raise LookupError(f"job {job_id} disappeared")
+            line.update(f"job {job_id}: {_status(item.status)}")
+            if item.status.terminal:
+                return item
+            await trio.sleep(_FOLLOW_POLL_S)
 
 
 def _status(status: JobStatus) -> str:

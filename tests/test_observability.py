@@ -127,3 +127,27 @@ async def test_a_jobs_log_lines_name_each_transition_with_ids_and_never_the_prom
     assert "Trudy" not in repr(logs)
     assert not re.search(r"Elm Street", repr(logs))
     assert uuid.UUID(logs[0]["job_id"]) == job_id
+
+
+async def test_the_periodic_audit_exports_violations_for_the_alert(
+    nursery, db: Database, db_url: str
+):
+    """A broken invariant shows up in orchestrator_audit_violations without anyone running audit."""
+    provider = await start_simulator(nursery)
+    daemon = await start_daemon(nursery, settings_for(db_url, provider, audit_interval_s=0.2))
+    await db.grant("audited", 5)
+    with trio.fail_after(5):
+        while (
+            samples(await scrape(daemon.http_url)).get(
+                ("orchestrator_audit_last_run_timestamp_seconds", ()), 0
+            )
+            == 0
+        ):
+            await trio.sleep(0.05)
+    assert samples(await scrape(daemon.http_url))[("orchestrator_audit_violations", ())] == 0
+    await pg.execute(
+        db_url, "UPDATE orchestrator.accounts SET balance = 500 WHERE user_id = 'audited'"
+    )
+    with trio.fail_after(5):
+        while samples(await scrape(daemon.http_url))[("orchestrator_audit_violations", ())] == 0:
+            await trio.sleep(0.05)

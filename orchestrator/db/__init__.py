@@ -11,6 +11,7 @@ from ._database import JOBS_CHANNEL as JOBS_CHANNEL
 from ._database import Database as Database
 from ._database import open_database as open_database
 from ._embedded import ensure_server as ensure_embedded_server
+from ._embedded import is_running as embedded_server_running
 from ._embedded import stop_server as stop_embedded_server
 from ._errors import DbError as DbError
 from ._errors import DbUnavailable as DbUnavailable
@@ -39,6 +40,7 @@ __all__ = [
     "Refund",
     "UnknownJob",
     "UnknownUser",
+    "embedded_server_running",
     "ensure_embedded_server",
     "open_database",
     "schema_text",

@@ -66,6 +66,17 @@ def stop_server(home: Path) -> bool:
     return True
 
 
+def is_running(home: Path) -> bool:
+    """Whether this home's embedded server is up (without starting it)."""
+    pid_file = data_dir(home.expanduser().resolve()) / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _running_as_root() -> bool:
     return os.geteuid() == 0
 
