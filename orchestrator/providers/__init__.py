@@ -1,7 +1,8 @@
 """The provider edge: one `Provider` protocol, its values and errors, and its adapters.
 
 Code lives in private modules (``_base`` for the values and the protocol, ``_errors`` for the
-exception tree, ``_replicate`` for the Replicate adapter); import from here only.
+exception tree, ``_http`` for what the HTTP adapters share, ``_replicate`` and ``_kie`` for
+the adapters); import from here only.
 """
 
 from ._base import Prediction as Prediction
@@ -13,9 +14,11 @@ from ._errors import ProviderProtocolError as ProviderProtocolError
 from ._errors import ProviderRateLimited as ProviderRateLimited
 from ._errors import ProviderRejected as ProviderRejected
 from ._errors import ProviderUnavailable as ProviderUnavailable
+from ._kie import KieProvider as KieProvider
 from ._replicate import ReplicateProvider as ReplicateProvider
 
 __all__ = [
+    "KieProvider",
     "Prediction",
     "PredictionRequest",
     "PredictionStatus",

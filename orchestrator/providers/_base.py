@@ -101,6 +101,17 @@ class Provider(Protocol):
         """Stop paying for a prediction; a prediction that already finished is left alone."""
         ...
 
+    def parse_webhook(self, body: bytes) -> Prediction:
+        """Read the prediction out of a webhook body this provider sent.
+
+        Pure parsing: the signature was checked before, and the caller treats the result as
+        a hint to poll, never as the final word, since webhooks arrive duplicated and late.
+
+        Raises:
+            ProviderProtocolError: The body is not what this provider sends.
+        """
+        ...
+
     async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
         """Find the prediction submitted for a job whose prediction id was never stored.
 

@@ -8,30 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
-import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 import httpx
 
 from ._base import Prediction, PredictionRequest, PredictionStatus
-from ._errors import (
-    ProviderError,
-    ProviderProtocolError,
-    ProviderRateLimited,
-    ProviderRejected,
-    ProviderUnavailable,
-    safe_summary,
+from ._errors import ProviderProtocolError, safe_summary
+from ._http import (
+    checked_id,
+    mapped_errors,
+    raise_for_status,
+    tag_webhook,
+    webhook_job_id,
 )
 
-_PREDICTION_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_LABEL: Final = "replicate"
 _MODEL: Final = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
-_JOB_ID_PARAM: Final = "job_id"
-_HTTP_TOO_MANY_REQUESTS: Final = 429
-_HTTP_REQUEST_TIMEOUT: Final = 408
 
 
 class ReplicateProvider:
@@ -96,7 +91,7 @@ class ReplicateProvider:
             path = "/v1/predictions"
             body["version"] = self._version
         if request.webhook_url is not None:
-            body["webhook"] = _tag_webhook(request.webhook_url, request.job_id)
+            body["webhook"] = tag_webhook(request.webhook_url, request.job_id)
             body["webhook_events_filter"] = ["completed"]
         secrets = (request.prompt,)
         with self._mapped_errors("submit"):
@@ -110,7 +105,7 @@ class ReplicateProvider:
             ValueError: ``prediction_id`` is not shaped like a Replicate id.
             ProviderError: Any failure of the call itself.
         """
-        path = f"/v1/predictions/{_checked_id(prediction_id)}"
+        path = f"/v1/predictions/{checked_id(prediction_id, 'Replicate')}"
         with self._mapped_errors("get"):
             response = await self._client.get(self._url(path), headers=self._headers())
             return self._prediction(response, ())
@@ -122,10 +117,19 @@ class ReplicateProvider:
             ValueError: ``prediction_id`` is not shaped like a Replicate id.
             ProviderError: Any failure of the call itself.
         """
-        path = f"/v1/predictions/{_checked_id(prediction_id)}/cancel"
+        path = f"/v1/predictions/{checked_id(prediction_id, 'Replicate')}/cancel"
         with self._mapped_errors("cancel"):
             response = await self._client.post(self._url(path), headers=self._headers())
             self._prediction(response, ())
+
+    def parse_webhook(self, body: bytes) -> Prediction:
+        """Read a webhook body: Replicate posts the prediction JSON that GET returns.
+
+        Raises:
+            ProviderProtocolError: The body is not a prediction.
+        """
+        with self._mapped_errors("webhook"):
+            return _parse_prediction(json.loads(body), (self._token,))
 
     async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
         """Scan the newest listing pages for the prediction whose webhook names ``job_id``.
@@ -149,7 +153,9 @@ class ReplicateProvider:
                 if not isinstance(results, list):
                     raise ProviderProtocolError("replicate list: results is not a list")
                 for entry in results:
-                    if isinstance(entry, Mapping) and _webhook_job_id(entry) == wanted:
+                    if not isinstance(entry, Mapping):
+                        continue
+                    if webhook_job_id(entry.get("webhook")) == wanted:
                         return _parse_prediction(entry, (self._token,))
                 url = self._next_page(page.get("next"))
         return None
@@ -175,75 +181,11 @@ class ReplicateProvider:
 
     def _json(self, response: httpx.Response, secrets: tuple[str, ...]) -> object:
         """Turn a non-2xx into the matching `ProviderError`, else decode the body."""
-        status = response.status_code
-        if status == _HTTP_TOO_MANY_REQUESTS:
-            raise ProviderRateLimited(
-                "replicate: HTTP 429 rate limited",
-                retry_after=_retry_after(response.headers.get("retry-after")),
-            )
-        if status >= httpx.codes.INTERNAL_SERVER_ERROR or status == _HTTP_REQUEST_TIMEOUT:
-            raise ProviderUnavailable(f"replicate: HTTP {status}", status_code=status)
-        if status >= httpx.codes.BAD_REQUEST:
-            detail = _problem_detail(response, (self._token, *secrets))
-            raise ProviderRejected(
-                f"replicate: HTTP {status}" + (f": {detail}" if detail else ""),
-                status_code=status,
-            )
-        if not httpx.codes.is_success(status):
-            raise ProviderProtocolError(f"replicate: unexpected HTTP {status}")
+        raise_for_status(_LABEL, response, secrets=(self._token, *secrets))
         return response.json()
 
-    @contextlib.contextmanager
-    def _mapped_errors(self, action: str) -> Iterator[None]:
-        """Turn everything below the adapter into a `ProviderError`, keeping the cause.
-
-        The messages name only the action and the exception type: httpx and json messages
-        may quote URLs or body fragments, and a body fragment may be the prompt.
-        """
-        try:
-            yield
-        except ProviderError:
-            raise
-        except httpx.TimeoutException as exc:
-            msg = f"replicate {action}: timed out ({type(exc).__name__})"
-            raise ProviderUnavailable(msg) from exc
-        except httpx.TransportError as exc:
-            msg = f"replicate {action}: transport error ({type(exc).__name__})"
-            raise ProviderUnavailable(msg) from exc
-        except httpx.HTTPError as exc:
-            msg = f"replicate {action}: bad HTTP response ({type(exc).__name__})"
-            raise ProviderProtocolError(msg) from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            msg = f"replicate {action}: body is not JSON"
-            raise ProviderProtocolError(msg) from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            msg = f"replicate {action}: unexpected body shape ({type(exc).__name__})"
-            raise ProviderProtocolError(msg) from exc
-
-
-def _checked_id(prediction_id: str) -> str:
-    if _PREDICTION_ID.fullmatch(prediction_id) is None:
-        raise ValueError("prediction_id is not a Replicate prediction id")
-    return prediction_id
-
-
-def _tag_webhook(webhook_url: str, job_id: uuid.UUID) -> str:
-    parts = urllib.parse.urlsplit(webhook_url)
-    query = [
-        (k, v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if k != _JOB_ID_PARAM
-    ]
-    query.append((_JOB_ID_PARAM, str(job_id)))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-def _webhook_job_id(entry: Mapping[object, object]) -> str | None:
-    webhook = entry.get("webhook")
-    if not isinstance(webhook, str):
-        return None
-    values = urllib.parse.parse_qs(urllib.parse.urlsplit(webhook).query).get(_JOB_ID_PARAM)
-    return values[-1] if values else None
+    def _mapped_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return mapped_errors(_LABEL, action)
 
 
 def _expect_object(body: object, what: str) -> Mapping[str, object]:
@@ -287,29 +229,3 @@ def _parse_output(output: object) -> tuple[str, ...]:
             return tuple(str(item) for item in output)
         case _:
             raise ProviderProtocolError("replicate: output is not a URL or a list of URLs")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Only the delta-seconds form: an HTTP-date would tie backoff to our wall clock."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return max(seconds, 0.0)
-
-
-def _problem_detail(response: httpx.Response, secrets: tuple[str, ...]) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if not isinstance(body, dict):
-        return ""
-    detail = body.get("detail") or body.get("title")
-    if not isinstance(detail, str):
-        return ""
-    return safe_summary(detail, secrets=secrets)

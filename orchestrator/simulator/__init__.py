@@ -1,9 +1,11 @@
-"""A loopback stand-in for Replicate, for tests, benchmarks and the demo.
+"""A loopback stand-in for Replicate or KIE, for tests, benchmarks and the demo.
 
-It speaks Replicate's predictions API over real HTTP, misbehaves on request (latency,
-failures, hangs, 429, 5xx, malformed bodies) and serves real PNG outputs. Code lives in
-private modules: ``_config`` (the knobs), ``_state`` (predictions computed from a clock),
-``_images`` (the PNG encoder), ``_app`` (the raw ASGI app) and ``_server`` (hypercorn).
+It speaks Replicate's predictions API or KIE's jobs API over real HTTP, misbehaves on request
+(latency, failures, hangs, 429, 5xx, malformed bodies), serves real PNG outputs and delivers
+signed, retried, sometimes duplicated or reordered webhooks. Code lives in private modules:
+``_config`` (the knobs), ``_state`` (predictions and owed webhooks computed from a clock),
+``_images`` (the PNG encoder), ``_app`` (the raw ASGI app), ``_webhooks`` (the sender) and
+``_server`` (hypercorn).
 """
 
 from ._app import SimulatorApp as SimulatorApp
@@ -15,6 +17,9 @@ from ._state import FaultKind as FaultKind
 from ._state import InvalidPredictionInput as InvalidPredictionInput
 from ._state import SimulatedPrediction as SimulatedPrediction
 from ._state import SimulatorState as SimulatorState
+from ._state import WebhookDelivery as WebhookDelivery
+from ._state import WebhookKind as WebhookKind
+from ._webhooks import WebhookSender as WebhookSender
 
 __all__ = [
     "Directive",
@@ -25,5 +30,8 @@ __all__ = [
     "SimulatorApp",
     "SimulatorConfig",
     "SimulatorState",
+    "WebhookDelivery",
+    "WebhookKind",
+    "WebhookSender",
     "serve_simulator",
 ]

@@ -1,7 +1,8 @@
-"""Replicate's HTTP API as a raw ASGI app over `SimulatorState`.
+"""Replicate's or KIE's HTTP API as a raw ASGI app over `SimulatorState`.
 
 No framework: a handful of routes, and being raw keeps every status code, header and byte of
-each response, including the deliberately broken ones, under the simulator's control.
+each response, including the deliberately broken ones, under the simulator's control. The
+same module renders webhook bodies, so a delivery reports a prediction exactly as a GET would.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
+
+from orchestrator.providers import PredictionStatus
 
 from ._state import (
     Fault,
@@ -53,6 +56,18 @@ def _problem(status: int, detail: str) -> _Response:
 
 
 _NOT_FOUND: Final = _problem(404, "Not found.")
+_KIE_STATES: Final = {
+    PredictionStatus.STARTING: "waiting",
+    PredictionStatus.PROCESSING: "generating",
+    PredictionStatus.SUCCEEDED: "success",
+}
+_KIE_GENERATION_FAILED: Final = 501
+_HTTP_UNAVAILABLE: Final = 503
+
+
+def _kie(code: int, msg: str, data: object = None, *headers: tuple[bytes, bytes]) -> _Response:
+    """KIE's envelope; its errors ride on HTTP 200 with the real status as ``code``."""
+    return _json(200, {"code": code, "msg": msg, "data": data}, *headers)
 
 
 class _BadRequestError(Exception):
@@ -105,12 +120,15 @@ class SimulatorApp:
         method = scope["method"]
         parts = tuple(part for part in scope["path"].split("/") if part)
         base = _base_url(scope)
-        handler: _Handler | None = None
         match method, parts:
             case "GET", ("_sim", "stats"):
                 return _json(200, self._state.stats())
             case "GET", ("files", prediction_id, file_name):
                 return self._file(prediction_id, file_name)
+        if self._state.config.api == "kie":
+            return self._handle_kie(scope, body, method, parts, base)
+        handler: _Handler | None = None
+        match method, parts:
             case "POST", ("v1", "predictions"):
                 handler = partial(self._create, base=base, model=None)
             case "POST", ("v1", "models", owner, name, "predictions"):
@@ -126,14 +144,34 @@ class SimulatorApp:
             return _NOT_FOUND
         return self._api(scope, body, handler)
 
+    def _handle_kie(
+        self, scope: HTTPScope, body: bytes, method: str, parts: tuple[str, ...], base: str
+    ) -> _Response:
+        handler: _Handler | None = None
+        match method, parts:
+            case "POST", ("api", "v1", "jobs", "createTask"):
+                handler = self._kie_create
+            case "GET", ("api", "v1", "jobs", "recordInfo"):
+                query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+                handler = partial(self._kie_record_info, query=query, base=base)
+        if handler is None:
+            return _NOT_FOUND
+        return self._kie_api(scope, body, handler)
+
+    def _authorized(self, scope: HTTPScope) -> bool:
+        token = self._state.config.token
+        if token is None:
+            return True
+        sent = _header(scope, b"authorization") or ""
+        if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return True
+        self._state.note_unauthorized()
+        return False
+
     def _api(self, scope: HTTPScope, body: bytes, handler: _Handler) -> _Response:
         """Authenticate, maybe misbehave, then run the handler."""
-        token = self._state.config.token
-        if token is not None:
-            sent = _header(scope, b"authorization") or ""
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                self._state.note_unauthorized()
-                return _problem(401, "You did not pass a valid authentication token")
+        if not self._authorized(scope):
+            return _problem(401, "You did not pass a valid authentication token")
         fault = self._state.draw_fault()
         if fault is not None and fault.kind is not FaultKind.MALFORMED:
             return self._failed(fault)
@@ -142,8 +180,63 @@ class SimulatorApp:
         except _BadRequestError as exc:
             response = _problem(422, str(exc))
         if fault is not None:
-            return _malformed(fault, response)
+            return _malformed(
+                fault, response, {"id": "malformed", "status": "exploded", "output": None}
+            )
         return response
+
+    def _kie_api(self, scope: HTTPScope, body: bytes, handler: _Handler) -> _Response:
+        """`_api` in KIE's dialect: errors are envelope codes, mostly on HTTP 200.
+
+        A 503 still arrives as a bare HTTP 503, as from a gateway in front of KIE, so a
+        client has to handle both layers.
+        """
+        if not self._authorized(scope):
+            return _kie(401, "You do not have access permissions")
+        fault = self._state.draw_fault()
+        if fault is not None and fault.kind is FaultKind.RATE_LIMITED:
+            retry_after = f"{self._state.config.retry_after:g}".encode()
+            return _kie(429, "Rate limited", None, (b"retry-after", retry_after))
+        if fault is not None and fault.kind is FaultKind.SERVER_ERROR:
+            if fault.status_code == _HTTP_UNAVAILABLE:
+                return _Response(fault.status_code, b"Service Unavailable", "text/plain")
+            return _kie(fault.status_code, "Server error")
+        try:
+            response = handler(body)
+        except _BadRequestError as exc:
+            response = _kie(422, str(exc))
+        if fault is not None:
+            wrong = {"code": 200, "msg": "success", "data": {"taskId": "x", "state": "exploded"}}
+            return _malformed(fault, response, wrong)
+        return response
+
+    def _kie_create(self, raw: bytes) -> _Response:
+        request = _object(_decode(raw), "request body")
+        model = request.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequestError("model is required")
+        prediction_input = _object(request.get("input"), "input")
+        callback = request.get("callBackUrl")
+        if callback is not None and not (
+            isinstance(callback, str) and callback.startswith(("http://", "https://"))
+        ):
+            raise _BadRequestError("callBackUrl must be an http(s) URL")
+        try:
+            created = self._state.create(prediction_input, model=model, webhook=callback)
+        except InvalidPredictionInput as exc:
+            raise _BadRequestError(str(exc)) from exc
+        return _kie(200, "success", {"taskId": created.id})
+
+    def _kie_record_info(
+        self, _raw: bytes, *, query: Mapping[str, list[str]], base: str
+    ) -> _Response:
+        task_ids = query.get("taskId")
+        if not task_ids:
+            raise _BadRequestError("taskId is required")
+        prediction = self._state.get(task_ids[-1])
+        if prediction is None:
+            return _kie(404, "Task not found")
+        return _kie(200, "success", self._kie_record(prediction, base))
 
     def _failed(self, fault: Fault) -> _Response:
         if fault.kind is FaultKind.RATE_LIMITED:
@@ -254,6 +347,54 @@ class SimulatorApp:
             "metrics": metrics,
         }
 
+    def _kie_record(self, prediction: SimulatedPrediction, base: str) -> dict[str, object]:
+        """KIE's task record: nested JSON as strings, times in epoch milliseconds."""
+        succeeded = prediction.status is PredictionStatus.SUCCEEDED
+        urls = [f"{base}/files/{prediction.id}/{idx}.png" for idx in range(prediction.num_outputs)]
+        original: dict[str, object] = {"model": prediction.model, "input": dict(prediction.input)}
+        if prediction.webhook is not None:
+            original["callBackUrl"] = prediction.webhook
+        cost: int | None = None
+        if prediction.started_at is not None and prediction.completed_at is not None:
+            cost = round((prediction.completed_at - prediction.started_at) * 1000)
+        return {
+            "taskId": prediction.id,
+            "model": prediction.model,
+            "state": _KIE_STATES.get(prediction.status, "fail"),
+            "param": json.dumps(original),
+            "resultJson": json.dumps({"resultUrls": urls}) if succeeded else "",
+            "failCode": "" if prediction.error is None else "500",
+            "failMsg": prediction.error or "",
+            "costTime": cost,
+            "completeTime": self._millis(prediction.completed_at),
+            "createTime": self._millis(prediction.created_at),
+        }
+
+    def webhook_body(self, prediction: SimulatedPrediction, *, base: str) -> bytes:
+        """What the provider being simulated POSTs about ``prediction``.
+
+        Replicate sends the prediction JSON a GET returns; KIE sends the ``recordInfo``
+        envelope, with code 501 for a failed generation.
+
+        Args:
+            prediction: The prediction as the message reports it.
+            base: This server's URL, for the output links.
+        """
+        if self._state.config.api == "replicate":
+            return json.dumps(self._render(prediction, base)).encode()
+        failed = prediction.status.terminal and prediction.status is not PredictionStatus.SUCCEEDED
+        envelope = {
+            "code": _KIE_GENERATION_FAILED if failed else 200,
+            "msg": "Generation failed" if failed else "success",
+            "data": self._kie_record(prediction, base),
+        }
+        return json.dumps(envelope).encode()
+
+    def _millis(self, monotonic: float | None) -> int | None:
+        if monotonic is None:
+            return None
+        return round((monotonic + self._wall_offset) * 1000)
+
     def _timestamp(self, monotonic: float | None) -> str | None:
         if monotonic is None:
             return None
@@ -261,8 +402,8 @@ class SimulatorApp:
         return moment.isoformat().replace("+00:00", "Z")
 
 
-def _malformed(fault: Fault, real: _Response) -> _Response:
-    """A 200 whose body is not a prediction, after the real work was done."""
+def _malformed(fault: Fault, real: _Response, wrong_shape: object) -> _Response:
+    """A 200 whose body is not what the API promises, after the real work was done."""
     match fault.variant:
         case 0:
             return _Response(200, b"<html><body>upstream hiccup</body></html>", "text/html")
@@ -271,7 +412,7 @@ def _malformed(fault: Fault, real: _Response) -> _Response:
         case 2:
             return _json(200, ["unexpected", "shape"])
         case _:
-            return _json(200, {"id": "malformed", "status": "exploded", "output": None})
+            return _json(200, wrong_shape)
 
 
 def _decode(raw: bytes) -> object:

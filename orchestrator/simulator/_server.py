@@ -1,4 +1,4 @@
-"""Serving the simulator over real HTTP with hypercorn's Trio worker."""
+"""Serving the simulator over real HTTP with hypercorn's Trio worker, plus its webhook sender."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from functools import partial
 from typing import Final
 
+import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -14,8 +15,10 @@ import trio
 from ._app import SimulatorApp
 from ._config import SimulatorConfig
 from ._state import SimulatorState
+from ._webhooks import WebhookSender
 
 _LOGGER: Final = "orchestrator.simulator"
+_WEBHOOK_TIMEOUT: Final = 2.0
 
 
 async def serve_simulator(
@@ -26,12 +29,13 @@ async def serve_simulator(
     access_log: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve a simulated Replicate until cancelled.
+    """Serve a simulated Replicate or KIE (``config.api``) until cancelled.
 
     Start it with ``base_url = await nursery.start(serve_simulator, config)``; port 0 (the
     default) picks a free port, and the URL reports the one bound. Hypercorn logs to the
     ``orchestrator.simulator`` logger, so it stays quiet unless the process configures
-    logging; the per-request access log is off unless asked for.
+    logging; the per-request access log is off unless asked for. Predictions created with a
+    webhook URL get their events POSTed there by a sender task in the same nursery.
 
     Args:
         config: What to simulate.
@@ -45,7 +49,18 @@ async def serve_simulator(
     server_config.accesslog = logging.getLogger(f"{_LOGGER}.access") if access_log else None
     server_config.errorlog = logging.getLogger(_LOGGER)
     server_config.graceful_timeout = 0.5
-    app = SimulatorApp(SimulatorState(config, clock=trio.current_time), wall_clock=time.time)
-    async with trio.open_nursery() as nursery:
+    async with (
+        httpx.AsyncClient(trust_env=False, timeout=_WEBHOOK_TIMEOUT) as client,
+        trio.open_nursery() as nursery,
+    ):
+        sender = WebhookSender(
+            client,
+            wall_clock=time.time,
+            secret=config.webhook_secret,
+            delay=config.webhook_delay,
+        )
+        state = SimulatorState(config, clock=trio.current_time, on_change=sender.wake)
+        app = SimulatorApp(state, wall_clock=time.time)
         binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, app, server_config))
+        await nursery.start(sender.run, state, partial(app.webhook_body, base=binds[0]))
         task_status.started(binds[0])

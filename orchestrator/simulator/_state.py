@@ -3,9 +3,10 @@
 A prediction's whole future is drawn when it is created (when it starts, when and how it
 ends), and its status is computed from the injected monotonic clock whenever it is read. So
 nothing runs in the background, and tests drive time with a fake clock instead of sleeping.
-Webhook delivery can be added on top: each record keeps its webhook, its event filter and the
-exact moments it starts and finishes, which is everything a sender task needs to schedule
-(or deliberately duplicate and reorder) deliveries.
+Webhooks work the same way: `SimulatorState.next_webhook_at` says when the next one falls
+due and `SimulatorState.take_due_webhooks` hands out what is due, with every misbehaviour
+(drops, duplicates, stale reorderings) already drawn; the sender in ``_webhooks`` only does
+the I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import string
 import types
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 
@@ -30,6 +31,8 @@ _ID_LENGTH: Final = 26
 _STARTING_SHARE: Final = 0.25
 _SLOW_FACTOR: Final = 10.0
 _MALFORMED_VARIANTS: Final = 4
+WEBHOOK_RETRIES: Final = 3
+_WEBHOOK_ID_LENGTH: Final = 26
 SIMULATED_ERROR: Final = (
     "simulated failure: CUDA out of memory while loading "
     "https://sim-user:sim-secret@weights.invalid/model.safetensors?sig=sim-signature"
@@ -60,6 +63,51 @@ class Fault:
     variant: int = 0
 
 
+class WebhookKind(enum.StrEnum):
+    """Why a webhook message exists; ``start`` and ``completed`` are Replicate's event names."""
+
+    START = "start"
+    COMPLETED = "completed"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+WebhookCounter = Literal["attempted", "delivered", "failed", "refused", "abandoned"]
+_WEBHOOK_COUNTERS: Final = (
+    "attempted",
+    "delivered",
+    "failed",
+    "duplicated",
+    "reordered",
+    "refused",
+    "abandoned",
+)
+
+
+@attrs.frozen
+class WebhookDelivery:
+    """One webhook message the simulator owes a receiver, its fate drawn when it fell due.
+
+    Drawing ``drops`` up front rather than per attempt keeps a seeded run reproducible
+    however deliveries interleave on the network.
+
+    Attributes:
+        url: Where to POST it.
+        webhook_id: Its Standard Webhooks ``webhook-id``; a duplicate repeats its original's.
+        kind: Why it exists.
+        prediction: What it reports.
+        moment: Monotonic time of the event it reports; a stale message's predates the final.
+        drops: How many leading attempts are dropped; above `WEBHOOK_RETRIES` it never arrives.
+    """
+
+    url: str
+    webhook_id: str
+    kind: WebhookKind
+    prediction: SimulatedPrediction
+    moment: float
+    drops: int
+
+
 class InvalidPredictionInput(ValueError):
     """The create request is one Replicate would answer with 422."""
 
@@ -85,6 +133,12 @@ class _Record:
     finish_at: float | None
     outcome: _Outcome
     canceled_at: float | None = None
+    webhooks_sent: set[WebhookKind] = attrs.Factory(set)
+
+    @property
+    def terminal_at(self) -> float | None:
+        """When it ends: cancel only ever lands before the drawn finish, so it wins."""
+        return self.canceled_at if self.canceled_at is not None else self.finish_at
 
     def status(self, now: float) -> PredictionStatus:
         if self.canceled_at is not None:
@@ -144,6 +198,17 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
     )
 
 
+def _processing_view(record: _Record) -> SimulatedPrediction:
+    """The prediction as it was while running, even if its start and end coincide."""
+    return attrs.evolve(
+        _snapshot(record, record.started_at),
+        status=PredictionStatus.PROCESSING,
+        started_at=record.started_at,
+        completed_at=None,
+        error=None,
+    )
+
+
 def _num_outputs(value: object) -> int:
     if value is None:
         return 1
@@ -172,12 +237,27 @@ class SimulatorState:
     Args:
         config: The misbehaviour to simulate; its seed fixes every random draw.
         clock: Monotonic seconds, e.g. ``trio.current_time``; a fake one in tests.
+        on_change: Called after anything that may move the next webhook's due time (a
+            create, a cancel), so a sleeping sender can wake and look again.
     """
 
-    def __init__(self, config: SimulatorConfig, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        clock: Callable[[], float],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config: Final = config
         self._clock = clock
+        self._on_change = on_change
         self._rng = random.Random(config.seed)  # noqa: S311 -- a simulator, not cryptography
+        # Webhook draws have their own stream, so delivery timing never shifts API draws.
+        self._webhook_rng = random.Random(  # noqa: S311 -- a simulator, not cryptography
+            None if config.seed is None else f"webhooks-{config.seed}"
+        )
+        self._webhook_pending: dict[str, _Record] = {}
+        self._webhook_counters: dict[str, int] = dict.fromkeys(_WEBHOOK_COUNTERS, 0)
         self._records: dict[str, _Record] = {}
         self._order: list[_Record] = []
         self._counters: dict[str, int] = dict.fromkeys(
@@ -270,6 +350,9 @@ class SimulatorState:
         self._records[prediction_id] = record
         self._order.append(record)
         self._counters["created"] += 1
+        if webhook is not None and self._owed_webhooks(record):
+            self._webhook_pending[prediction_id] = record
+            self._on_change()
         return _snapshot(record, now)
 
     def get(self, prediction_id: str) -> SimulatedPrediction | None:
@@ -287,6 +370,7 @@ class SimulatorState:
         if not record.status(now).terminal:
             record.canceled_at = now
             self._counters["canceled"] += 1
+            self._on_change()
         return _snapshot(record, now)
 
     def list_page(self, cursor: int | None = None) -> tuple[list[SimulatedPrediction], int | None]:
@@ -318,7 +402,105 @@ class SimulatorState:
         statuses = dict.fromkeys((s.value for s in PredictionStatus), 0)
         for record in self._order:
             statuses[record.status(now).value] += 1
-        return {**self._counters, "predictions": len(self._order), "statuses": statuses}
+        return {
+            **self._counters,
+            "predictions": len(self._order),
+            "statuses": statuses,
+            "webhooks": dict(self._webhook_counters),
+        }
+
+    def note_webhook(self, counter: WebhookCounter) -> None:
+        """Count what the sender did with a message, for `/_sim/stats`."""
+        self._webhook_counters[counter] += 1
+
+    def next_webhook_at(self) -> float | None:
+        """When the earliest owed webhook falls due, or ``None`` if none has a known time."""
+        dues = [
+            due
+            for record in self._webhook_pending.values()
+            for due, _ in self._owed_webhooks(record)
+            if due is not None
+        ]
+        return min(dues, default=None)
+
+    def take_due_webhooks(self) -> list[tuple[WebhookDelivery, ...]]:
+        """Every webhook due now, grouped per prediction in the order it must be sent.
+
+        Each group is sent one message after the other: an event, then (drawn here) its
+        duplicate and a stale ``processing`` event that must arrive after the final one.
+        """
+        now = self._clock()
+        due = sorted(
+            (at, record.seq, kind, record)
+            for record in self._webhook_pending.values()
+            for at, kind in self._owed_webhooks(record)
+            if at is not None and at <= now
+        )
+        groups: dict[str, list[WebhookDelivery]] = {}
+        for at, _, kind, record in due:
+            record.webhooks_sent.add(kind)
+            groups.setdefault(record.id, []).extend(self._messages(record, kind, at, now))
+        for prediction_id in groups:
+            if not self._owed_webhooks(self._records[prediction_id]):
+                del self._webhook_pending[prediction_id]
+        return [tuple(messages) for messages in groups.values()]
+
+    def _owed_webhooks(self, record: _Record) -> list[tuple[float | None, WebhookKind]]:
+        """Events still to send and when; ``None`` for an end that has not been decided yet."""
+        wanted = record.webhook_events_filter
+        owed: list[tuple[float | None, WebhookKind]] = []
+        if (
+            self.config.api == "replicate"
+            and (not wanted or WebhookKind.START in wanted)
+            and WebhookKind.START not in record.webhooks_sent
+            and (record.canceled_at is None or record.canceled_at >= record.started_at)
+        ):
+            owed.append((record.started_at, WebhookKind.START))
+        if (
+            not wanted or WebhookKind.COMPLETED in wanted
+        ) and WebhookKind.COMPLETED not in record.webhooks_sent:
+            owed.append((record.terminal_at, WebhookKind.COMPLETED))
+        return owed
+
+    def _messages(
+        self, record: _Record, kind: WebhookKind, at: float, now: float
+    ) -> list[WebhookDelivery]:
+        assert record.webhook is not None  # noqa: S101 -- only records with one are pending
+        view = _processing_view(record) if kind is WebhookKind.START else _snapshot(record, now)
+        event = WebhookDelivery(record.webhook, self._webhook_id(), kind, view, at, self._drops())
+        messages = [event]
+        if kind is not WebhookKind.COMPLETED:
+            return messages
+        duplicate = self._webhook_rng.random() < self.config.webhook_duplicate_rate
+        stale = self._webhook_rng.random() < self.config.webhook_reorder_rate
+        if duplicate:
+            self._webhook_counters["duplicated"] += 1
+            messages.append(attrs.evolve(event, kind=WebhookKind.DUPLICATE, drops=self._drops()))
+        if stale:
+            self._webhook_counters["reordered"] += 1
+            messages.append(
+                WebhookDelivery(
+                    record.webhook,
+                    self._webhook_id(),
+                    WebhookKind.STALE,
+                    _processing_view(record),
+                    min(record.started_at, at),
+                    self._drops(),
+                )
+            )
+        return messages
+
+    def _drops(self) -> int:
+        drops = 0
+        while (
+            drops <= WEBHOOK_RETRIES
+            and self._webhook_rng.random() < self.config.webhook_failure_rate
+        ):
+            drops += 1
+        return drops
+
+    def _webhook_id(self) -> str:
+        return "msg_" + "".join(self._webhook_rng.choices(_ID_ALPHABET, k=_WEBHOOK_ID_LENGTH))
 
     def _new_id(self) -> str:
         while True:
