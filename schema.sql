@@ -173,6 +173,18 @@ CREATE TABLE IF NOT EXISTS orchestrator.outputs (
         REFERENCES orchestrator.jobs (id, num_outputs)
 );
 
+-- Every provider prediction a job started, by output index, recorded the
+-- moment its id is known, so a restart re-attaches instead of paying again.
+CREATE TABLE IF NOT EXISTS orchestrator.predictions (
+    job_id        uuid NOT NULL REFERENCES orchestrator.jobs (id),
+    idx           integer NOT NULL CHECK (idx >= 0),
+    provider      text NOT NULL,
+    prediction_id text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (job_id, idx),
+    UNIQUE (provider, prediction_id)
+);
+
 -- Webhook deliveries already processed: a repeat is a no-op.
 CREATE TABLE IF NOT EXISTS orchestrator.webhook_events (
     provider    text NOT NULL,
@@ -398,9 +410,10 @@ $$;
 -- `p_refund` back (outputs that were paid for but not delivered). Outputs
 -- past num_outputs are never stored. Finishing a job twice is a no-op.
 DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint);
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint, text[]);
 CREATE OR REPLACE FUNCTION orchestrator.finish_job_v1(
     p_job_id uuid, p_status text, p_error_code text, p_message text, p_refund bigint,
-    p_outputs text[] DEFAULT NULL
+    p_outputs jsonb DEFAULT NULL
 ) RETURNS TABLE (status text, refunded bigint, balance bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
 AS $$
@@ -428,9 +441,12 @@ BEGIN
         RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
     END IF;
     IF p_outputs IS NOT NULL THEN
-        INSERT INTO outputs (job_id, idx, num_outputs, url)
-        SELECT p_job_id, o.idx - 1, j.num_outputs, o.url
-          FROM jobs j, unnest(p_outputs) WITH ORDINALITY AS o(url, idx)
+        INSERT INTO outputs (job_id, idx, num_outputs, url, path, size_bytes, sha256,
+                             content_type)
+        SELECT p_job_id, o.idx - 1, j.num_outputs, o.item ->> 'url', o.item ->> 'path',
+               (o.item ->> 'size_bytes')::bigint, o.item ->> 'sha256',
+               o.item ->> 'content_type'
+          FROM jobs j, jsonb_array_elements(p_outputs) WITH ORDINALITY AS o(item, idx)
          WHERE j.id = p_job_id AND o.idx <= j.num_outputs
         ON CONFLICT (job_id, idx) DO NOTHING;
     END IF;
@@ -564,8 +580,8 @@ $$;
 REVOKE ALL ON ALL TABLES IN SCHEMA orchestrator FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orchestrator FROM PUBLIC;
 GRANT USAGE ON SCHEMA orchestrator TO submitter;
-GRANT SELECT ON orchestrator.jobs, orchestrator.job_statuses, orchestrator.error_codes
-    TO submitter;
+GRANT SELECT ON orchestrator.jobs, orchestrator.job_statuses, orchestrator.error_codes,
+    orchestrator.outputs TO submitter;
 GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key)
     ON orchestrator.jobs TO submitter;
 GRANT EXECUTE ON FUNCTION

@@ -16,6 +16,9 @@ from ._messages import Submit as Submit
 from ._ports import JobStore as JobStore
 from ._ports import NullObserver as NullObserver
 from ._ports import Observer as Observer
+from ._ports import OutputStore as OutputStore
+from ._ports import OutputUnavailable as OutputUnavailable
+from ._ports import UrlOnlyOutputs as UrlOnlyOutputs
 from ._registry import Registry as Registry
 from ._user import UserActor as UserActor
 
@@ -29,8 +32,11 @@ __all__ = [
     "NullObserver",
     "Observer",
     "Offer",
+    "OutputStore",
+    "OutputUnavailable",
     "Registry",
     "Resume",
     "Submit",
+    "UrlOnlyOutputs",
     "UserActor",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import attrs
 
 
-def _no_webhook(_job_id: uuid.UUID) -> str | None:
+def _no_webhook(_job_id: uuid.UUID, _idx: int) -> str | None:
     return None
 
 
@@ -23,4 +23,5 @@ class ActorConfig:
     idle_s: float = 60.0
     mailbox_size: int = 256
     provider_name: str = "replicate"
-    webhook_url: Callable[[uuid.UUID], str | None] = _no_webhook
+    output_concurrency: int = 5
+    webhook_url: Callable[[uuid.UUID, int], str | None] = _no_webhook

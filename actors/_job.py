@@ -24,7 +24,9 @@ from orchestrator.lifecycle import (
     CanceledByUser,
     Delivered,
     Ending,
+    InFlight,
     Job,
+    StoredOutput,
     TimedOut,
     UpstreamFailed,
     poll_delays,
@@ -43,7 +45,7 @@ from orchestrator.providers import (
 )
 
 from ._config import ActorConfig
-from ._ports import JobStore, Observer
+from ._ports import JobStore, Observer, OutputStore, OutputUnavailable
 
 log = structlog.get_logger("actors.job")
 
@@ -52,33 +54,47 @@ _SETTLE_RETRY_S: Final = 0.5
 
 @attrs.define
 class _Progress:
-    prediction_id: str | None
+    """What the job has achieved so far, by output index; survives the deadline firing."""
+
+    predictions: dict[int, str]
+    stored: dict[int, StoredOutput] = attrs.Factory(dict)
+    failures: dict[int, str] = attrs.Factory(dict)
+    ended: set[int] = attrs.Factory(set)
+
+    def delivered(self) -> tuple[StoredOutput, ...]:
+        return tuple(self.stored[idx] for idx in sorted(self.stored))
 
 
 class JobTask:
-    """Runs one job to its end; `cancel()` is the user's cancellation."""
+    """Runs one job to its end; `cancel()` is the user's cancellation.
+
+    A job asking for N outputs runs N single-output predictions, at most
+    `output_concurrency` at a time, all inside the job's one deadline.
+    """
 
     def __init__(
         self,
-        job: Job,
-        remaining_s: float,
+        in_flight: InFlight,
         *,
         store: JobStore,
         provider: Provider,
+        outputs: OutputStore,
         config: ActorConfig,
         observer: Observer,
         queued_s: float | None = None,
         on_done: Callable[[Job], None] | None = None,
     ) -> None:
-        self._observer = observer
-        self._queued_s = queued_s
-        self._polls = 0
-        self.job = job
-        self._remaining_s = remaining_s
+        self.job = in_flight.job
+        self._remaining_s = in_flight.remaining_s
+        self._progress = _Progress(dict(in_flight.predictions))
         self._store = store
         self._provider = provider
+        self._outputs = outputs
         self._config = config
+        self._observer = observer
+        self._queued_s = queued_s
         self._on_done = on_done
+        self._polls = 0
         self._user_scope = trio.CancelScope()
         self._poke = trio.Event()
 
@@ -93,58 +109,86 @@ class JobTask:
         job = self.job
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(job_id=str(job.id), user_id=job.user_id):
-            progress = _Progress(job.prediction_id)
             try:
-                ending = await self._wait_for_ending(progress)
+                ending = await self._wait_for_ending()
             except Exception:
                 log.exception("job.crashed")
                 ending = Abandoned("the orchestrator failed while running the job")
-            if progress.prediction_id is not None and not isinstance(
-                ending, Delivered | UpstreamFailed
-            ):
-                await self._cancel_upstream(progress.prediction_id)
+            unfinished = [
+                pid
+                for idx, pid in self._progress.predictions.items()
+                if idx not in self._progress.ended
+            ]
+            if unfinished:
+                await self._cancel_upstream(unfinished)
             await self._settle(ending, time.monotonic() - started)
         if self._on_done is not None:
             self._on_done(job)
 
-    async def _wait_for_ending(self, progress: _Progress) -> Ending:
+    async def _wait_for_ending(self) -> Ending:
         deadline = trio.current_time() + self._remaining_s
         ending: Ending | None = None
         with self._user_scope:
             with trio.move_on_at(deadline) as wait:
-                ending = await self._drive(progress)
+                ending = await self._drive()
             if wait.cancelled_caught:
                 log.warning("job.timed_out", deadline_s=self._config.deadline_s)
-                ending = TimedOut(self._config.deadline_s)
+                ending = TimedOut(self._config.deadline_s, self._progress.delivered())
         if self._user_scope.cancelled_caught:
             log.info("job.cancel_requested")
             return CanceledByUser()
         assert ending is not None  # noqa: S101  (the scope either finished or was caught)
         return ending
 
-    async def _drive(self, progress: _Progress) -> Ending:
-        if progress.prediction_id is None:
-            submitted = await self._submit()
-            if isinstance(submitted, UpstreamFailed):
-                return submitted
-            progress.prediction_id = submitted.id
-            structlog.contextvars.bind_contextvars(prediction_id=submitted.id)
-            await self._record(submitted.id)
-            prediction = submitted
-        else:
-            structlog.contextvars.bind_contextvars(prediction_id=progress.prediction_id)
-            prediction = Prediction(id=progress.prediction_id, status=PredictionStatus.PROCESSING)
-        return await self._until_terminal(prediction)
+    async def _drive(self) -> Ending:
+        limiter = trio.CapacityLimiter(self._config.output_concurrency)
+        async with trio.open_nursery() as nursery:
+            for idx in range(self.job.num_outputs):
+                nursery.start_soon(self._one_output, idx, limiter)
+        progress = self._progress
+        failures = tuple(progress.failures[idx] for idx in sorted(progress.failures))
+        if not progress.stored and len(failures) == 1 and self.job.num_outputs == 1:
+            return UpstreamFailed(failures[0])
+        return Delivered(progress.delivered(), failures)
 
-    async def _submit(self) -> Prediction | UpstreamFailed:
+    async def _one_output(self, idx: int, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            prediction_id = self._progress.predictions.get(idx)
+            if prediction_id is None:
+                submitted = await self._submit(idx)
+                if isinstance(submitted, UpstreamFailed):
+                    self._progress.failures[idx] = submitted.summary
+                    return
+                self._progress.predictions[idx] = submitted.id
+                await self._record(idx, submitted.id)
+                prediction = submitted
+            else:
+                prediction = Prediction(id=prediction_id, status=PredictionStatus.PROCESSING)
+            result = await self._until_terminal(prediction)
+            self._progress.ended.add(idx)
+            if isinstance(result, UpstreamFailed):
+                self._progress.failures[idx] = result.summary
+            elif not result.output:
+                self._progress.failures[idx] = "the provider finished without any output"
+            else:
+                await self._keep(idx, result.output[0])
+
+    async def _keep(self, idx: int, url: str) -> None:
+        try:
+            self._progress.stored[idx] = await self._outputs.store(self.job.id, idx, url)
+        except OutputUnavailable as exc:
+            log.warning("output.refused", idx=idx, reason=str(exc))
+            self._progress.failures[idx] = f"output {idx}: {exc}"
+
+    async def _submit(self, idx: int) -> Prediction | UpstreamFailed:
         """Create the prediction; retry only what certainly did not reach the provider."""
         job = self.job
         request = PredictionRequest(
             job_id=job.id,
             prompt=job.prompt,
             params=job.params,
-            num_outputs=job.num_outputs,
-            webhook_url=self._config.webhook_url(job.id),
+            num_outputs=1,
+            webhook_url=self._config.webhook_url(job.id, idx),
         )
         delays = self._delays()
         while True:
@@ -157,7 +201,7 @@ class JobTask:
             except (ProviderUnavailable, ProviderProtocolError) as exc:
                 # The prediction may exist even though we could not read the answer.
                 log.warning("provider.error", operation="submit", error=exc.summary)
-                found = await self._find_lost_prediction()
+                found = await self._find_lost_prediction() if job.num_outputs == 1 else None
                 return found or UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.warning("provider.error", operation="submit", error=exc.summary)
@@ -171,23 +215,27 @@ class JobTask:
             log.warning("provider.error", operation="find", error=exc.summary)
             return None
 
-    async def _record(self, prediction_id: str) -> None:
+    async def _record(self, idx: int, prediction_id: str) -> None:
         """Store the prediction id at once (Brandur's atomic phase two)."""
         try:
             await self._store.mark_processing(
-                self.job.id, provider=self._config.provider_name, prediction_id=prediction_id
+                self.job.id,
+                provider=self._config.provider_name,
+                prediction_id=prediction_id,
+                idx=idx,
             )
         except Exception:
-            log.warning("job.prediction_not_recorded", exc_info=True)
+            log.warning("job.prediction_not_recorded", idx=idx, exc_info=True)
         else:
-            log.info("job.processing")
+            log.info("job.processing", prediction_id=prediction_id, idx=idx)
 
-    async def _until_terminal(self, prediction: Prediction) -> Ending:
+    async def _until_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
         delays = self._delays()
         while not prediction.status.terminal:
             with trio.move_on_after(next(delays)):
                 await self._poke.wait()
-            self._poke = trio.Event()
+            if self._poke.is_set():
+                self._poke = trio.Event()
             self._polls += 1
             try:
                 with self._observed("get"):
@@ -198,21 +246,29 @@ class JobTask:
             except ProviderError as exc:
                 log.info("provider.retry", operation="get", error=exc.summary)
         if prediction.status is PredictionStatus.SUCCEEDED:
-            return Delivered(prediction.output)
+            return prediction
         return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
 
-    async def _cancel_upstream(self, prediction_id: str) -> None:
-        with trio.move_on_after(self._config.cancel_timeout_s, shield=True) as scope:
-            try:
-                with self._observed("cancel"):
-                    await self._provider.cancel(prediction_id)
-            except ProviderError as exc:
-                log.warning("provider.cancel_failed", error=exc.summary)
-                return
-        if scope.cancelled_caught:
-            log.warning("provider.cancel_failed", error="timed out")
-        else:
-            log.info("provider.canceled")
+    async def _cancel_upstream(self, prediction_ids: list[str]) -> None:
+        """Stop paying for predictions nobody will use: shielded, each with a short timeout."""
+
+        async def cancel_one(prediction_id: str) -> None:
+            with trio.move_on_after(self._config.cancel_timeout_s) as scope:
+                try:
+                    with self._observed("cancel"):
+                        await self._provider.cancel(prediction_id)
+                except ProviderError as exc:
+                    log.warning("provider.cancel_failed", error=exc.summary)
+                    return
+            if scope.cancelled_caught:
+                log.warning("provider.cancel_failed", error="timed out")
+            else:
+                log.info("provider.canceled", prediction_id=prediction_id)
+
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for prediction_id in prediction_ids:
+                    nursery.start_soon(cancel_one, prediction_id)
 
     async def _settle(self, ending: Ending, duration_s: float) -> None:
         """Terminal status and refund, retried until stored or out of time."""

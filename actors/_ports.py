@@ -17,6 +17,7 @@ from orchestrator.lifecycle import (
     Finish,
     InFlight,
     JobStatus,
+    StoredOutput,
 )
 
 
@@ -32,7 +33,7 @@ class JobStore(Protocol):
     async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool: ...
 
     async def mark_processing(
-        self, job_id: uuid.UUID, *, provider: str, prediction_id: str
+        self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
     ) -> bool: ...
 
     async def finish(
@@ -43,7 +44,7 @@ class JobStore(Protocol):
         code: ErrorCode | None = None,
         message: str | None = None,
         refund: int | None = None,
-        outputs: tuple[str, ...] = (),
+        outputs: tuple[StoredOutput, ...] = (),
     ) -> Finish: ...
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...
@@ -93,3 +94,27 @@ class NullObserver:
 
     def provider_request(self, operation: str, outcome: str) -> None:
         pass
+
+
+class OutputUnavailable(Exception):
+    """An output could not be fetched or stored; the message is safe to show the user."""
+
+
+class OutputStore(Protocol):
+    """Where a delivered output's bytes go (download, checks, storage)."""
+
+    async def store(self, job_id: uuid.UUID, idx: int, url: str) -> StoredOutput:
+        """Fetch and keep one output.
+
+        Raises:
+            OutputUnavailable: refused (host, type, size) or failed (timeouts, errors).
+        """
+        ...
+
+
+class UrlOnlyOutputs:
+    """Keeps only the provider's URL: for tests and deployments without storage."""
+
+    async def store(self, job_id: uuid.UUID, idx: int, url: str) -> StoredOutput:
+        del job_id, idx
+        return StoredOutput(url=url)

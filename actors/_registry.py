@@ -18,7 +18,7 @@ from orchestrator.providers import Provider
 from ._config import ActorConfig
 from ._mailbox import Offer
 from ._messages import Message
-from ._ports import JobStore, NullObserver, Observer
+from ._ports import JobStore, NullObserver, Observer, OutputStore, UrlOnlyOutputs
 from ._user import UserActor
 
 log = structlog.get_logger("actors.registry")
@@ -32,8 +32,10 @@ class Registry:
         provider: Provider,
         config: ActorConfig,
         observer: Observer | None = None,
+        outputs: OutputStore | None = None,
     ) -> None:
         self._observer: Observer = observer or NullObserver()
+        self._outputs: OutputStore = outputs or UrlOnlyOutputs()
         self._store = store
         self._provider = provider
         self._config = config
@@ -74,6 +76,7 @@ class Registry:
                 provider=self._provider,
                 config=self._config,
                 observer=self._observer,
+                outputs=self._outputs,
             )
             self._actors[user_id] = actor
             self.started += 1

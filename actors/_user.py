@@ -32,7 +32,7 @@ from ._config import ActorConfig
 from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
-from ._ports import JobStore, Observer
+from ._ports import JobStore, Observer, OutputStore
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -58,8 +58,10 @@ class UserActor:
         provider: Provider,
         config: ActorConfig,
         observer: Observer,
+        outputs: OutputStore,
     ) -> None:
         self._observer = observer
+        self._outputs = outputs
         self.user_id = user_id
         self.mailbox = Mailbox(config.mailbox_size)
         self._registry = registry
@@ -168,10 +170,10 @@ class UserActor:
     def _start(self, in_flight: InFlight, lag_s: float | None = None) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
-            in_flight.job,
-            in_flight.remaining_s,
+            in_flight,
             store=self._store,
             provider=self._provider,
+            outputs=self._outputs,
             config=self._config,
             observer=self._observer,
             queued_s=lag_s,
@@ -203,7 +205,7 @@ class UserActor:
             return
         job = in_flight.job
         with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-            if job.prediction_id is None:
+            if not in_flight.predictions:
                 await self._abandon_unrecorded(job)
                 return
             log.info("job.resumed", remaining_s=round(in_flight.remaining_s, 3))

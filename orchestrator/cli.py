@@ -269,6 +269,11 @@ def cmd_simulate_provider(settings: Settings, args: argparse.Namespace) -> int:
             malformed_rate=args.malformed_rate,
             seed=args.seed,
             token=args.token,
+            api=args.api,
+            webhook_secret=args.webhook_secret,
+            webhook_duplicate_rate=args.webhook_duplicate_rate,
+            webhook_reorder_rate=args.webhook_reorder_rate,
+            webhook_failure_rate=args.webhook_failure_rate,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -386,6 +391,11 @@ def _add_daemon_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--malformed-rate", type=float, default=0.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--token", help="require this bearer token")
+    p.add_argument("--api", choices=("replicate", "kie"), default="replicate")
+    p.add_argument("--webhook-secret", help="sign webhooks with this whsec_ secret")
+    p.add_argument("--webhook-duplicate-rate", type=float, default=0.0)
+    p.add_argument("--webhook-reorder-rate", type=float, default=0.0)
+    p.add_argument("--webhook-failure-rate", type=float, default=0.0)
     p.set_defaults(func=cmd_simulate_provider)
 
     p = sub.add_parser("db", help="the embedded Postgres: show its URL or stop it")

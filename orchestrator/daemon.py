@@ -30,7 +30,7 @@ from orchestrator.db import Database, open_database
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
 from orchestrator.metrics import Metrics
-from orchestrator.providers import Provider, ReplicateProvider
+from orchestrator.providers import KieProvider, Provider, ReplicateProvider
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.sweeper import Sweeper
 from orchestrator.webhooks import WebhookHandler
@@ -38,6 +38,7 @@ from orchestrator.webhooks import WebhookHandler
 log = structlog.get_logger("orchestrator.daemon")
 
 _PUBLIC_REPLICATE: Final = "api.replicate.com"
+_PUBLIC_KIE: Final = "api.kie.ai"
 
 
 class Daemon:
@@ -89,6 +90,11 @@ def webhook_base(settings: Settings) -> str | None:
     return f"{settings.public_url.rstrip('/')}/webhooks/{settings.provider}"
 
 
+def _webhook_url(base: str | None, _job_id: uuid.UUID, idx: int) -> str | None:
+    """The adapter adds the job id; the output index travels here."""
+    return None if base is None else f"{base}?idx={idx}"
+
+
 def actor_config(settings: Settings) -> ActorConfig:
     base = webhook_base(settings)
     return ActorConfig(
@@ -100,7 +106,8 @@ def actor_config(settings: Settings) -> ActorConfig:
         idle_s=settings.actor_idle_s,
         mailbox_size=settings.mailbox_size,
         provider_name=settings.provider,
-        webhook_url=(lambda _job_id: base) if base else (lambda _job_id: None),
+        output_concurrency=settings.output_concurrency,
+        webhook_url=functools.partial(_webhook_url, base),
     )
 
 
@@ -109,14 +116,24 @@ async def open_provider(settings: Settings) -> AsyncIterator[Provider]:
     """The configured provider over one pooled HTTP client.
 
     Raises:
-        SettingsError: the real Replicate without a token.
+        SettingsError: a real provider without its token.
     """
-    token = settings.replicate_api_token
-    if token is None and _PUBLIC_REPLICATE in settings.replicate_api_base:
-        raise SettingsError("REPLICATE_API_TOKEN is required to use Replicate")
     timeout = httpx.Timeout(10.0, connect=5.0)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        if settings.provider == "kie":
+            if settings.kie_api_token is None and _PUBLIC_KIE in settings.kie_api_base:
+                raise SettingsError("KIE_API_TOKEN is required to use KIE")
+            yield KieProvider(
+                client,
+                base_url=settings.kie_api_base,
+                token=settings.kie_api_token or "unset",
+                model=settings.kie_model,
+            )
+            return
+        token = settings.replicate_api_token
+        if token is None and _PUBLIC_REPLICATE in settings.replicate_api_base:
+            raise SettingsError("REPLICATE_API_TOKEN is required to use Replicate")
         yield ReplicateProvider(
             client,
             base_url=settings.replicate_api_base,
@@ -159,7 +176,7 @@ async def serve(
             db_pool_in_use=lambda: db.pool_in_use,
         )
         webhooks = None
-        if config.webhook_url(uuid.uuid4()) is not None:
+        if config.webhook_url(uuid.uuid4(), 0) is not None:
             if not settings.webhook_secret:
                 log.warning("webhook.unsigned_accepted", note="anyone can forge deliveries")
             webhooks = WebhookHandler(

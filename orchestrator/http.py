@@ -102,7 +102,8 @@ class HttpApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
         job_param = query.get("job_id", [None])[0]
-        reply = await self._webhooks.handle(provider, headers, job_param, body)
+        idx_param = query.get("idx", [None])[0]
+        reply = await self._webhooks.handle(provider, headers, job_param, body, idx_param=idx_param)
         return _json(reply.status, {"result": reply.result})
 
 

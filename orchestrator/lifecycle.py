@@ -166,10 +166,15 @@ class JobRef:
 
 @attrs.frozen
 class InFlight:
-    """An admitted job and the seconds left before its deadline (negative when past)."""
+    """An admitted job as a restart finds it.
+
+    `remaining_s` is negative when the deadline passed; `predictions` are the
+    provider predictions recorded so far, by output index.
+    """
 
     job: Job
     remaining_s: float
+    predictions: Mapping[int, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -321,10 +326,22 @@ def refund_for_delivery(job: Job, delivered: int) -> int:
 
 
 @attrs.frozen
-class Delivered:
-    """The provider finished and returned these outputs (URLs), in order."""
+class StoredOutput:
+    """One delivered output: where the provider served it and where we keep it."""
 
-    outputs: tuple[str, ...]
+    url: str
+    path: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+
+
+@attrs.frozen
+class Delivered:
+    """Outputs stored, in order; `failures` says why any asked-for output is missing."""
+
+    outputs: tuple[StoredOutput, ...]
+    failures: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -336,7 +353,10 @@ class UpstreamFailed:
 
 @attrs.frozen
 class TimedOut:
+    """The deadline fired; outputs stored before it still count as delivered."""
+
     deadline_s: float
+    delivered: tuple[StoredOutput, ...] = ()
 
 
 @attrs.frozen
@@ -367,28 +387,26 @@ class Settlement:
     code: ErrorCode | None
     message: str
     refund: int
-    outputs: tuple[str, ...] = ()
+    outputs: tuple[StoredOutput, ...] = ()
 
 
-def settle(job: Job, ending: Ending) -> Settlement:
-    """The one place that decides what each way of ending a job means for the user."""
+def settle(job: Job, ending: Ending) -> Settlement:  # noqa: PLR0911  (one answer per ending)
+    """The one place that decides what each way of ending a job means for the user.
+
+    The documented multi-output rule: a job that delivered some of its
+    outputs succeeds, flagged partial, and is refunded exactly the cost of
+    the missing ones; a job that delivered none fails and is refunded whole.
+    """
     full = job.cost or 0
     match ending:
-        case Delivered(outputs=outputs) if outputs:
-            kept = outputs[: job.num_outputs]
-            refund = refund_for_delivery(job, len(kept))
-            note = (
-                f"{len(kept)} of {job.num_outputs} outputs delivered; {refund} credits refunded"
-                if refund
-                else f"{len(kept)} outputs delivered"
-            )
-            return Settlement(JobStatus.SUCCEEDED, None, note, refund, kept)
-        case Delivered():
+        case Delivered(outputs=outputs, failures=failures) if outputs:
+            return _delivered(job, outputs, failures)
+        case TimedOut(deadline_s=deadline_s, delivered=delivered) if delivered:
+            return _delivered(job, delivered, (f"the rest missed the {deadline_s:g} s deadline",))
+        case Delivered(failures=failures):
+            why = failures[0] if failures else "the provider finished without any output"
             return Settlement(
-                JobStatus.FAILED,
-                ErrorCode.UPSTREAM_ERROR,
-                "the provider finished without any output; credits refunded",
-                full,
+                JobStatus.FAILED, ErrorCode.UPSTREAM_ERROR, f"{why}; credits refunded", full
             )
         case UpstreamFailed(summary=summary):
             return Settlement(
@@ -415,3 +433,15 @@ def settle(job: Job, ending: Ending) -> Settlement:
             return Settlement(
                 JobStatus.FAILED, ErrorCode.INTERNAL_ERROR, f"{reason}; credits refunded", full
             )
+
+
+def _delivered(
+    job: Job, outputs: tuple[StoredOutput, ...], failures: tuple[str, ...]
+) -> Settlement:
+    kept = outputs[: job.num_outputs]
+    refund = refund_for_delivery(job, len(kept))
+    if not refund:
+        return Settlement(JobStatus.SUCCEEDED, None, f"{len(kept)} outputs delivered", 0, kept)
+    why = f" ({failures[0]})" if failures else ""
+    note = f"{len(kept)} of {job.num_outputs} outputs delivered{why}; {refund} credits refunded"
+    return Settlement(JobStatus.SUCCEEDED, None, note, refund, kept)

@@ -45,6 +45,10 @@ class Settings:
     replicate_api_base: str = "https://api.replicate.com"
     replicate_api_token: str | None = attrs.field(default=None, repr=False)
     replicate_model: str = "black-forest-labs/flux-schnell"
+    kie_api_base: str = "https://api.kie.ai"
+    kie_api_token: str | None = attrs.field(default=None, repr=False)
+    kie_model: str = "google/nano-banana"
+    output_concurrency: int = attrs.field(default=5, validator=_positive)
     job_deadline_s: float = attrs.field(default=120.0, validator=_positive)
     poll_initial_s: float = attrs.field(default=0.5, validator=_positive)
     poll_max_s: float = attrs.field(default=5.0, validator=_positive)
@@ -89,6 +93,10 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "REPLICATE_API_BASE": ("replicate_api_base", str),
     "REPLICATE_API_TOKEN": ("replicate_api_token", str),
     "ORCHESTRATOR_MODEL": ("replicate_model", str),
+    "KIE_API_BASE": ("kie_api_base", str),
+    "KIE_API_TOKEN": ("kie_api_token", str),
+    "ORCHESTRATOR_KIE_MODEL": ("kie_model", str),
+    "ORCHESTRATOR_OUTPUT_CONCURRENCY": ("output_concurrency", int),
     "ORCHESTRATOR_JOB_DEADLINE": ("job_deadline_s", float),
     "ORCHESTRATOR_POLL_INITIAL": ("poll_initial_s", float),
     "ORCHESTRATOR_POLL_MAX": ("poll_max_s", float),

@@ -52,12 +52,18 @@ class WebhookHandler:
         self._metrics = metrics
 
     async def handle(
-        self, provider_name: str, headers: Mapping[str, str], job_param: str | None, body: bytes
+        self,
+        provider_name: str,
+        headers: Mapping[str, str],
+        job_param: str | None,
+        body: bytes,
+        *,
+        idx_param: str | None = None,
     ) -> Reply:
         provider = self._providers.get(provider_name)
         if provider is None:
             return Reply(404, "unknown_provider")
-        reply = await self._handle(provider_name, provider, headers, job_param, body)
+        reply = await self._handle(provider_name, provider, headers, job_param, body, idx_param)
         self._metrics.webhooks.labels(provider=provider_name, result=reply.result).inc()
         if reply.status >= 400:  # noqa: PLR2004
             log.warning("webhook.rejected", provider=provider_name, result=reply.result)
@@ -70,6 +76,7 @@ class WebhookHandler:
         headers: Mapping[str, str],
         job_param: str | None,
         body: bytes,
+        idx_param: str | None,
     ) -> Reply:
         request = self._authentic(provider, headers, job_param, body)
         if isinstance(request, Reply):
@@ -78,7 +85,8 @@ class WebhookHandler:
         event_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
         if not await self._db.record_webhook_event(provider_name, event_id):
             return Reply(200, "duplicate")
-        return await self._wake(provider_name, job_id, prediction)
+        idx = int(idx_param) if idx_param and idx_param.isdigit() else 0
+        return await self._wake(provider_name, job_id, prediction, idx)
 
     def _authentic(
         self, provider: Provider, headers: Mapping[str, str], job_param: str | None, body: bytes
@@ -98,7 +106,9 @@ class WebhookHandler:
         except ProviderProtocolError:
             return Reply(400, "malformed")
 
-    async def _wake(self, provider_name: str, job_id: uuid.UUID, prediction: Prediction) -> Reply:
+    async def _wake(
+        self, provider_name: str, job_id: uuid.UUID, prediction: Prediction, idx: int
+    ) -> Reply:
         job = await self._db.job(job_id)
         if job is None:
             return Reply(200, "unknown_job")
@@ -108,10 +118,10 @@ class WebhookHandler:
             actor = self._registry.actor(job.user_id)
             if actor is not None and actor.poke(job_id):
                 return Reply(200, "accepted")
-            if job.prediction_id is None:
+            if job.prediction_id is None or job.num_outputs > 1:
                 # The crash-between-phases case: the webhook tells us the lost id.
                 await self._db.mark_processing(
-                    job_id, provider=provider_name, prediction_id=prediction.id
+                    job_id, provider=provider_name, prediction_id=prediction.id, idx=idx
                 )
                 log.info("webhook.matched_lost_prediction")
             self._registry.deliver(job.user_id, Resume(job_id))

@@ -65,6 +65,9 @@ class FakeProvider:
     async def cancel(self, prediction_id: str) -> None:
         self.canceled.append(prediction_id)
 
+    def parse_webhook(self, body: bytes) -> Prediction:
+        raise NotImplementedError("the actor tests send no webhooks")
+
     async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
         self.found.append(job_id)
         for prediction_id, (_, request) in self.predictions.items():

@@ -61,7 +61,7 @@ async def test_metrics_move_as_jobs_finish_and_never_carry_ids(nursery, db: Data
     assert delta("orchestrator_jobs_finished_total", status="succeeded", code="") == 1
     assert delta("orchestrator_jobs_rejected_total", code="DUPLICATE") == 1
     assert delta("orchestrator_duplicates_dropped_total") == 1
-    assert delta("orchestrator_provider_requests_total", operation="submit", outcome="ok") == 2
+    assert delta("orchestrator_provider_requests_total", operation="submit", outcome="ok") == 4
     assert delta("orchestrator_intake_lag_seconds_count") == 3
     assert after[("orchestrator_build_info", (("version", "0.1.0"),))] == 1
     for job_id in (failed, ok, dup):

@@ -161,7 +161,7 @@ def test_every_named_query_is_used_and_every_used_query_exists():
     defined = set(parse((ROOT / "orchestrator/db/queries.sql").read_text()))
     code = "\n".join(p.read_text() for p in (ROOT / "orchestrator").rglob("*.py"))
     used = set(re.findall(r'q(?:ueries\(\))?\["([a-z_]+)"\]', code))
-    used |= set(re.findall(r'"(audit_[a-z_]+)"', code))
+    used |= set(re.findall(r'"(audit_[a-z_]+)": "', code))
     assert defined == used
 
 

@@ -20,6 +20,7 @@ from orchestrator.lifecycle import (
     Job,
     JobRef,
     JobStatus,
+    StoredOutput,
 )
 
 from . import _audit, _jobs, _ledger, _routing, _schema, _transitions
@@ -162,7 +163,7 @@ class Database:
         code: ErrorCode | None = None,
         message: str | None = None,
         refund: int | None = None,
-        outputs: tuple[str, ...] = (),
+        outputs: tuple[StoredOutput, ...] = (),
     ) -> Finish:
         """End an admitted job with its outputs and the refund it is owed, atomically.
 
@@ -177,11 +178,11 @@ class Database:
         )
 
     async def mark_processing(
-        self, job_id: uuid.UUID, *, provider: str, prediction_id: str
+        self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
     ) -> bool:
-        """Store the prediction id the moment it is known; False if the job already ended."""
+        """Store output `idx`'s prediction id the moment it is known; False if the job ended."""
         return await self._connector.run(
-            _transitions.mark_processing, job_id, provider, prediction_id
+            _transitions.mark_processing, job_id, provider, prediction_id, idx
         )
 
     async def route(self, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:

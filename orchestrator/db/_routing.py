@@ -38,7 +38,10 @@ async def in_flight(pool: Pool) -> list[JobRef]:
 
 async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
     row = await pool.fetchrow(queries()["in_flight_job"], job_id)
-    return None if row is None else InFlight(_rows.job(row), row["remaining_s"])
+    if row is None:
+        return None
+    predictions = {int(idx): pid for idx, pid in row["predictions"].items()}
+    return InFlight(_rows.job(row), row["remaining_s"], predictions)
 
 
 async def stuck(pool: Pool, older_than_s: float, limit: int) -> list[JobRef]:

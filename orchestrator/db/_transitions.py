@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import attrs
 
 from orchestrator.lifecycle import (
     Admission,
@@ -18,6 +19,7 @@ from orchestrator.lifecycle import (
     Finish,
     JobStatus,
     Plan,
+    StoredOutput,
     Usage,
 )
 
@@ -68,9 +70,13 @@ async def reject(pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str) -
     return await pool.fetchval(queries()["reject_job"], job_id, code.value, message) is not None
 
 
-async def mark_processing(pool: Pool, job_id: uuid.UUID, provider: str, prediction_id: str) -> bool:
+async def mark_processing(
+    pool: Pool, job_id: uuid.UUID, provider: str, prediction_id: str, idx: int
+) -> bool:
     q = queries()
-    return await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id) is not None
+    return (
+        await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id, idx) is not None
+    )
 
 
 async def finish(
@@ -80,7 +86,7 @@ async def finish(
     code: ErrorCode | None,
     message: str | None,
     refund: int | None,
-    outputs: tuple[str, ...],
+    outputs: tuple[StoredOutput, ...],
 ) -> Finish:
     """Record outputs and end the job in one statement, so both or neither happen."""
     row = await pool.fetchrow(
@@ -90,7 +96,7 @@ async def finish(
         code.value if code else None,
         message,
         refund,
-        list(outputs) if outputs else None,
+        [attrs.asdict(output) for output in outputs] if outputs else None,
     )
     assert row is not None  # noqa: S101  (the function always returns one row)
     return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])

@@ -137,12 +137,19 @@ RETURNING id;
 SELECT status, refunded, balance FROM orchestrator.finish_job_v1($1, $2, $3, $4, $5, $6);
 
 -- name: mark_processing
--- Record the provider's prediction id right after submitting, so a restart
--- can re-attach to it instead of paying for a second prediction.
-UPDATE orchestrator.jobs
-   SET status = 'processing', provider = $2, prediction_id = $3, updated_at = clock_timestamp()
- WHERE id = $1 AND status IN ('starting', 'processing')
-RETURNING id;
+-- Record a prediction the moment the provider names it (Brandur's atomic
+-- phase): the job is `processing` and a restart can re-attach to it.
+WITH job AS (
+    UPDATE orchestrator.jobs
+       SET status = 'processing', provider = $2,
+           prediction_id = coalesce(prediction_id, $3), updated_at = clock_timestamp()
+     WHERE id = $1 AND status IN ('starting', 'processing')
+    RETURNING id
+)
+INSERT INTO orchestrator.predictions (job_id, idx, provider, prediction_id)
+SELECT id, $4, $2, $3 FROM job
+ON CONFLICT (job_id, idx) DO UPDATE SET prediction_id = excluded.prediction_id
+RETURNING job_id;
 
 -- name: route_jobs
 -- Who owns each notified job and what it needs: admission or a cancel.
@@ -173,8 +180,10 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
 SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
        error_message, idempotency_key, prediction_id, deadline_at,
        cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at,
-       extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s
-  FROM orchestrator.jobs
+       extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s,
+       (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
+          FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions
+  FROM orchestrator.jobs j
  WHERE id = $1 AND status IN ('starting', 'processing');
 
 -- name: stuck_jobs

@@ -25,6 +25,7 @@ from orchestrator.lifecycle import (
     Job,
     JobStatus,
     Plan,
+    StoredOutput,
     Usage,
 )
 
@@ -59,7 +60,8 @@ class InMemoryStore:
         self.accounts: dict[str, _Account] = {}
         self.jobs: dict[uuid.UUID, Job] = {}
         self.ledger: list[LedgerRow] = []
-        self.outputs: dict[uuid.UUID, dict[int, str]] = {}
+        self.outputs: dict[uuid.UUID, dict[int, StoredOutput]] = {}
+        self.predictions: dict[uuid.UUID, dict[int, str]] = {}
         self.seats: dict[uuid.UUID, int] = {}
         self.deadlines: dict[uuid.UUID, float] = {}
         self.calls: list[tuple[str, uuid.UUID]] = []
@@ -171,15 +173,16 @@ class InMemoryStore:
         return True
 
     async def mark_processing(
-        self, job_id: uuid.UUID, *, provider: str, prediction_id: str
+        self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
     ) -> bool:
         del provider
         self.calls.append(("mark_processing", job_id))
         job = self._job(job_id)
         if not job.status.in_flight:
             return False
+        self.predictions.setdefault(job_id, {})[idx] = prediction_id
         self.jobs[job_id] = attrs.evolve(
-            job, status=JobStatus.PROCESSING, prediction_id=prediction_id
+            job, status=JobStatus.PROCESSING, prediction_id=job.prediction_id or prediction_id
         )
         return True
 
@@ -191,7 +194,7 @@ class InMemoryStore:
         code: ErrorCode | None = None,
         message: str | None = None,
         refund: int | None = None,
-        outputs: tuple[str, ...] = (),
+        outputs: tuple[StoredOutput, ...] = (),
     ) -> Finish:
         self.calls.append(("finish", job_id))
         job = self._job(job_id)
@@ -199,8 +202,8 @@ class InMemoryStore:
             return Finish(job.status, 0, None)
         if job.status is JobStatus.QUEUED:
             raise IntegrityViolation(f"job {job_id} was never admitted; reject it instead")
-        for idx, url in enumerate(outputs[: job.num_outputs]):
-            self.outputs.setdefault(job_id, {}).setdefault(idx, url)
+        for idx, output in enumerate(outputs[: job.num_outputs]):
+            self.outputs.setdefault(job_id, {}).setdefault(idx, output)
         debited = -sum(r.amount for r in self.ledger if r.job_id == job_id and r.kind == "debit")
         owed = (refund or 0) if status is JobStatus.SUCCEEDED else debited
         already = any(r.job_id == job_id and r.kind == "refund" for r in self.ledger)
@@ -229,7 +232,11 @@ class InMemoryStore:
         job = self.jobs.get(job_id)
         if job is None or not job.status.in_flight:
             return None
-        return InFlight(job, self.deadlines[job_id] - trio.current_time())
+        return InFlight(
+            job,
+            self.deadlines[job_id] - trio.current_time(),
+            dict(self.predictions.get(job_id, {})),
+        )
 
     def _job(self, job_id: uuid.UUID) -> Job:
         try:
