@@ -163,6 +163,25 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     return trio.run(_with_database, settings, body)
 
 
+def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.daemon import storage_root  # noqa: PLC0415
+    from orchestrator.storage import FilesystemStorage  # noqa: PLC0415
+
+    async def body(db: Database) -> int:
+        job = await db.job(args.job_id)
+        if job is None:
+            raise CliError(f"unknown job {args.job_id}")
+        if not job.status.terminal:
+            raise CliError(f"job {args.job_id} is {job.status.value}: cancel it first")
+        paths = await db.stored_outputs(args.job_id)
+        removed = await FilesystemStorage(storage_root(settings)).delete(paths)
+        marked = await db.soft_delete_outputs(args.job_id)
+        views.say(f"job {args.job_id}: {removed} files removed, {marked} outputs marked deleted")
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     async def body(db: Database) -> int:
         jobs = await db.jobs(user_id=args.user, limit=args.limit)
@@ -350,6 +369,10 @@ def _add_job_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cancel", help="cancel a queued or running job")
     p.add_argument("job_id", type=_job_id)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("delete", help="remove a finished job's stored outputs (soft delete)")
+    p.add_argument("job_id", type=_job_id)
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("jobs", help="list jobs, newest first")
     p.add_argument("--user")

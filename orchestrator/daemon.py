@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Final
 
 import httpx
@@ -27,11 +29,13 @@ import trio
 from actors import ActorConfig, Registry
 from orchestrator.auditor import run_auditor
 from orchestrator.db import Database, open_database
+from orchestrator.downloads import Downloader
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
 from orchestrator.metrics import Metrics
 from orchestrator.providers import KieProvider, Provider, ReplicateProvider
 from orchestrator.settings import Settings, SettingsError
+from orchestrator.storage import FilesystemStorage
 from orchestrator.sweeper import Sweeper
 from orchestrator.webhooks import WebhookHandler
 
@@ -39,6 +43,7 @@ log = structlog.get_logger("orchestrator.daemon")
 
 _PUBLIC_REPLICATE: Final = "api.replicate.com"
 _PUBLIC_KIE: Final = "api.kie.ai"
+_REPLICATE_DELIVERY: Final = ("replicate.delivery", "pbxt.replicate.delivery")
 
 
 class Daemon:
@@ -142,6 +147,33 @@ async def open_provider(settings: Settings) -> AsyncIterator[Provider]:
         )
 
 
+def storage_root(settings: Settings) -> Path:
+    return (settings.storage_root or settings.home).expanduser()
+
+
+def download_hosts(settings: Settings) -> tuple[str, ...]:
+    """The allow-list: configured hosts, or the provider's own host and Replicate's CDN."""
+    if settings.download_hosts:
+        return settings.download_hosts
+    base = settings.kie_api_base if settings.provider == "kie" else settings.replicate_api_base
+    parts = urllib.parse.urlsplit(base)
+    host = parts.hostname or ""
+    return (f"{host}:{parts.port}" if parts.port else host, *_REPLICATE_DELIVERY)
+
+
+@asynccontextmanager
+async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
+    """Output downloads on their own client: no provider credentials ever reach a CDN."""
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+        yield Downloader(
+            client,
+            FilesystemStorage(storage_root(settings)),
+            allowed_hosts=download_hosts(settings),
+            max_bytes=settings.download_max_bytes,
+            timeout_s=settings.download_timeout_s,
+        )
+
+
 async def serve(
     settings: Settings,
     database_url: str,
@@ -153,11 +185,14 @@ async def serve(
     async with (
         open_database(database_url, min_size=2, max_size=settings.db_pool_size) as db,
         open_provider(settings) as provider,
+        open_downloader(settings) as downloader,
     ):
         await db.migrate()
         config = actor_config(settings)
         metrics = Metrics()
-        registry = Registry(store=db, provider=provider, config=config, observer=metrics)
+        registry = Registry(
+            store=db, provider=provider, config=config, observer=metrics, outputs=downloader
+        )
         intake = Intake(db, registry, scan_interval_s=settings.scan_interval_s, metrics=metrics)
         sweeper = Sweeper(
             db,

@@ -49,6 +49,10 @@ class Settings:
     kie_api_token: str | None = attrs.field(default=None, repr=False)
     kie_model: str = "google/nano-banana"
     output_concurrency: int = attrs.field(default=5, validator=_positive)
+    storage_root: Path | None = None
+    download_hosts: tuple[str, ...] = ()
+    download_max_bytes: int = attrs.field(default=20 * 1024 * 1024, validator=_positive)
+    download_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     job_deadline_s: float = attrs.field(default=120.0, validator=_positive)
     poll_initial_s: float = attrs.field(default=0.5, validator=_positive)
     poll_max_s: float = attrs.field(default=5.0, validator=_positive)
@@ -85,6 +89,10 @@ def _boolean(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(host.strip() for host in raw.split(",") if host.strip())
+
+
 # environment variable -> (field, parser)
 _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "DATABASE_URL": ("database_url", str),
@@ -97,6 +105,10 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "KIE_API_TOKEN": ("kie_api_token", str),
     "ORCHESTRATOR_KIE_MODEL": ("kie_model", str),
     "ORCHESTRATOR_OUTPUT_CONCURRENCY": ("output_concurrency", int),
+    "ORCHESTRATOR_STORAGE_ROOT": ("storage_root", Path),
+    "ORCHESTRATOR_DOWNLOAD_HOSTS": ("download_hosts", _hosts),
+    "ORCHESTRATOR_DOWNLOAD_MAX_BYTES": ("download_max_bytes", int),
+    "ORCHESTRATOR_DOWNLOAD_TIMEOUT": ("download_timeout_s", float),
     "ORCHESTRATOR_JOB_DEADLINE": ("job_deadline_s", float),
     "ORCHESTRATOR_POLL_INITIAL": ("poll_initial_s", float),
     "ORCHESTRATOR_POLL_MAX": ("poll_max_s", float),

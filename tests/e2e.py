@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import tempfile
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 import attrs
 import trio
@@ -31,6 +33,7 @@ def settings_for(db_url: str, provider_url: str, **overrides: object) -> Setting
         actor_idle_s=5.0,
         grace_s=1.0,
         http_port=0,
+        storage_root=Path(tempfile.mkdtemp(prefix="orch-renders-")),
     )
     return attrs.evolve(base, **overrides)  # type: ignore[misc]
 

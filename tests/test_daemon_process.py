@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _env(db_url: str, provider_url: str, **extra: str) -> dict[str, str]:
     return {
+        "ORCHESTRATOR_STORAGE_ROOT": tempfile.mkdtemp(prefix="orch-renders-"),
         **os.environ,
         "DATABASE_URL": db_url,
         "REPLICATE_API_BASE": provider_url,

@@ -48,6 +48,13 @@ class Database:
     async def schema_is_current(self) -> bool:
         return await self._connector.run(_schema.is_current)
 
+    async def stored_outputs(self, job_id: uuid.UUID) -> list[str]:
+        """Where a finished job's outputs are kept (empty while it runs)."""
+        return await self._connector.run(_jobs.stored_outputs, job_id)
+
+    async def soft_delete_outputs(self, job_id: uuid.UUID) -> int:
+        return await self._connector.run(_jobs.soft_delete_outputs, job_id)
+
     async def ping(self) -> bool:
         return await self._connector.run(_jobs.ping)
 

@@ -48,3 +48,11 @@ async def ping(pool: Pool) -> bool:
 async def record_webhook_event(pool: Pool, provider: str, event_id: str) -> bool:
     """True the first time a delivery is seen, False for every repeat."""
     return await pool.fetchval(queries()["record_webhook_event"], provider, event_id) is not None
+
+
+async def stored_outputs(pool: Pool, job_id: uuid.UUID) -> list[str]:
+    return [row["path"] for row in await pool.fetch(queries()["stored_outputs"], job_id)]
+
+
+async def soft_delete_outputs(pool: Pool, job_id: uuid.UUID) -> int:
+    return len(await pool.fetch(queries()["soft_delete_outputs"], job_id))

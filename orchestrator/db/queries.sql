@@ -206,6 +206,20 @@ INSERT INTO orchestrator.webhook_events (provider, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING
 RETURNING event_id;
 
+-- name: stored_outputs
+-- A finished job's stored outputs that were not deleted yet, for `orchestrator delete`.
+SELECT o.idx, o.path
+  FROM orchestrator.outputs o
+  JOIN orchestrator.jobs j ON j.id = o.job_id
+ WHERE o.job_id = $1 AND o.deleted_at IS NULL AND o.path IS NOT NULL
+   AND j.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected');
+
+-- name: soft_delete_outputs
+-- Mark a job's outputs deleted once their files are gone; the rows stay for the audit.
+UPDATE orchestrator.outputs SET deleted_at = clock_timestamp()
+ WHERE job_id = $1 AND deleted_at IS NULL
+RETURNING idx;
+
 -- name: get_account
 -- One account with its plan.
 SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
