@@ -19,6 +19,7 @@ import structlog
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
+from orchestrator.asgi import lifespan, read_body
 from orchestrator.metrics import CONTENT_TYPE, Metrics
 from orchestrator.webhooks import WebhookHandler
 
@@ -46,7 +47,7 @@ class HttpApp:
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -96,7 +97,7 @@ class HttpApp:
         self, scope: HTTPScope, receive: ASGIReceiveCallable, provider: str
     ) -> tuple[int, str, bytes]:
         assert self._webhooks is not None  # noqa: S101
-        body = await _read_body(receive, MAX_WEBHOOK_BODY)
+        body = await read_body(receive, MAX_WEBHOOK_BODY)
         if body is None:
             return _json(413, {"error": "body too large"})
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -109,29 +110,3 @@ class HttpApp:
 
 def _json(status: int, payload: object) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(payload).encode()
-
-
-async def _read_body(receive: ASGIReceiveCallable, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from actors import OutputUnavailable
+from orchestrator.asgi import lifespan
 from orchestrator.db import Database
 from orchestrator.downloads import Downloader
 from orchestrator.lifecycle import JobStatus
@@ -36,11 +37,8 @@ class Files:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await lifespan(receive, send)
+            return
         path = scope["path"]
         status, headers, body = 200, [(b"content-type", b"image/png")], PNG
         if path == "/html":

@@ -24,6 +24,7 @@ from hypercorn.typing import (
     Scope,
 )
 
+from orchestrator.asgi import lifespan, read_body
 from orchestrator.providers import PredictionStatus
 
 from ._state import (
@@ -93,11 +94,11 @@ class SimulatorApp:
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        body = await _read_body(receive)
+        body = await read_body(receive, MAX_BODY)
         if body is None:
             response = _problem(413, "Request body too large.")
         else:
@@ -441,29 +442,3 @@ def _base_url(scope: HTTPScope) -> str:
         server = scope["server"] or ("127.0.0.1", None)
         host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
     return f"{scope['scheme']}://{host}"
-
-
-async def _read_body(receive: ASGIReceiveCallable) -> bytes | None:
-    """The whole request body, or ``None`` once it exceeds `MAX_BODY`."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = await receive()
-        if event["type"] != "http.request":
-            return b"".join(chunks)
-        size += len(event["body"])
-        if size > MAX_BODY:
-            return None
-        chunks.append(event["body"])
-        if not event.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-    while True:
-        event = await receive()
-        if event["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif event["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
