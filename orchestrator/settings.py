@@ -41,7 +41,9 @@ class Settings:
 
     database_url: str | None = attrs.field(default=None, repr=False)
     home: Path = DEFAULT_HOME
-    provider: str = attrs.field(default="replicate", validator=attrs.validators.in_(("replicate",)))
+    provider: str = attrs.field(
+        default="replicate", validator=attrs.validators.in_(("replicate", "kie"))
+    )
     replicate_api_base: str = "https://api.replicate.com"
     replicate_api_token: str | None = attrs.field(default=None, repr=False)
     replicate_model: str = "black-forest-labs/flux-schnell"

@@ -245,3 +245,22 @@ async def test_a_succeeded_job_records_exactly_its_outputs(nursery, db: Database
     assert [row["idx"] for row in rows] == [0, 1, 2]
     assert all(row["url"].startswith(provider) for row in rows)
     assert (await db.audit()).ok
+
+
+async def test_the_daemon_runs_jobs_on_kie_too(nursery, db: Database, db_url: str):
+    """Provider selection per daemon: the same lifecycle over KIE's create-task/poll API."""
+    provider = await start_simulator(nursery, api="kie")
+    settings = settings_for(
+        db_url, provider, provider="kie", kie_api_base=provider, kie_model="sim/image"
+    )
+    await start_daemon(nursery, settings)
+    await db.grant("kay", 5, plan="pro")
+    ok = await db.submit_job("kay", "on kie", num_outputs=2)
+    bad = await db.submit_job("kay", "fails on kie", params={"simulate": "fail"})
+    done, failed = await wait_terminal(db, [ok, bad])
+    assert done.status is JobStatus.SUCCEEDED
+    assert failed.status is JobStatus.FAILED
+    account = await db.account("kay")
+    assert account is not None
+    assert account.balance == 3
+    assert (await db.audit()).ok

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from orchestrator.db import Database, IntegrityViolation, InvalidRequest, UnknownUser
-from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
 from . import pg
 
@@ -292,3 +292,23 @@ async def test_the_ledger_is_append_only_even_for_the_owner(
     assert account is not None
     assert account.balance == 7
     assert await _ledger_sum(db_url, "kate") == 7
+
+
+async def test_two_racing_deliveries_of_one_output_index_keep_one_row(db: Database, db_url: str):
+    """Finishing a job twice at once with different bytes for index 0 stores one output."""
+    await db.grant("olga", 5)
+    job_id = await _new_job(db, "olga")
+    assert (await db.admit(job_id, cost=1, max_inflight=5, deadline_s=60)).outcome == "admitted"
+
+    async def deliver(url: str) -> None:
+        await db.finish(job_id, JobStatus.SUCCEEDED, outputs=(StoredOutput(url=url),))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deliver, "https://cdn.test/a.png")
+        nursery.start_soon(deliver, "https://cdn.test/b.png")
+    rows = await pg.fetch(
+        db_url, "SELECT idx, url FROM orchestrator.outputs WHERE job_id = $1", job_id
+    )
+    assert len(rows) == 1
+    assert rows[0]["idx"] == 0
+    assert (await db.audit()).ok
