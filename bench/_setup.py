@@ -23,7 +23,8 @@ def _with_database(url: str, database: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
 
 
-async def _admin(url: str, sql: str) -> None:
+async def admin(url: str, sql: str) -> None:
+    """Run fixed set-up SQL on its own connection."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(sql)
@@ -40,7 +41,7 @@ def fresh_database() -> Iterator[str]:
         home = Path(tempfile.mkdtemp(prefix="orch-bench-", dir="/tmp"))
         server = ensure_embedded_server(home)
     name = f"orch_bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(server, f"CREATE DATABASE {name}"))
+    asyncio.run(admin(server, f"CREATE DATABASE {name}"))
     url = _with_database(server, name)
 
     async def migrate() -> None:
@@ -51,7 +52,7 @@ def fresh_database() -> Iterator[str]:
     try:
         yield url
     finally:
-        asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         if home is not None:
             stop_embedded_server(home)
             shutil.rmtree(home, ignore_errors=True)

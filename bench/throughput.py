@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import asyncpg
-from _setup import fresh_database
+from _setup import admin, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def main() -> None:
     sim_port = _free_port()
     with fresh_database() as url:
         users = asyncio.run(_prepare(url, args.users))
-        asyncio.run(_admin(url, "CREATE TABLE bench_seen (job_id uuid PRIMARY KEY)"))
+        asyncio.run(admin(url, "CREATE TABLE bench_seen (job_id uuid PRIMARY KEY)"))
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -223,14 +223,6 @@ def main() -> None:
             sim.send_signal(signal.SIGTERM)
             daemon.wait(30)
             sim.wait(30)
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

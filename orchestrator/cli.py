@@ -30,6 +30,7 @@ from orchestrator.db import (
     open_database,
     stop_embedded_server,
 )
+from orchestrator.exceptions import sole_exception
 from orchestrator.lifecycle import JobStatus
 from orchestrator.settings import Settings, SettingsError, environment_variables, from_env
 
@@ -431,24 +432,43 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
+_EXPECTED: Final = (CliError, SettingsError, DbError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        home = Path(args.home) if args.home else None
-        settings = from_env(
-            os.environ,
-            database_url=args.database_url,
-            home=home,
-            job_deadline_s=getattr(args, "deadline", None) if args.command == "run" else None,
-            replicate_api_base=getattr(args, "provider_url", None),
-        )
-        code: int = args.func(settings, args)
-    except (CliError, SettingsError) as exc:
-        _fail(str(exc))
-    except DbError as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        return _run_command(args)
+    except BaseExceptionGroup as group:
+        # Nurseries wrap what they raise; one expected error is still one line.
+        sole = sole_exception(group)
+        if not isinstance(sole, _EXPECTED):
+            raise
+        _fail(_describe(sole))
+    except _EXPECTED as exc:
+        _fail(_describe(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DbError):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} (errno {exc.errno})"
+    return str(exc)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    home = Path(args.home) if args.home else None
+    settings = from_env(
+        os.environ,
+        database_url=args.database_url,
+        home=home,
+        job_deadline_s=getattr(args, "deadline", None) if args.command == "run" else None,
+        replicate_api_base=getattr(args, "provider_url", None),
+    )
+    code: int = args.func(settings, args)
     return code
 
 

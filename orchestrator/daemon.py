@@ -30,6 +30,7 @@ from actors import ActorConfig, Registry
 from orchestrator.auditor import run_auditor
 from orchestrator.db import Database, open_database
 from orchestrator.downloads import Downloader
+from orchestrator.exceptions import sole_exception
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
 from orchestrator.metrics import Metrics
@@ -264,7 +265,18 @@ async def _serve_http(
     config.errorlog = logging.getLogger("orchestrator.http")
     config.graceful_timeout = 0.5
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+        try:
+            binds: list[str] = await nursery.start(
+                functools.partial(hypercorn.trio.serve, app, config)
+            )
+        except (OSError, BaseExceptionGroup) as exc:
+            cause = sole_exception(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if not isinstance(cause, OSError):
+                raise
+            raise SettingsError(
+                f"ORCHESTRATOR_HTTP_PORT: cannot listen on {config.bind[0]}: "
+                f"{cause.strerror or cause}"
+            ) from cause
         log.info("http.listening", url=binds[0])
         task_status.started(binds[0])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -133,3 +134,26 @@ def test_an_unreachable_database_is_a_one_line_error():
     """A wrong DATABASE_URL is reported, not dumped as a traceback."""
     result = run("postgresql://nobody@127.0.0.1:1/none", "jobs", check=False)
     assert_one_line_error(result, "DbUnavailable")
+
+
+def test_the_daemon_reports_a_busy_http_port_in_one_line(db_url: str):
+    """Start-up failures name what to change instead of dumping a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            "ORCHESTRATOR_HTTP_PORT": str(port),
+            "REPLICATE_API_BASE": "http://127.0.0.1:9",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "run"],
+            env={**os.environ, "DATABASE_URL": db_url, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -18,6 +18,8 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from orchestrator.exceptions import sole_exception
+
 from ._errors import DbError, DbUnavailable, map_error
 
 P = ParamSpec("P")
@@ -92,24 +94,7 @@ async def open_connector(
         async with _loop_and_pool(url, min_size, max_size) as connector:
             yield connector
     except BaseExceptionGroup as group:
-        raise _sole_exception(group) from None
-
-
-def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real error inside trio-asyncio's nurseries, or the group itself.
-
-    The loop's internal nurseries wrap whatever the block raised; callers
-    catch `DbError` or their own exceptions, not an implementation detail.
-    """
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        else:
-            leaves.append(current)
-    return leaves[0] if len(leaves) == 1 else group
+        raise sole_exception(group) from None
 
 
 @asynccontextmanager
