@@ -157,3 +157,26 @@ def test_the_daemon_reports_a_busy_http_port_in_one_line(db_url: str):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_webhooks_without_a_secret_refuse_to_start_unless_unsigned_is_explicit(db_url: str):
+    """A forgeable webhook endpoint is never opened by accident."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "ORCHESTRATOR_PUBLIC_URL": "https://orchestrator.example",
+        "ORCHESTRATOR_HTTP_PORT": "0",
+        "REPLICATE_API_BASE": "http://127.0.0.1:9",
+    }
+    env.pop("ORCHESTRATOR_WEBHOOK_SECRET", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "ORCHESTRATOR_WEBHOOK_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
