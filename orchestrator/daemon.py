@@ -209,6 +209,7 @@ async def serve(
             mailbox_depth=lambda: registry.mailbox_depth,
             jobs_running=lambda: registry.running_jobs,
             listener_connected=lambda: float(intake.stats.connected),
+            intake_leader=lambda: float(intake.stats.leader),
             db_pool_in_use=lambda: db.pool_in_use,
         )
         webhooks = None
@@ -221,6 +222,7 @@ async def serve(
                 {settings.provider: provider},
                 secret=settings.webhook_secret,
                 metrics=metrics,
+                leading=lambda: intake.stats.leader,
             )
         app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=webhooks)
         async with trio.open_nursery() as root:

@@ -1,5 +1,7 @@
 """Intake: LISTEN for submissions, scan for what a notification missed, route to actors.
 
+One daemon at a time leads intake (see `Intake.run`); the rest stand by.
+
 A notification is only a wake-up hint (procrastinate's rule): the catch-up
 scan at start, after every reconnect and at a short interval finds every
 queued job whatever happened to its NOTIFY. The scan and the notifications
@@ -37,6 +39,7 @@ class IntakeStats:
     mailbox_full: int = 0
     reconnects: int = 0
     connected: bool = False
+    leader: bool = False
 
 
 class Intake:
@@ -55,22 +58,39 @@ class Intake:
         self.stats = IntakeStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover, then listen and scan until cancelled; reconnect with backoff when lost."""
-        await self._recover()
-        await self._scan()
-        task_status.started()
+        """Listen, lead or stand by, scan, route; reconnect with backoff when lost.
+
+        Only the daemon holding the intake lock (a session advisory lock on
+        its LISTEN connection) admits and recovers; the others stand by and
+        take over the moment its session ends. Until then they run nothing,
+        so no job is ever resumed by two daemons at once.
+        """
+        ready = False
         backoff = _RECONNECT_INITIAL_S
         while True:
             try:
                 async with self._db.listen() as listener:
                     self.stats.connected = True
                     backoff = _RECONNECT_INITIAL_S
-                    await self._scan()  # whatever was submitted while we were not listening
+                    while not await listener.try_lead():
+                        if not ready:
+                            log.info("intake.standby")
+                            task_status.started()
+                            ready = True
+                        await trio.sleep(self._scan_interval_s)
+                    self.stats.leader = True
+                    log.info("intake.leading")
+                    await self._recover()
+                    await self._scan()  # whatever was submitted while nobody listened
+                    if not ready:
+                        task_status.started()
+                        ready = True
                     await self._pump(listener.notifications)
             except DbError as exc:
                 log.warning("intake.listener_lost", error=str(exc))
             finally:
                 self.stats.connected = False
+                self.stats.leader = False
             self.stats.reconnects += 1
             await trio.sleep(backoff)
             backoff = min(backoff * 2, _RECONNECT_MAX_S)

@@ -152,6 +152,11 @@ class Metrics:
         self.listener_connected = Gauge(
             "orchestrator_listener_connected", "1 while the LISTEN connection is up.", registry=r
         )
+        self.intake_leader = Gauge(
+            "orchestrator_intake_leader",
+            "1 while this daemon leads intake (admits and recovers); 0 on standby.",
+            registry=r,
+        )
         self.db_pool_in_use = Gauge(
             "orchestrator_db_pool_in_use", "Database connections checked out.", registry=r
         )
@@ -167,6 +172,7 @@ class Metrics:
         mailbox_depth: Callable[[], float],
         jobs_running: Callable[[], float],
         listener_connected: Callable[[], float],
+        intake_leader: Callable[[], float],
         db_pool_in_use: Callable[[], float],
     ) -> None:
         """Gauges read at scrape time from the live objects."""
@@ -174,6 +180,7 @@ class Metrics:
         self.mailbox_depth.set_function(mailbox_depth)
         self.jobs_running.set_function(jobs_running)
         self.listener_connected.set_function(listener_connected)
+        self.intake_leader.set_function(intake_leader)
         self.db_pool_in_use.set_function(db_pool_in_use)
 
     def render(self) -> bytes:

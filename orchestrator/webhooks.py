@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import attrs
@@ -44,7 +44,9 @@ class WebhookHandler:
         *,
         secret: str | None,
         metrics: Metrics,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._leading = leading
         self._db = db
         self._registry = registry
         self._providers = providers
@@ -124,5 +126,7 @@ class WebhookHandler:
                     job_id, provider=provider_name, prediction_id=prediction.id, idx=idx
                 )
                 log.info("webhook.matched_lost_prediction")
-            self._registry.deliver(job.user_id, Resume(job_id))
+            if self._leading():
+                # Only the intake leader runs jobs it did not start itself.
+                self._registry.deliver(job.user_id, Resume(job_id))
             return Reply(200, "accepted")

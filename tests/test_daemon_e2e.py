@@ -222,7 +222,8 @@ async def test_the_listener_reconnects_after_losing_its_connection(
     await pg.execute(
         db_url,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND (query LIKE 'LISTEN%' OR query LIKE '%pg_try_advisory_lock%')",
     )
     job_id = await db.submit_job("ida", "after the drop")
     (job,) = await wait_terminal(db, [job_id], timeout=10)

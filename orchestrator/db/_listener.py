@@ -13,19 +13,47 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 import asyncpg
-import attrs
 import trio
 
 from ._connector import Connector
 from ._errors import DbUnavailable, map_error
+from ._queries import queries
 
 _CLOSE_TIMEOUT_S: Final = 2.0
 
 
-@attrs.define
 class Listener:
-    notifications: trio.MemoryReceiveChannel[str]
-    dropped: int = 0
+    """Notifications from one LISTEN connection, and the leadership held on its session."""
+
+    def __init__(self, connector: Connector, conn: asyncpg.Connection, buffer: int) -> None:
+        self._connector = connector
+        self._conn = conn
+        self._send, self.notifications = trio.open_memory_channel[str](buffer)
+        self.dropped = 0
+
+    def deliver(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        """Hand a payload over from asyncpg's callback without ever blocking the connection."""
+        try:
+            self._send.send_nowait(str(payload))
+        except trio.WouldBlock:
+            self.dropped += 1
+        except trio.ClosedResourceError:
+            pass
+
+    def close(self, _conn: object = None) -> None:
+        self._send.close()
+
+    async def try_lead(self) -> bool:
+        """Take intake leadership on this session, unless another daemon holds it.
+
+        Raises:
+            DbUnavailable: the connection is gone.
+        """
+        query = queries()["try_intake_leadership"]
+        try:
+            return bool(await self._connector.call(self._conn.fetchval(query)))
+        except Exception as exc:
+            raise (map_error(exc) or DbUnavailable(str(exc))) from exc
 
 
 @asynccontextmanager
@@ -37,30 +65,20 @@ async def listen(
     Raises:
         DbUnavailable: the connection could not be made.
     """
-    send, receive = trio.open_memory_channel[str](buffer)
-    listener = Listener(receive)
-
-    def on_notification(_conn: object, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            send.send_nowait(str(payload))
-        except trio.WouldBlock:
-            listener.dropped += 1
-        except trio.ClosedResourceError:
-            pass
-
-    def on_termination(_conn: object) -> None:
-        send.close()
-
     try:
         conn = await connector.call(asyncpg.connect(connector.url))
-        conn.add_termination_listener(on_termination)
-        await connector.call(conn.add_listener(channel, on_notification))
     except Exception as exc:
         raise (map_error(exc) or DbUnavailable(str(exc))) from exc
+    listener = Listener(connector, conn, buffer)
     try:
+        try:
+            conn.add_termination_listener(listener.close)
+            await connector.call(conn.add_listener(channel, listener.deliver))
+        except Exception as exc:
+            raise (map_error(exc) or DbUnavailable(str(exc))) from exc
         yield listener
     finally:
-        send.close()
+        listener.close()
         with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True) as scope:
             try:
                 await connector.call(conn.close())

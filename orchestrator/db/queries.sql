@@ -220,6 +220,11 @@ UPDATE orchestrator.outputs SET deleted_at = clock_timestamp()
  WHERE job_id = $1 AND deleted_at IS NULL
 RETURNING idx;
 
+-- name: try_intake_leadership
+-- Session lock held on the LISTEN connection: one daemon at a time admits and
+-- recovers; it is released the moment that daemon's session ends.
+SELECT pg_try_advisory_lock(hashtext('orchestrator.intake'));
+
 -- name: get_account
 -- One account with its plan.
 SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
