@@ -345,10 +345,13 @@ $$;
 -- Admit a queued job: take the lowest free seat, debit its cost if the
 -- balance covers it (the row count is checked, seed 001), write the ledger row
 -- and move the job to `starting`, all in one transaction. The outcome is
--- 'admitted', 'no_seat', 'insufficient_credits' or 'not_queued'; a seat taken
+-- 'admitted', 'no_seat', 'insufficient_credits', 'not_queued' or
+-- 'not_leader' (a stale intake epoch, see below); a seat taken
 -- by a concurrent daemon raises unique_violation on jobs_one_job_per_seat.
+DROP FUNCTION IF EXISTS orchestrator.admit_job_v1(uuid, bigint, integer, double precision);
 CREATE OR REPLACE FUNCTION orchestrator.admit_job_v1(
-    p_job_id uuid, p_cost bigint, p_max_inflight integer, p_deadline_s double precision
+    p_job_id uuid, p_cost bigint, p_max_inflight integer, p_deadline_s double precision,
+    p_epoch bigint DEFAULT NULL
 ) RETURNS TABLE (outcome text, seat integer, balance bigint, deadline_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
 AS $$
@@ -370,6 +373,13 @@ BEGIN
     END IF;
     IF v_status <> 'queued' THEN
         RETURN QUERY SELECT 'not_queued'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
+        RETURN;
+    END IF;
+    -- Fencing: a daemon that lost intake leadership (its epoch is no longer the
+    -- current one) admits nothing more; the job stays queued for the leader.
+    IF p_epoch IS NOT NULL AND p_epoch IS DISTINCT FROM (
+        SELECT m.value::bigint FROM meta m WHERE m.key = 'intake_epoch') THEN
+        RETURN QUERY SELECT 'not_leader'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
         RETURN;
     END IF;
     -- Admissions of one user queue here, whichever daemon runs them, so the

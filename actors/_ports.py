@@ -27,7 +27,13 @@ class JobStore(Protocol):
     async def admission_context(self, job_id: uuid.UUID) -> AdmissionContext | None: ...
 
     async def admit(
-        self, job_id: uuid.UUID, *, cost: int, max_inflight: int, deadline_s: float
+        self,
+        job_id: uuid.UUID,
+        *,
+        cost: int,
+        max_inflight: int,
+        deadline_s: float,
+        epoch: int | None = None,
     ) -> Admission: ...
 
     async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool: ...

@@ -43,6 +43,7 @@ class Registry:
         self._nursery: trio.Nursery | None = None
         self._draining = False
         self._drained = trio.Event()
+        self.epoch: int | None = None
         self.started = 0
         self.retired = 0
 

@@ -148,6 +148,7 @@ class UserActor:
                         cost=cost,
                         max_inflight=max_inflight,
                         deadline_s=self._config.deadline_s,
+                        epoch=self._registry.epoch,
                     )
                     if admission.outcome == "admitted":
                         log.info("job.admitted", cost=cost, balance=admission.balance)
@@ -156,6 +157,8 @@ class UserActor:
                             job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                         )
                         self._start(started, lag_s)
+                    elif admission.outcome == "not_leader":
+                        log.warning("job.not_admitted", reason="this daemon lost intake leadership")
                     elif admission.outcome in _REFUSAL_FOR_OUTCOME:
                         code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
                         await self._reject(job_id, code, message, lag_s)

@@ -78,8 +78,9 @@ class Intake:
                             task_status.started()
                             ready = True
                         await trio.sleep(self._scan_interval_s)
+                    self._registry.epoch = await self._db.take_intake_epoch()
                     self.stats.leader = True
-                    log.info("intake.leading")
+                    log.info("intake.leading", epoch=self._registry.epoch)
                     await self._recover()
                     await self._scan()  # whatever was submitted while nobody listened
                     if not ready:

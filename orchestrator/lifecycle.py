@@ -136,7 +136,9 @@ class AdmissionContext:
     now: datetime
 
 
-AdmissionOutcome = Literal["admitted", "no_seat", "insufficient_credits", "not_queued"]
+AdmissionOutcome = Literal[
+    "admitted", "no_seat", "insufficient_credits", "not_queued", "not_leader"
+]
 
 
 @attrs.frozen

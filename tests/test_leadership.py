@@ -57,3 +57,23 @@ async def test_a_standby_daemon_runs_nothing_until_the_leader_dies_then_recovers
     assert account is not None
     assert account.balance == 4
     assert (await db.audit()).ok
+
+
+async def test_a_daemon_that_lost_leadership_is_fenced_off_from_admitting(db: Database):
+    """Admissions carry the leader's epoch; an older epoch admits nothing, charges nothing."""
+    await db.grant("fen", 5)
+    job_id = await db.submit_job("fen", "fenced")
+    old = await db.take_intake_epoch()
+    new = await db.take_intake_epoch()
+    assert new == old + 1
+    stale = await db.admit(job_id, cost=1, max_inflight=5, deadline_s=60, epoch=old)
+    assert stale.outcome == "not_leader"
+    job = await db.job(job_id)
+    assert job is not None
+    assert job.status is JobStatus.QUEUED
+    account = await db.account("fen")
+    assert account is not None
+    assert account.balance == 5
+    current = await db.admit(job_id, cost=1, max_inflight=5, deadline_s=60, epoch=new)
+    assert current.outcome == "admitted"
+    assert (await db.audit()).ok

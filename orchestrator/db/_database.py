@@ -149,14 +149,29 @@ class Database:
         return await self._connector.run(_transitions.admission_context, job_id)
 
     async def admit(
-        self, job_id: uuid.UUID, *, cost: int, max_inflight: int, deadline_s: float
+        self,
+        job_id: uuid.UUID,
+        *,
+        cost: int,
+        max_inflight: int,
+        deadline_s: float,
+        epoch: int | None = None,
     ) -> Admission:
         """Take a seat, debit `cost` and move the job to `starting`, atomically.
+
+        With an `epoch`, nothing is admitted unless it is the current intake
+        leader's (`not_leader`): a daemon that lost leadership is fenced off.
 
         Raises:
             UnknownJob: no such job.
         """
-        return await self._connector.run(_transitions.admit, job_id, cost, max_inflight, deadline_s)
+        return await self._connector.run(
+            _transitions.admit, job_id, cost, max_inflight, deadline_s, epoch
+        )
+
+    async def take_intake_epoch(self) -> int:
+        """Become the intake leader of record; admissions with older epochs are refused."""
+        return await self._connector.run(_transitions.take_intake_epoch)
 
     async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
         """Refuse a queued job without charge; False when it was no longer queued."""

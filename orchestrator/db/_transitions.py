@@ -53,10 +53,17 @@ async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext |
 
 
 async def admit(
-    pool: Pool, job_id: uuid.UUID, cost: int, max_inflight: int, deadline_s: float
+    pool: Pool,
+    job_id: uuid.UUID,
+    cost: int,
+    max_inflight: int,
+    deadline_s: float,
+    epoch: int | None,
 ) -> Admission:
     try:
-        row = await pool.fetchrow(queries()["admit_job"], job_id, cost, max_inflight, deadline_s)
+        row = await pool.fetchrow(
+            queries()["admit_job"], job_id, cost, max_inflight, deadline_s, epoch
+        )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "jobs_one_job_per_seat":
             return Admission("no_seat")  # another daemon took the seat first
@@ -100,3 +107,8 @@ async def finish(
     )
     assert row is not None  # noqa: S101  (the function always returns one row)
     return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])
+
+
+async def take_intake_epoch(pool: Pool) -> int:
+    epoch: int = await pool.fetchval(queries()["take_intake_epoch"])
+    return epoch

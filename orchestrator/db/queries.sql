@@ -122,7 +122,7 @@ SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.e
 -- Seat, debit, ledger row and `starting`, in one transaction (see admit_job_v1).
 SELECT outcome, seat, balance,
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS deadline_s
-  FROM orchestrator.admit_job_v1($1, $2, $3, $4);
+  FROM orchestrator.admit_job_v1($1, $2, $3, $4, $5);
 
 -- name: reject_job
 -- A queued job refused at admission: terminal, with its code, never charged.
@@ -224,6 +224,12 @@ RETURNING idx;
 -- Session lock held on the LISTEN connection: one daemon at a time admits and
 -- recovers; it is released the moment that daemon's session ends.
 SELECT pg_try_advisory_lock(hashtext('orchestrator.intake'));
+
+-- name: take_intake_epoch
+-- A new intake leader's fencing token: admissions carrying an older one are refused.
+INSERT INTO orchestrator.meta (key, value) VALUES ('intake_epoch', '1')
+ON CONFLICT (key) DO UPDATE SET value = (orchestrator.meta.value::bigint + 1)::text
+RETURNING value::bigint;
 
 -- name: get_account
 -- One account with its plan.

@@ -137,8 +137,15 @@ class InMemoryStore:
         return AdmissionContext(job=job, usage=usage, now=self.now())
 
     async def admit(
-        self, job_id: uuid.UUID, *, cost: int, max_inflight: int, deadline_s: float
+        self,
+        job_id: uuid.UUID,
+        *,
+        cost: int,
+        max_inflight: int,
+        deadline_s: float,
+        epoch: int | None = None,
     ) -> Admission:
+        del epoch  # one store, one leader
         self.calls.append(("admit", job_id))
         job = self._job(job_id)
         if job.status is not JobStatus.QUEUED:
