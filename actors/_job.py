@@ -106,24 +106,36 @@ class JobTask:
         self._poke.set()
 
     async def run(self) -> None:
+        """Run the job to its settlement; never raises into the actor's nursery."""
         job = self.job
+        try:
+            with structlog.contextvars.bound_contextvars(job_id=str(job.id), user_id=job.user_id):
+                await self._run()
+        except Exception:
+            # A failure past settle's own guards: recovery's orphan scan resumes the job.
+            log.exception("job.task_failed")
+        finally:
+            if self._on_done is not None:
+                self._on_done(job)
+
+    async def _run(self) -> None:
         started = time.monotonic()
-        with structlog.contextvars.bound_contextvars(job_id=str(job.id), user_id=job.user_id):
+        try:
+            ending = await self._wait_for_ending()
+        except Exception:
+            log.exception("job.crashed")
+            ending = Abandoned("the orchestrator failed while running the job")
+        unfinished = [
+            pid
+            for idx, pid in self._progress.predictions.items()
+            if idx not in self._progress.ended
+        ]
+        if unfinished:
             try:
-                ending = await self._wait_for_ending()
-            except Exception:
-                log.exception("job.crashed")
-                ending = Abandoned("the orchestrator failed while running the job")
-            unfinished = [
-                pid
-                for idx, pid in self._progress.predictions.items()
-                if idx not in self._progress.ended
-            ]
-            if unfinished:
                 await self._cancel_upstream(unfinished)
-            await self._settle(ending, time.monotonic() - started)
-        if self._on_done is not None:
-            self._on_done(job)
+            except Exception:
+                log.warning("provider.cancel_failed", exc_info=True)
+        await self._settle(ending, time.monotonic() - started)
 
     async def _wait_for_ending(self) -> Ending:
         deadline = trio.current_time() + self._remaining_s
@@ -179,6 +191,10 @@ class JobTask:
         except OutputUnavailable as exc:
             log.warning("output.refused", idx=idx, reason=str(exc))
             self._progress.failures[idx] = f"output {idx}: {exc}"
+        except Exception:
+            # One output's unexpected failure must not throw away its siblings.
+            log.exception("output.failed", idx=idx)
+            self._progress.failures[idx] = f"output {idx}: could not be stored"
 
     async def _submit(self, idx: int) -> Prediction | UpstreamFailed:
         """Create the prediction; retry only what certainly did not reach the provider."""
@@ -259,6 +275,9 @@ class JobTask:
                         await self._provider.cancel(prediction_id)
                 except ProviderError as exc:
                     log.warning("provider.cancel_failed", error=exc.summary)
+                    return
+                except Exception:
+                    log.warning("provider.cancel_failed", exc_info=True)
                     return
             if scope.cancelled_caught:
                 log.warning("provider.cancel_failed", error="timed out")

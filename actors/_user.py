@@ -9,7 +9,7 @@ they neither block admission nor outlive the actor.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import structlog
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from ._registry import Registry
 
 log = structlog.get_logger("actors.user")
+
+_HANDLE_LIMIT_S: Final = 30.0
 
 _REFUSAL_FOR_OUTCOME = {
     "no_seat": (ErrorCode.TOO_MANY_INFLIGHT, "every in-flight seat of the plan is taken"),
@@ -103,12 +105,18 @@ class UserActor:
 
     async def _serve(self) -> None:
         while True:
+            message: Message | None = None
             with trio.move_on_after(self._config.idle_s):
                 try:
                     message = await self.mailbox.receive()
                 except trio.EndOfChannel:
                     return
-                await self._handle(message)
+            if message is not None:
+                # Neither the idle timer nor a drain may interrupt a message half
+                # handled: an admission cancelled after its commit would leave a
+                # charged job with no task. The handling is bounded on its own.
+                with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
+                    await self._handle(message)
                 continue
             # Idle: retire unless a job runs or a message raced in; the check and the
             # removal are synchronous, so no delivery can land in between.

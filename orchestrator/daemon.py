@@ -194,7 +194,13 @@ async def serve(
         registry = Registry(
             store=db, provider=provider, config=config, observer=metrics, outputs=downloader
         )
-        intake = Intake(db, registry, scan_interval_s=settings.scan_interval_s, metrics=metrics)
+        intake = Intake(
+            db,
+            registry,
+            scan_interval_s=settings.scan_interval_s,
+            orphan_grace_s=settings.orphan_grace_s,
+            metrics=metrics,
+        )
         sweeper = Sweeper(
             db,
             provider,

@@ -67,7 +67,12 @@ class Downloader:
         except _Transient as exc:
             raise OutputUnavailable(f"download failed: {exc}") from exc
         key = f"renders/{job_id}/{idx}.{_EXTENSIONS[content_type]}"
-        path = await self._storage.put(key, data)
+        try:
+            path = await self._storage.put(key, data)
+        except OSError as exc:
+            raise OutputUnavailable(
+                f"storage failed: {exc.strerror or type(exc).__name__}"
+            ) from exc
         return StoredOutput(
             url=url,
             path=path,
@@ -103,7 +108,7 @@ class Downloader:
                     raise OutputUnavailable(
                         f"refused: content type {content_type or 'none'!r} is not an image"
                     )
-                declared = int(response.headers.get("content-length") or 0)
+                declared = _content_length(response.headers.get("content-length"))
                 if declared > self._max_bytes:
                     raise OutputUnavailable(self._too_large())
                 chunks: list[bytes] = []
@@ -118,6 +123,16 @@ class Downloader:
             raise _Transient("timed out") from exc
         except httpx.TransportError as exc:
             raise _Transient(type(exc).__name__) from exc
+        except httpx.HTTPError as exc:  # undecodable bodies, invalid URLs: not worth a retry
+            raise OutputUnavailable(f"download failed: {type(exc).__name__}") from exc
 
     def _too_large(self) -> str:
         return f"refused: larger than {self._max_bytes} bytes"
+
+
+def _content_length(value: str | None) -> int:
+    """A declared length, or 0 when absent or garbled (the streamed size still counts)."""
+    try:
+        return max(int(value or 0), 0)
+    except ValueError:
+        return 0

@@ -40,6 +40,7 @@ class IntakeStats:
     reconnects: int = 0
     connected: bool = False
     leader: bool = False
+    orphans: int = 0
 
 
 class Intake:
@@ -49,8 +50,10 @@ class Intake:
         registry: Registry,
         *,
         scan_interval_s: float,
+        orphan_grace_s: float = 60.0,
         metrics: Metrics | None = None,
     ) -> None:
+        self._orphan_grace_s = orphan_grace_s
         self._metrics = metrics or Metrics()
         self._db = db
         self._registry = registry
@@ -130,6 +133,9 @@ class Intake:
         accepted = self._deliver(found)
         self.stats.scan_finds += accepted
         self._metrics.scan_finds.inc(accepted)
+        for ref in await self._db.orphaned(grace_s=self._orphan_grace_s):
+            # A task lost after admission (a crash, a settle that gave up): settle it now.
+            self.stats.orphans += self._offer(ref.user_id, Resume(ref.id))
 
     async def _recover(self) -> None:
         """At start: every job a previous run left in flight goes back to its actor."""

@@ -164,6 +164,7 @@ class JobRef:
     status: JobStatus
     cancel_requested: bool = False
     prediction_id: str | None = None
+    prediction_ids: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -64,6 +64,7 @@ class Settings:
     mailbox_size: int = attrs.field(default=256, validator=_positive)
     scan_interval_s: float = attrs.field(default=5.0, validator=_positive)
     stuck_after_s: float = attrs.field(default=1800.0, validator=_positive)
+    orphan_grace_s: float = attrs.field(default=60.0, validator=_positive)
     grace_s: float = attrs.field(default=30.0, validator=_positive)
     audit_interval_s: float = attrs.field(default=300.0, validator=_positive)
     webhook_secret: str | None = attrs.field(default=None, repr=False)
@@ -119,6 +120,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_MAILBOX_SIZE": ("mailbox_size", int),
     "ORCHESTRATOR_SCAN_INTERVAL": ("scan_interval_s", float),
     "ORCHESTRATOR_STUCK_AFTER": ("stuck_after_s", float),
+    "ORCHESTRATOR_ORPHAN_GRACE": ("orphan_grace_s", float),
     "ORCHESTRATOR_GRACE": ("grace_s", float),
     "ORCHESTRATOR_AUDIT_INTERVAL": ("audit_interval_s", float),
     "ORCHESTRATOR_WEBHOOK_SECRET": ("webhook_secret", str),

@@ -1,9 +1,10 @@
 """The sweeper: no job stays non-terminal forever.
 
-A job older than the stuck limit (30 minutes by default, far beyond any
-deadline) has been lost by something: it is failed as STUCK and refunded,
-or rejected as STUCK if it never left the queue, and any prediction it has
-is cancelled upstream.
+A job still in flight the stuck limit (30 minutes by default) past its
+deadline, or queued that long, has been lost by something: it is failed as
+STUCK and refunded, or rejected as STUCK if it never left the queue, and
+every prediction it has is cancelled upstream. (Intake's orphan scan
+normally settles lost in-flight jobs long before; this is the backstop.)
 """
 
 from __future__ import annotations
@@ -57,21 +58,30 @@ class Sweeper:
 
     async def sweep(self) -> int:
         stuck = await self._db.stuck(older_than_s=self._stuck_after_s)
+        ended = 0
         for ref in stuck:
-            await self._end(ref)
-        self.swept += len(stuck)
-        self._metrics.stuck.inc(len(stuck))
-        return len(stuck)
+            try:
+                await self._end(ref)
+            except Exception:
+                # One job's trouble must not keep the others stuck.
+                log.exception("sweeper.job_failed", job_id=str(ref.id))
+            else:
+                ended += 1
+        self.swept += ended
+        self._metrics.stuck.inc(ended)
+        return ended
 
     async def _end(self, ref: JobRef) -> None:
         minutes = self._stuck_after_s / 60
-        message = f"not finished after {minutes:g} minutes; credits refunded"
+        message = f"not finished {minutes:g} minutes after its deadline; credits refunded"
         with structlog.contextvars.bound_contextvars(job_id=str(ref.id), user_id=ref.user_id):
             if ref.status is JobStatus.QUEUED:
                 await self._db.reject(ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes")
             else:
-                if ref.prediction_id is not None:
-                    await self._cancel_upstream(ref.prediction_id)
+                for prediction_id in ref.prediction_ids or (
+                    (ref.prediction_id,) if ref.prediction_id else ()
+                ):
+                    await self._cancel_upstream(prediction_id)
                 finish = await self._db.finish(
                     ref.id, JobStatus.FAILED, code=ErrorCode.STUCK, message=message
                 )
@@ -86,3 +96,5 @@ class Sweeper:
                 await self._provider.cancel(prediction_id)
             except ProviderError as exc:
                 log.warning("provider.cancel_failed", error=exc.summary)
+            except ValueError:
+                log.warning("provider.cancel_failed", error="unusable prediction id")

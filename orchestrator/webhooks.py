@@ -21,6 +21,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from actors import Registry, Resume
 from orchestrator.db import Database
+from orchestrator.lifecycle import MAX_OUTPUTS
 from orchestrator.metrics import Metrics
 from orchestrator.providers import Prediction, Provider, ProviderProtocolError
 
@@ -88,6 +89,8 @@ class WebhookHandler:
         if not await self._db.record_webhook_event(provider_name, event_id):
             return Reply(200, "duplicate")
         idx = int(idx_param) if idx_param and idx_param.isdigit() else 0
+        if idx >= MAX_OUTPUTS:
+            return Reply(400, "bad_output_index")
         return await self._wake(provider_name, job_id, prediction, idx)
 
     def _authentic(

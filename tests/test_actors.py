@@ -37,6 +37,7 @@ class FakeProvider:
     gets: list[float] = attrs.Factory(list)
     canceled: list[str] = attrs.Factory(list)
     found: list[uuid.UUID] = attrs.Factory(list)
+    unusable_ids: set[str] = attrs.Factory(set)
 
     async def submit(self, request: PredictionRequest) -> Prediction:
         if self.rate_limited_submits:
@@ -49,6 +50,8 @@ class FakeProvider:
 
     async def get(self, prediction_id: str) -> Prediction:
         self.gets.append(trio.current_time())
+        if prediction_id in self.unusable_ids:
+            raise ValueError("prediction_id is not a Replicate prediction id")
         created, request = self.predictions[prediction_id]
         if prediction_id in self.canceled:
             return Prediction(prediction_id, PredictionStatus.CANCELED)
@@ -92,8 +95,10 @@ class Rig:
         return self.store.jobs[job_id].status
 
     async def settled(self, *job_ids: uuid.UUID) -> None:
-        while not all(self.status(j).terminal for j in job_ids):
-            await trio.sleep(0.01)
+        """Wait (in virtual time under MockClock) until every job is terminal; fail if never."""
+        with trio.fail_after(4 * 3600):
+            while not all(self.status(j).terminal for j in job_ids):
+                await trio.sleep(0.01)
 
 
 async def make_rig(nursery: trio.Nursery, config: ActorConfig = CONFIG, **provider: object) -> Rig:
@@ -276,3 +281,42 @@ async def test_a_full_mailbox_refuses_without_blocking_and_loses_nothing(autojum
     await rig.settled(ids[0], ids[1])
     assert rig.registry.deliver("jay", Submit(ids[2])) is Offer.ACCEPTED
     await rig.settled(ids[2])
+
+
+async def test_the_idle_timer_never_cuts_an_admission_after_its_commit(autojump_clock, nursery):
+    """A message that lands just before the idle deadline is handled to the end: no charged orphan."""
+    rig = await make_rig(nursery, latency=1.0)
+    rig.store.grant("kit", 5, plan="pro")
+    committed = rig.store.admit
+    answered: list[float] = []
+
+    async def admit_then_linger(*args, **kwargs):
+        result = await committed(*args, **kwargs)  # committed in the store ...
+        await trio.sleep(0.05)  # ... while the answer is still on its way back
+        answered.append(trio.current_time())
+        return result
+
+    rig.store.admit = admit_then_linger  # type: ignore[method-assign]
+    first = rig.submit("kit", "first")
+    await rig.settled(first)
+    # The actor's idle timer restarted when it finished handling the first message;
+    # land the second just before it fires, so the timer fires mid-admission.
+    await trio.sleep(answered[0] + CONFIG.idle_s - 0.02 - trio.current_time())
+    second = rig.submit("kit", "second")
+    await rig.settled(second)
+    assert rig.status(second) is JobStatus.SUCCEEDED
+    assert rig.store.balance("kit") == 3
+
+
+async def test_an_unusable_prediction_id_cannot_take_the_daemon_down(autojump_clock, nursery):
+    """A provider answer the adapter refuses ends that job, refunded; the actor goes on."""
+    rig = await make_rig(nursery, latency=1.0, unusable_ids={"p0"})
+    rig.store.grant("lin", 5, plan="pro")
+    broken = rig.submit("lin", "broken id")
+    await rig.settled(broken)
+    job = rig.store.jobs[broken]
+    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    healthy = rig.submit("lin", "next one")
+    await rig.settled(healthy)
+    assert rig.status(healthy) is JobStatus.SUCCEEDED
+    assert rig.store.balance("lin") == 4

@@ -92,8 +92,15 @@ async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
     fresh = await db.submit_job("dave", "just arrived")
     await pg.execute(
         db_url,
-        "UPDATE orchestrator.jobs SET created_at = now() - interval '2 hours' WHERE id = ANY($1)",
+        "UPDATE orchestrator.jobs SET created_at = now() - interval '2 hours',"
+        " deadline_at = now() - interval '2 hours' + interval '2 minutes' WHERE id = ANY($1)",
         [stuck_flight, stuck_queue],
+    )
+    recent = await _left_in_flight(db, "dave")
+    await pg.execute(
+        db_url,
+        "UPDATE orchestrator.jobs SET created_at = now() - interval '2 hours' WHERE id = $1",
+        recent,
     )
     provider_url = await start_simulator(nursery)
     async with httpx.AsyncClient(trust_env=False) as client:
@@ -101,7 +108,11 @@ async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
         registry = Registry(store=db, provider=provider, config=ActorConfig())
         sweeper = Sweeper(db, provider, registry, stuck_after_s=1800, cancel_timeout_s=1)
         assert await sweeper.sweep() == 2
-    flight, queued, young = [await db.job(j) for j in (stuck_flight, stuck_queue, fresh)]
+    flight, queued, young, backlog = [
+        await db.job(j) for j in (stuck_flight, stuck_queue, fresh, recent)
+    ]
+    assert backlog is not None
+    assert backlog.status is JobStatus.STARTING  # submitted long ago, admitted just now
     assert flight is not None
     assert (flight.status, flight.error_code) == (JobStatus.FAILED, ErrorCode.STUCK)
     assert queued is not None
@@ -110,5 +121,28 @@ async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
     assert young.status is JobStatus.QUEUED
     account = await db.account("dave")
     assert account is not None
-    assert account.balance == 10
+    assert account.balance == 8
+    assert (await db.audit()).ok
+
+
+async def test_a_job_whose_task_was_lost_is_settled_by_the_orphan_scan(
+    nursery, db: Database, db_url: str
+):
+    """A charged job nobody runs any more is found while the daemon runs, not 30 minutes later."""
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db.url, provider, orphan_grace_s=1.0))
+    await db.grant("ode", 5, plan="pro")
+    job_id = await _left_in_flight(db, "ode", params={"simulate": "hang"})
+    prediction_id = await _create_prediction(provider, job_id, {"simulate": "hang"})
+    assert await db.mark_processing(job_id, provider="replicate", prediction_id=prediction_id)
+    await pg.execute(
+        db_url,
+        "UPDATE orchestrator.jobs SET deadline_at = now() - interval '5 seconds' WHERE id = $1",
+        job_id,
+    )
+    (job,) = await wait_terminal(db, [job_id], timeout=10)
+    assert job.status is JobStatus.TIMED_OUT
+    account = await db.account("ode")
+    assert account is not None
+    assert account.balance == 5
     assert (await db.audit()).ok

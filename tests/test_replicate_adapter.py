@@ -497,3 +497,13 @@ def test_the_front_door_exports_exactly_the_sorted_public_names():
     public = {name for name in vars(providers) if not name.startswith("_")}
     assert providers.__all__ == sorted(providers.__all__)
     assert set(providers.__all__) == public
+
+
+@pytest.mark.parametrize("bad_id", ["pred.v1", "../x", "a b", ""])
+async def test_a_prediction_id_we_could_never_send_back_is_a_protocol_error(bad_id: str):
+    """An id unusable for get/cancel is refused where it enters, not where it would crash later."""
+    async with replicate(answer(201, prediction_json(id=bad_id))) as provider:
+        with pytest.raises(ProviderProtocolError):
+            await provider.submit(request())
+        with pytest.raises(ProviderProtocolError):
+            provider.parse_webhook(json.dumps(prediction_json(id=bad_id)).encode())

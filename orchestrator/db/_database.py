@@ -220,6 +220,10 @@ class Database:
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None:
         return await self._connector.run(_routing.in_flight_job, job_id)
 
+    async def orphaned(self, *, grace_s: float, limit: int = 1000) -> list[JobRef]:
+        """In-flight jobs more than `grace_s` past their deadline: nobody is running them."""
+        return await self._connector.run(_routing.orphaned, grace_s, limit)
+
     async def stuck(self, *, older_than_s: float, limit: int = 1000) -> list[JobRef]:
         return await self._connector.run(_routing.stuck, older_than_s, limit)
 

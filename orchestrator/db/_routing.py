@@ -21,6 +21,7 @@ def _ref(row: asyncpg.Record) -> JobRef:
         status=JobStatus(row["status"]),
         cancel_requested=row["cancel_requested"],
         prediction_id=row.get("prediction_id"),
+        prediction_ids=tuple(row.get("prediction_ids") or ()),
     )
 
 
@@ -46,3 +47,7 @@ async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
 
 async def stuck(pool: Pool, older_than_s: float, limit: int) -> list[JobRef]:
     return [_ref(row) for row in await pool.fetch(queries()["stuck_jobs"], older_than_s, limit)]
+
+
+async def orphaned(pool: Pool, grace_s: float, limit: int) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["orphaned_jobs"], grace_s, limit)]

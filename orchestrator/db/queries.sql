@@ -187,13 +187,28 @@ SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
  WHERE id = $1 AND status IN ('starting', 'processing');
 
 -- name: stuck_jobs
--- Jobs non-terminal for longer than the stuck limit, for the sweeper.
-SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested,
-       prediction_id
+-- Jobs the sweeper ends: queued longer than the stuck limit, or in flight that
+-- long past their deadline (not past their submission: a backlog admitted
+-- after an outage is not stuck), with every prediction to cancel upstream.
+SELECT j.id, j.user_id, j.status, j.cancel_requested_at IS NOT NULL AS cancel_requested,
+       j.prediction_id,
+       coalesce((SELECT array_agg(p.prediction_id) FROM orchestrator.predictions p
+                  WHERE p.job_id = j.id), '{}') AS prediction_ids
+  FROM orchestrator.jobs j
+ WHERE (j.status = 'queued' AND j.created_at < clock_timestamp() - make_interval(secs => $1))
+    OR (j.status IN ('starting', 'processing')
+        AND coalesce(j.deadline_at, j.created_at) < clock_timestamp() - make_interval(secs => $1))
+ ORDER BY j.created_at
+ LIMIT $2;
+
+-- name: orphaned_jobs
+-- In-flight jobs well past their deadline: whatever ran them is gone (a crash,
+-- a lost settle), so the intake leader resumes them to settle and refund.
+SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
   FROM orchestrator.jobs
- WHERE status IN ('queued', 'starting', 'processing')
-   AND created_at < clock_timestamp() - make_interval(secs => $1)
- ORDER BY created_at
+ WHERE status IN ('starting', 'processing')
+   AND deadline_at < clock_timestamp() - make_interval(secs => $1)
+ ORDER BY deadline_at
  LIMIT $2;
 
 -- name: ping

@@ -140,6 +140,20 @@ def mapped_errors(label: str, action: str) -> Iterator[None]:
         raise ProviderProtocolError(msg) from exc
 
 
+def parsed_id(value: object, label: str) -> str:
+    """An id read from a provider's answer, refused as a protocol error if unusable.
+
+    The same rule as `checked_id`, applied where the id enters: an id we could
+    never send back (to poll or cancel it) is garbage from the provider.
+
+    Raises:
+        ProviderProtocolError: not a plain token.
+    """
+    if not isinstance(value, str) or _PREDICTION_ID.fullmatch(value) is None:
+        raise ProviderProtocolError(f"{label}: prediction id is not a plain token")
+    return value
+
+
 def checked_id(prediction_id: str, label: str) -> str:
     """Refuse an id that could escape a URL path or query before it becomes a request.
 

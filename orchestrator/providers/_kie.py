@@ -20,6 +20,7 @@ from ._errors import ProviderProtocolError, safe_summary
 from ._http import (
     checked_id,
     mapped_errors,
+    parsed_id,
     raise_for_status,
     retry_after,
     status_error,
@@ -88,10 +89,7 @@ class KieProvider:
             response = await self._client.post(
                 self._url("/api/v1/jobs/createTask"), json=body, headers=self._headers()
             )
-            task_id = self._data(response, (request.prompt,))["taskId"]
-            if not isinstance(task_id, str):
-                raise ProviderProtocolError("kie: taskId is not a string")
-            checked_id(task_id, "KIE")
+            task_id = parsed_id(self._data(response, (request.prompt,))["taskId"], "kie")
         return Prediction(id=task_id, status=PredictionStatus.STARTING, webhook=webhook)
 
     async def get(self, prediction_id: str) -> Prediction:
@@ -186,9 +184,7 @@ def _envelope_code(envelope: Mapping[str, object]) -> int:
 def _parse_task(body: object, token: str) -> Prediction:
     """Read a task record strictly: a guess here would be a wrong charge."""
     data = _expect_object(body, "task")
-    task_id = data["taskId"]
-    if not isinstance(task_id, str) or not task_id:
-        raise ProviderProtocolError("kie: taskId is not a string")
+    task_id = parsed_id(data["taskId"], "kie")
     state = data["state"]
     status = _STATES.get(state) if isinstance(state, str) else None
     if status is None:

@@ -20,6 +20,7 @@ from ._errors import ProviderProtocolError, safe_summary
 from ._http import (
     checked_id,
     mapped_errors,
+    parsed_id,
     raise_for_status,
     tag_webhook,
     webhook_job_id,
@@ -197,9 +198,7 @@ def _expect_object(body: object, what: str) -> Mapping[str, object]:
 def _parse_prediction(body: object, secrets: tuple[str, ...]) -> Prediction:
     """Read Replicate's prediction JSON strictly: a guess here would be a wrong charge."""
     data = _expect_object(body, "prediction")
-    prediction_id = data["id"]
-    if not isinstance(prediction_id, str) or not prediction_id:
-        raise ProviderProtocolError("replicate: prediction id is not a string")
+    prediction_id = parsed_id(data["id"], "replicate")
     raw_status = data["status"]
     try:
         status = PredictionStatus(str(raw_status))
