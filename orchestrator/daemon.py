@@ -101,8 +101,7 @@ def _webhook_url(base: str | None, _job_id: uuid.UUID, idx: int) -> str | None:
     return None if base is None else f"{base}?idx={idx}"
 
 
-def actor_config(settings: Settings) -> ActorConfig:
-    base = webhook_base(settings)
+def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
     return ActorConfig(
         deadline_s=settings.job_deadline_s,
         poll_initial_s=settings.poll_initial_s,
@@ -113,7 +112,7 @@ def actor_config(settings: Settings) -> ActorConfig:
         mailbox_size=settings.mailbox_size,
         provider_name=settings.provider,
         output_concurrency=settings.output_concurrency,
-        webhook_url=functools.partial(_webhook_url, base),
+        webhook_url=functools.partial(_webhook_url, webhooks_at),
     )
 
 
@@ -189,7 +188,8 @@ async def serve(
         open_downloader(settings) as downloader,
     ):
         await db.migrate()
-        config = actor_config(settings)
+        webhooks_at = webhook_base(settings)
+        config = actor_config(settings, webhooks_at)
         metrics = Metrics()
         registry = Registry(
             store=db, provider=provider, config=config, observer=metrics, outputs=downloader
@@ -219,7 +219,7 @@ async def serve(
             db_pool_in_use=lambda: db.pool_in_use,
         )
         webhooks = None
-        if config.webhook_url(uuid.uuid4(), 0) is not None:
+        if webhooks_at is not None:
             if not settings.webhook_secret:
                 log.warning("webhook.unsigned_accepted", note="anyone can forge deliveries")
             webhooks = WebhookHandler(

@@ -163,7 +163,6 @@ class JobRef:
     user_id: str
     status: JobStatus
     cancel_requested: bool = False
-    prediction_id: str | None = None
     prediction_ids: tuple[str, ...] = ()
 
 

@@ -78,9 +78,7 @@ class Sweeper:
             if ref.status is JobStatus.QUEUED:
                 await self._db.reject(ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes")
             else:
-                for prediction_id in ref.prediction_ids or (
-                    (ref.prediction_id,) if ref.prediction_id else ()
-                ):
+                for prediction_id in ref.prediction_ids:
                     await self._cancel_upstream(prediction_id)
                 finish = await self._db.finish(
                     ref.id, JobStatus.FAILED, code=ErrorCode.STUCK, message=message

@@ -20,7 +20,6 @@ def _ref(row: asyncpg.Record) -> JobRef:
         user_id=row["user_id"],
         status=JobStatus(row["status"]),
         cancel_requested=row["cancel_requested"],
-        prediction_id=row.get("prediction_id"),
         prediction_ids=tuple(row.get("prediction_ids") or ()),
     )
 

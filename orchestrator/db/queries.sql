@@ -191,7 +191,6 @@ SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
 -- long past their deadline (not past their submission: a backlog admitted
 -- after an outage is not stuck), with every prediction to cancel upstream.
 SELECT j.id, j.user_id, j.status, j.cancel_requested_at IS NOT NULL AS cancel_requested,
-       j.prediction_id,
        coalesce((SELECT array_agg(p.prediction_id) FROM orchestrator.predictions p
                   WHERE p.job_id = j.id), '{}') AS prediction_ids
   FROM orchestrator.jobs j
