@@ -18,6 +18,30 @@
 --     unique index over seat numbers);
 --   * a terminal job stays terminal (trigger).
 
+-- Roles are cluster-wide and created before anything refers to them:
+--   orchestrator_owner     NOLOGIN, not a superuser; owns the schema, its tables
+--                          and functions, so SECURITY DEFINER runs with no more
+--                          than the schema's own rights;
+--   orchestrator_daemon    what the daemon needs and no more (see Privileges);
+--   orchestrator_operator  grant, adjust, refund by hand, audit;
+--   submitter              submit, cancel and read jobs.
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['orchestrator_owner', 'orchestrator_daemon',
+                                  'orchestrator_operator', 'submitter'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', v_role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- another database of the cluster created it concurrently
+            END;
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE SCHEMA IF NOT EXISTS orchestrator;
 
 -- ---------------------------------------------------------------------------
@@ -576,16 +600,7 @@ CREATE OR REPLACE TRIGGER ledger_check_refund
 -- ---------------------------------------------------------------------------
 
 -- Submitters may submit, cancel and read jobs; they never see or touch
--- balances or the ledger. Roles are cluster-wide, so creation is guarded.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'submitter') THEN
-        CREATE ROLE submitter NOLOGIN;
-    END IF;
-EXCEPTION WHEN duplicate_object THEN
-    NULL;  -- another database of the cluster created it concurrently
-END
-$$;
+-- balances or the ledger. The roles are created at the top of this file.
 
 REVOKE ALL ON ALL TABLES IN SCHEMA orchestrator FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orchestrator FROM PUBLIC;
