@@ -261,7 +261,7 @@ CREATE INDEX IF NOT EXISTS jobs_user_created_idx
 CREATE OR REPLACE FUNCTION orchestrator.grant_credits(
     p_user_id text, p_amount bigint, p_ref text DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orchestrator
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_ref text := coalesce(p_ref, 'grant:' || gen_random_uuid()::text);
@@ -271,18 +271,18 @@ BEGIN
         RAISE EXCEPTION 'credits to grant must be positive, got %', p_amount
             USING ERRCODE = 'OR004';
     END IF;
-    INSERT INTO accounts (user_id) VALUES (p_user_id) ON CONFLICT (user_id) DO NOTHING;
+    INSERT INTO orchestrator.accounts (user_id) VALUES (p_user_id) ON CONFLICT (user_id) DO NOTHING;
     WITH entry AS (
-        INSERT INTO ledger (user_id, kind, amount, ref)
+        INSERT INTO orchestrator.ledger (user_id, kind, amount, ref)
         VALUES (p_user_id, 'grant', p_amount, v_ref)
         ON CONFLICT (ref) DO NOTHING
         RETURNING user_id, amount
     )
-    UPDATE accounts a SET balance = a.balance + entry.amount, updated_at = now()
+    UPDATE orchestrator.accounts a SET balance = a.balance + entry.amount, updated_at = now()
       FROM entry WHERE a.user_id = entry.user_id
     RETURNING a.balance INTO v_balance;
     IF v_balance IS NULL THEN
-        SELECT balance INTO v_balance FROM accounts WHERE user_id = p_user_id;
+        SELECT balance INTO v_balance FROM orchestrator.accounts WHERE user_id = p_user_id;
     END IF;
     RETURN v_balance;
 END
@@ -298,7 +298,7 @@ CREATE OR REPLACE FUNCTION orchestrator.submit_job(
     p_num_outputs integer DEFAULT 1,
     p_idempotency_key text DEFAULT NULL
 ) RETURNS uuid
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orchestrator
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_id uuid;
@@ -312,12 +312,12 @@ BEGIN
         RAISE EXCEPTION 'an idempotency key must have 1 to 200 characters'
             USING ERRCODE = 'OR004';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = p_user_id) THEN
+    IF NOT EXISTS (SELECT 1 FROM orchestrator.accounts WHERE user_id = p_user_id) THEN
         RAISE EXCEPTION 'unknown user %', p_user_id
             USING ERRCODE = 'OR001', HINT = 'grant credits to create the account';
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        INSERT INTO jobs (user_id, prompt, params, num_outputs, idempotency_key)
+        INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key)
         VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key)
         ON CONFLICT (user_id, idempotency_key) DO NOTHING
         RETURNING id INTO v_id;
@@ -326,7 +326,7 @@ BEGIN
             SELECT id, prompt = p_prompt AND params = coalesce(p_params, '{}')
                        AND num_outputs = p_num_outputs
               INTO v_id, v_same
-              FROM jobs WHERE user_id = p_user_id AND idempotency_key = p_idempotency_key;
+              FROM orchestrator.jobs WHERE user_id = p_user_id AND idempotency_key = p_idempotency_key;
             IF NOT v_same THEN
                 RAISE EXCEPTION 'idempotency key % was used for a different request',
                     p_idempotency_key USING ERRCODE = 'OR003';
@@ -334,7 +334,7 @@ BEGIN
         END IF;
         RETURN v_id;
     END IF;
-    INSERT INTO jobs (user_id, prompt, params, num_outputs)
+    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs)
     VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs)
     RETURNING id INTO v_id;
     RETURN v_id;
@@ -345,16 +345,16 @@ $$;
 -- job is already terminal (a finished job cannot be cancelled).
 CREATE OR REPLACE FUNCTION orchestrator.request_cancel(p_job_id uuid)
 RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orchestrator
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_status text;
 BEGIN
-    SELECT status INTO v_status FROM jobs WHERE id = p_job_id;
+    SELECT status INTO v_status FROM orchestrator.jobs WHERE id = p_job_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
     END IF;
-    UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+    UPDATE orchestrator.jobs SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
                     updated_at = clock_timestamp()
      WHERE id = p_job_id
        AND status IN ('queued', 'starting', 'processing');
@@ -377,7 +377,7 @@ CREATE OR REPLACE FUNCTION orchestrator.admit_job_v1(
     p_job_id uuid, p_cost bigint, p_max_inflight integer, p_deadline_s double precision,
     p_epoch bigint DEFAULT NULL
 ) RETURNS TABLE (outcome text, seat integer, balance bigint, deadline_at timestamptz)
-LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_user text;
@@ -391,7 +391,7 @@ BEGIN
         RAISE EXCEPTION 'cost, seats and deadline must be positive' USING ERRCODE = 'OR004';
     END IF;
     SELECT j.user_id, j.status INTO v_user, v_status
-      FROM jobs j WHERE j.id = p_job_id FOR UPDATE;
+      FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
     END IF;
@@ -402,21 +402,21 @@ BEGIN
     -- Fencing: a daemon that lost intake leadership (its epoch is no longer the
     -- current one) admits nothing more; the job stays queued for the leader.
     IF p_epoch IS NOT NULL AND p_epoch IS DISTINCT FROM (
-        SELECT m.value::bigint FROM meta m WHERE m.key = 'intake_epoch') THEN
+        SELECT m.value::bigint FROM orchestrator.meta m WHERE m.key = 'intake_epoch') THEN
         RETURN QUERY SELECT 'not_leader'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
         RETURN;
     END IF;
     -- Admissions of one user queue here, whichever daemon runs them, so the
     -- seat search below sees every seat taken before it.
-    PERFORM 1 FROM accounts a WHERE a.user_id = v_user FOR UPDATE;
+    PERFORM 1 FROM orchestrator.accounts a WHERE a.user_id = v_user FOR UPDATE;
     SELECT s INTO v_seat FROM generate_series(1, p_max_inflight) s
-     WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = v_user AND j.inflight_seat = s)
+     WHERE NOT EXISTS (SELECT 1 FROM orchestrator.jobs j WHERE j.user_id = v_user AND j.inflight_seat = s)
      ORDER BY s LIMIT 1;
     IF v_seat IS NULL THEN
         RETURN QUERY SELECT 'no_seat'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
         RETURN;
     END IF;
-    UPDATE accounts a
+    UPDATE orchestrator.accounts a
        SET balance = a.balance - p_cost, last_admitted_at = clock_timestamp(), updated_at = now()
      WHERE a.user_id = v_user AND a.balance >= p_cost
     RETURNING a.balance INTO v_balance;
@@ -425,9 +425,9 @@ BEGIN
                             NULL::timestamptz;
         RETURN;
     END IF;
-    INSERT INTO ledger (user_id, job_id, kind, amount, ref)
+    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
     VALUES (v_user, p_job_id, 'debit', -p_cost, 'debit:' || p_job_id::text);
-    UPDATE jobs j
+    UPDATE orchestrator.jobs j
        SET status = 'starting', cost = p_cost, inflight_seat = v_seat,
            admitted_at = clock_timestamp(),
            deadline_at = clock_timestamp() + make_interval(secs => p_deadline_s),
@@ -449,7 +449,7 @@ CREATE OR REPLACE FUNCTION orchestrator.finish_job_v1(
     p_job_id uuid, p_status text, p_error_code text, p_message text, p_refund bigint,
     p_outputs jsonb DEFAULT NULL
 ) RETURNS TABLE (status text, refunded bigint, balance bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, orchestrator
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_user text;
@@ -459,7 +459,7 @@ DECLARE
     v_balance bigint;
 BEGIN
     SELECT j.user_id, j.status INTO v_user, v_status
-      FROM jobs j WHERE j.id = p_job_id FOR UPDATE;
+      FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
     END IF;
@@ -475,32 +475,32 @@ BEGIN
         RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
     END IF;
     IF p_outputs IS NOT NULL THEN
-        INSERT INTO outputs (job_id, idx, num_outputs, url, path, size_bytes, sha256,
+        INSERT INTO orchestrator.outputs (job_id, idx, num_outputs, url, path, size_bytes, sha256,
                              content_type)
         SELECT p_job_id, o.idx - 1, j.num_outputs, o.item ->> 'url', o.item ->> 'path',
                (o.item ->> 'size_bytes')::bigint, o.item ->> 'sha256',
                o.item ->> 'content_type'
-          FROM jobs j, jsonb_array_elements(p_outputs) WITH ORDINALITY AS o(item, idx)
+          FROM orchestrator.jobs j, jsonb_array_elements(p_outputs) WITH ORDINALITY AS o(item, idx)
          WHERE j.id = p_job_id AND o.idx <= j.num_outputs
         ON CONFLICT (job_id, idx) DO NOTHING;
     END IF;
-    SELECT -l.amount INTO v_debited FROM ledger l
+    SELECT -l.amount INTO v_debited FROM orchestrator.ledger l
      WHERE l.job_id = p_job_id AND l.kind = 'debit';
     v_refund := CASE WHEN p_status = 'succeeded' THEN coalesce(p_refund, 0)
                      ELSE coalesce(v_debited, 0) END;
     IF v_refund > 0 THEN
-        INSERT INTO ledger (user_id, job_id, kind, amount, ref)
+        INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
         VALUES (v_user, p_job_id, 'refund', v_refund, 'refund:' || p_job_id::text)
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
-            UPDATE accounts a SET balance = a.balance + v_refund, updated_at = now()
+            UPDATE orchestrator.accounts a SET balance = a.balance + v_refund, updated_at = now()
              WHERE a.user_id = v_user
             RETURNING a.balance INTO v_balance;
         ELSE
             v_refund := 0;
         END IF;
     END IF;
-    UPDATE jobs j
+    UPDATE orchestrator.jobs j
        SET status = p_status, error_code = p_error_code, error_message = p_message,
            inflight_seat = NULL, partial = (p_status = 'succeeded' AND v_refund > 0),
            finished_at = clock_timestamp(), updated_at = clock_timestamp()
@@ -613,3 +613,39 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.submit_job(text, text, jsonb, integer, text),
     orchestrator.request_cancel(uuid)
     TO submitter;
+
+-- Ownership: the schema and everything in it belong to orchestrator_owner, so
+-- a SECURITY DEFINER function runs with the schema's rights and never with
+-- those of whoever migrated (a superuser in embedded mode). A migrating login
+-- that is no superuser must be able to act as that role.
+DO $$
+DECLARE
+    v_object record;
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+       AND NOT pg_catalog.pg_has_role(current_user, 'orchestrator_owner', 'SET') THEN
+        EXECUTE pg_catalog.format('GRANT orchestrator_owner TO %I', current_user);
+    END IF;
+    ALTER SCHEMA orchestrator OWNER TO orchestrator_owner;
+    FOR v_object IN
+        SELECT c.relname, c.relkind FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'orchestrator'::regnamespace
+           AND c.relkind IN ('r', 'v', 'm', 'p')
+           AND c.relowner <> 'orchestrator_owner'::regrole
+    LOOP
+        EXECUTE pg_catalog.format(
+            CASE v_object.relkind WHEN 'v' THEN 'ALTER VIEW orchestrator.%I OWNER TO orchestrator_owner'
+                                  WHEN 'm' THEN 'ALTER MATERIALIZED VIEW orchestrator.%I OWNER TO orchestrator_owner'
+                                  ELSE 'ALTER TABLE orchestrator.%I OWNER TO orchestrator_owner' END,
+            v_object.relname);
+    END LOOP;
+    FOR v_object IN
+        SELECT p.oid::regprocedure AS signature FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'orchestrator'::regnamespace
+           AND p.proowner <> 'orchestrator_owner'::regrole
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO orchestrator_owner',
+                                  v_object.signature);
+    END LOOP;
+END
+$$;
