@@ -150,7 +150,8 @@ CREATE TABLE IF NOT EXISTS orchestrator.jobs (
     -- A seat is held exactly while the job is in flight.
     CONSTRAINT jobs_seat_iff_in_flight CHECK (
         (status IN ('starting', 'processing')) = (inflight_seat IS NOT NULL)),
-    -- A rejected job was never charged, so it has no cost; an admitted one has.
+    -- A rejected job was never charged, so it has no cost; an admitted one has
+    -- (a job cancelled before admission ends `canceled` at cost 0).
     CONSTRAINT jobs_cost_iff_admitted CHECK (
         (status IN ('queued', 'rejected')) = (cost IS NULL)),
     CONSTRAINT jobs_terminal_has_code CHECK (
@@ -369,7 +370,8 @@ $$;
 -- Admit a queued job: take the lowest free seat, debit its cost if the
 -- balance covers it (the row count is checked, seed 001), write the ledger row
 -- and move the job to `starting`, all in one transaction. The outcome is
--- 'admitted', 'no_seat', 'insufficient_credits', 'not_queued' or
+-- 'admitted', 'no_seat', 'insufficient_credits', 'canceled' (a cancel was
+-- requested before admission: nothing is charged), 'not_queued' or
 -- 'not_leader' (a stale intake epoch, see below); a seat taken
 -- by a concurrent daemon raises unique_violation on jobs_one_job_per_seat.
 DROP FUNCTION IF EXISTS orchestrator.admit_job_v1(uuid, bigint, integer, double precision);
@@ -382,6 +384,7 @@ AS $$
 DECLARE
     v_user text;
     v_status text;
+    v_cancel_requested timestamptz;
     v_seat integer;
     v_balance bigint;
     v_deadline timestamptz;
@@ -390,13 +393,20 @@ BEGIN
        OR p_deadline_s <= 0 THEN
         RAISE EXCEPTION 'cost, seats and deadline must be positive' USING ERRCODE = 'OR004';
     END IF;
-    SELECT j.user_id, j.status INTO v_user, v_status
+    SELECT j.user_id, j.status, j.cancel_requested_at
+      INTO v_user, v_status, v_cancel_requested
       FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
     END IF;
     IF v_status <> 'queued' THEN
         RETURN QUERY SELECT 'not_queued'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
+        RETURN;
+    END IF;
+    -- The row lock orders this against request_cancel: a cancel that committed
+    -- first is seen here, however late the caller read the job.
+    IF v_cancel_requested IS NOT NULL THEN
+        RETURN QUERY SELECT 'canceled'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
         RETURN;
     END IF;
     -- Fencing: a daemon that lost intake leadership (its epoch is no longer the

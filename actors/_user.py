@@ -47,6 +47,7 @@ _REFUSAL_FOR_OUTCOME = {
         ErrorCode.INSUFFICIENT_CREDITS,
         "the balance no longer covers the cost",
     ),
+    "canceled": (ErrorCode.CANCELED, "cancelled before it started; nothing was charged"),
 }
 
 

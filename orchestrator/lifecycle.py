@@ -137,7 +137,7 @@ class AdmissionContext:
 
 
 AdmissionOutcome = Literal[
-    "admitted", "no_seat", "insufficient_credits", "not_queued", "not_leader"
+    "admitted", "no_seat", "insufficient_credits", "canceled", "not_queued", "not_leader"
 ]
 
 

@@ -197,7 +197,7 @@ async def test_cancellation_at_every_phase_refunds_exactly_what_was_taken(
         rig.registry.deliver("erin", Submit(job_id))
         await rig.settled(job_id)
         job = rig.store.jobs[job_id]
-        assert (job.status, job.error_code) == (JobStatus.REJECTED, ErrorCode.CANCELED)
+        assert (job.status, job.error_code) == (JobStatus.CANCELED, ErrorCode.CANCELED)
         assert rig.store.balance("erin") == 4
         return
     job_id = rig.submit("erin", "x")

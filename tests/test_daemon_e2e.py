@@ -152,9 +152,31 @@ async def test_a_queued_job_cancelled_before_admission_is_never_charged(
     provider = await start_simulator(nursery)
     await start_daemon(nursery, settings_for(db_url, provider))
     (job,) = await wait_terminal(db, [job_id])
-    assert job.status is JobStatus.REJECTED
+    assert job.status is JobStatus.CANCELED
     assert job.error_code is ErrorCode.CANCELED
+    assert job.admitted_at is None
     assert await _debits(db_url, "fay") == 0
+    assert (await db.audit()).ok
+
+
+async def test_admission_refuses_a_job_whose_cancel_committed_after_it_was_read(db: Database):
+    """The cancel lands between the admission read and the admit: still nothing is charged."""
+    await db.grant("fay", 5, plan="pro")
+    job_id = await db.submit_job("fay", "changed my mind late")
+    context = await db.admission_context(job_id)
+    assert context is not None
+    assert context.job.cancel_requested_at is None
+    assert await db.request_cancel(job_id)
+    admission = await db.admit(job_id, cost=1, max_inflight=10, deadline_s=5.0)
+    assert admission.outcome == "canceled"
+    account = await db.account("fay")
+    assert account is not None
+    assert account.balance == 5
+    assert await db.reject(job_id, ErrorCode.CANCELED, "cancelled before it started")
+    job = await db.job(job_id)
+    assert job is not None
+    assert (job.status, job.cost) == (JobStatus.CANCELED, 0)
+    assert (await db.audit()).ok
 
 
 async def test_jobs_submitted_while_the_daemon_was_down_still_run(nursery, db: Database):

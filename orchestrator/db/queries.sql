@@ -126,8 +126,11 @@ SELECT outcome, seat, balance,
 
 -- name: reject_job
 -- A queued job refused at admission: terminal, with its code, never charged.
+-- One cancelled before admission ends `canceled`, at cost 0.
 UPDATE orchestrator.jobs
-   SET status = 'rejected', error_code = $2, error_message = $3,
+   SET status = CASE WHEN $2 = 'CANCELED' THEN 'canceled' ELSE 'rejected' END,
+       cost = CASE WHEN $2 = 'CANCELED' THEN 0 END,
+       error_code = $2, error_message = $3,
        finished_at = clock_timestamp(), updated_at = clock_timestamp()
  WHERE id = $1 AND status = 'queued'
 RETURNING id;

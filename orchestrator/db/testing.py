@@ -150,6 +150,8 @@ class InMemoryStore:
         job = self._job(job_id)
         if job.status is not JobStatus.QUEUED:
             return Admission("not_queued")
+        if job.cancel_requested_at is not None:
+            return Admission("canceled")
         taken = {s for j, s in self.seats.items() if self.jobs[j].user_id == job.user_id}
         seat = next((s for s in range(1, max_inflight + 1) if s not in taken), None)
         if seat is None:
@@ -174,8 +176,14 @@ class InMemoryStore:
         job = self._job(job_id)
         if job.status is not JobStatus.QUEUED:
             return False
+        canceled = code is ErrorCode.CANCELED
         self.jobs[job_id] = attrs.evolve(
-            job, status=JobStatus.REJECTED, error_code=code, error_message=message
+            job,
+            status=JobStatus.CANCELED if canceled else JobStatus.REJECTED,
+            cost=0 if canceled else None,
+            error_code=code,
+            error_message=message,
+            finished_at=self.now(),
         )
         return True
 
