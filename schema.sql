@@ -247,6 +247,9 @@ CREATE INDEX IF NOT EXISTS jobs_active_idx
 CREATE INDEX IF NOT EXISTS jobs_alive_fingerprint_idx
     ON orchestrator.jobs (user_id, fingerprint)
     WHERE status IN ('queued', 'starting', 'processing');
+-- Serves webhook pruning, oldest first.
+CREATE INDEX IF NOT EXISTS webhook_events_received_idx
+    ON orchestrator.webhook_events (received_at);
 -- Serves monthly usage and listings per user.
 CREATE INDEX IF NOT EXISTS jobs_user_admitted_idx
     ON orchestrator.jobs (user_id, admitted_at) WHERE admitted_at IS NOT NULL;
@@ -519,6 +522,34 @@ BEGIN
 END
 $$;
 
+-- Forget webhook deliveries older than the providers' retry window, oldest
+-- first, at most `p_limit` a call; returns how many went. A definer function
+-- so the daemon, which may delete nothing itself, prunes only this table.
+CREATE OR REPLACE FUNCTION orchestrator.prune_webhook_events_v1(
+    p_older_than_s double precision, p_limit integer
+) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pruned integer;
+BEGIN
+    IF p_older_than_s IS NULL OR p_older_than_s <= 0 OR p_limit IS NULL OR p_limit <= 0 THEN
+        RAISE EXCEPTION 'retention and batch must be positive' USING ERRCODE = 'OR004';
+    END IF;
+    WITH old AS (
+        SELECT e.provider, e.event_id FROM orchestrator.webhook_events e
+         WHERE e.received_at < pg_catalog.clock_timestamp()
+                               - pg_catalog.make_interval(secs => p_older_than_s)
+         ORDER BY e.received_at
+         LIMIT p_limit
+    )
+    DELETE FROM orchestrator.webhook_events w
+     USING old WHERE (w.provider, w.event_id) = (old.provider, old.event_id);
+    GET DIAGNOSTICS v_pruned = ROW_COUNT;
+    RETURN v_pruned;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION orchestrator.notify_job_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -623,6 +654,11 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.submit_job(text, text, jsonb, integer, text),
     orchestrator.request_cancel(uuid)
     TO submitter;
+
+-- Webhook pruning: the daemon forgets old deliveries through this function only.
+GRANT USAGE ON SCHEMA orchestrator TO orchestrator_daemon;
+GRANT EXECUTE ON FUNCTION orchestrator.prune_webhook_events_v1(double precision, integer)
+    TO orchestrator_daemon;
 
 -- Ownership: the schema and everything in it belong to orchestrator_owner, so
 -- a SECURITY DEFINER function runs with the schema's rights and never with

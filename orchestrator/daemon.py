@@ -207,6 +207,7 @@ async def serve(
             registry,
             stuck_after_s=settings.stuck_after_s,
             cancel_timeout_s=settings.cancel_timeout_s,
+            webhook_retention_s=settings.webhook_retention_s,
             metrics=metrics,
         )
         daemon = Daemon(db, registry, intake, sweeper, metrics)

@@ -130,6 +130,11 @@ class Metrics:
         self.stuck = Counter(
             "orchestrator_jobs_stuck", "Jobs the sweeper ended as STUCK.", registry=r
         )
+        self.webhook_events_pruned = Counter(
+            "orchestrator_webhook_events_pruned",
+            "Webhook deliveries forgotten past the providers' retry window.",
+            registry=r,
+        )
         self.audit_violations = Gauge(
             "orchestrator_audit_violations",
             "Violations found by the last periodic ledger audit (0 when clean).",

@@ -67,6 +67,7 @@ class Settings:
     orphan_grace_s: float = attrs.field(default=60.0, validator=_positive)
     grace_s: float = attrs.field(default=30.0, validator=_positive)
     audit_interval_s: float = attrs.field(default=300.0, validator=_positive)
+    webhook_retention_s: float = attrs.field(default=3 * 86400.0, validator=_positive)
     webhook_secret: str | None = attrs.field(default=None, repr=False)
     public_url: str | None = None
     accept_unsigned_webhooks: bool = False
@@ -123,6 +124,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_ORPHAN_GRACE": ("orphan_grace_s", float),
     "ORCHESTRATOR_GRACE": ("grace_s", float),
     "ORCHESTRATOR_AUDIT_INTERVAL": ("audit_interval_s", float),
+    "ORCHESTRATOR_WEBHOOK_RETENTION": ("webhook_retention_s", float),
     "ORCHESTRATOR_WEBHOOK_SECRET": ("webhook_secret", str),
     "ORCHESTRATOR_PUBLIC_URL": ("public_url", str),
     "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS": ("accept_unsigned_webhooks", _boolean),

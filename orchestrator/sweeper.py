@@ -5,6 +5,8 @@ deadline, or queued that long, has been lost by something: it is failed as
 STUCK and refunded, or rejected as STUCK if it never left the queue, and
 every prediction it has is cancelled upstream. (Intake's orphan scan
 normally settles lost in-flight jobs long before; this is the backstop.)
+Each sweep also forgets webhook deliveries past the providers' retry window:
+Standard Webhooks senders retry for about a day, so three days by default.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ class Sweeper:
         *,
         stuck_after_s: float,
         cancel_timeout_s: float,
+        webhook_retention_s: float = 3 * 86400.0,
         metrics: Metrics | None = None,
     ) -> None:
+        self._webhook_retention_s = webhook_retention_s
         self._metrics = metrics or Metrics()
         self._db = db
         self._provider = provider
@@ -69,6 +73,8 @@ class Sweeper:
                 ended += 1
         self.swept += ended
         self._metrics.stuck.inc(ended)
+        pruned = await self._db.prune_webhook_events(older_than_s=self._webhook_retention_s)
+        self._metrics.webhook_events_pruned.inc(pruned)
         return ended
 
     async def _end(self, ref: JobRef) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
+import pytest
 import trio
 
 from actors import ActorConfig, Registry
 from orchestrator.db import Database
 from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.metrics import Metrics
 from orchestrator.providers import PredictionRequest, ReplicateProvider
 from orchestrator.sweeper import Sweeper
 
@@ -146,3 +149,45 @@ async def test_a_job_whose_task_was_lost_is_settled_by_the_orphan_scan(
     assert account is not None
     assert account.balance == 5
     assert (await db.audit()).ok
+
+
+async def test_the_sweeper_forgets_webhook_deliveries_past_the_retry_window(
+    db: Database, db_url: str
+):
+    """Old deliveries go, recent ones stay, and the daemon's role prunes through the function only."""
+    for event in ("old-1", "old-2", "recent"):
+        assert await db.record_webhook_event("replicate", event)
+    await pg.execute(
+        db_url,
+        "UPDATE orchestrator.webhook_events SET received_at = now() - interval '4 days'"
+        " WHERE event_id LIKE 'old-%'",
+    )
+    metrics = Metrics()
+    async with httpx.AsyncClient(trust_env=False) as client:
+        provider = ReplicateProvider(client, base_url="http://127.0.0.1:9", token="t", model="m/x")
+        registry = Registry(store=db, provider=provider, config=ActorConfig())
+        sweeper = Sweeper(
+            db,
+            provider,
+            registry,
+            stuck_after_s=1800,
+            cancel_timeout_s=1,
+            webhook_retention_s=3 * 86400,
+            metrics=metrics,
+        )
+        await sweeper.sweep()
+    kept = await pg.fetch(db_url, "SELECT event_id FROM orchestrator.webhook_events")
+    assert [row["event_id"] for row in kept] == ["recent"]
+    assert metrics.webhook_events_pruned._value.get() == 2
+    # A delivery forgotten and repeated is new again: it only wakes a task.
+    assert await db.record_webhook_event("replicate", "old-1")
+    pruned = await pg.fetch(
+        db_url,
+        "SELECT orchestrator.prune_webhook_events_v1(1, 10) AS n",
+        role="orchestrator_daemon",
+    )
+    assert pruned[0]["n"] == 0
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pg.execute(
+            db_url, "DELETE FROM orchestrator.webhook_events", role="orchestrator_daemon"
+        )

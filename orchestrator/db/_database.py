@@ -62,6 +62,14 @@ class Database:
         """True the first time a webhook delivery id is seen; False for a duplicate."""
         return await self._connector.run(_jobs.record_webhook_event, provider, event_id)
 
+    async def prune_webhook_events(self, *, older_than_s: float, limit: int = 10_000) -> int:
+        """Forget deliveries older than `older_than_s`, at most `limit`; how many went.
+
+        A delivery forgotten and then repeated is taken as new, which is harmless:
+        a webhook only wakes its job's task, which asks the provider itself.
+        """
+        return await self._connector.run(_jobs.prune_webhook_events, older_than_s, limit)
+
     async def grant(
         self, user_id: str, amount: int, *, ref: str | None = None, plan: str | None = None
     ) -> int:

@@ -50,6 +50,10 @@ async def record_webhook_event(pool: Pool, provider: str, event_id: str) -> bool
     return await pool.fetchval(queries()["record_webhook_event"], provider, event_id) is not None
 
 
+async def prune_webhook_events(pool: Pool, older_than_s: float, limit: int) -> int:
+    return int(await pool.fetchval(queries()["prune_webhook_events"], older_than_s, limit))
+
+
 async def stored_outputs(pool: Pool, job_id: uuid.UUID) -> list[str]:
     return [row["path"] for row in await pool.fetch(queries()["stored_outputs"], job_id)]
 

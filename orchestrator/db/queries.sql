@@ -223,6 +223,10 @@ INSERT INTO orchestrator.webhook_events (provider, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING
 RETURNING event_id;
 
+-- name: prune_webhook_events
+-- Forget deliveries past the providers' retry window (see prune_webhook_events_v1).
+SELECT orchestrator.prune_webhook_events_v1($1, $2);
+
 -- name: stored_outputs
 -- A finished job's stored outputs that were not deleted yet, for `orchestrator delete`.
 SELECT o.idx, o.path
