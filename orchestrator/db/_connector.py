@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Concatenate, ParamSpec, TypeVar
 
 import asyncpg
+import attrs
 import trio
 import trio_asyncio
 
@@ -68,8 +69,32 @@ class Connector:
         return self._pool.get_size() - self._pool.get_idle_size()
 
 
+@attrs.frozen
+class UndecodableJson:
+    """A jsonb value Postgres holds but Python's decoder cannot read, and why.
+
+    Postgres accepts nesting thousands deep and integers thousands of digits long;
+    ``json.loads`` raises on both. As an exception it failed the whole row on every
+    read, so the job could never be rejected; as a value the row reads and says why.
+    """
+
+    problem: str
+
+
+def decode_jsonb(text: str) -> object:
+    """``json.loads``, with a value Python cannot represent returned as `UndecodableJson`."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return UndecodableJson("params cannot be read: they are nested too deeply")
+    except ValueError:
+        return UndecodableJson("params cannot be read: a number in them has too many digits")
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=decode_jsonb, schema="pg_catalog"
+    )
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

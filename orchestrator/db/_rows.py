@@ -8,15 +8,17 @@ import asyncpg
 
 from orchestrator.lifecycle import Account, ErrorCode, Job, JobStatus
 
+from ._connector import UndecodableJson
+
 
 def job(row: asyncpg.Record) -> Job:
     params = row["params"]
-    well_formed = isinstance(params, Mapping)
+    params_error = _params_error(params)
     return Job(
         id=row["id"],
         user_id=row["user_id"],
         prompt=row["prompt"],
-        params=params if well_formed else {},
+        params=params if params_error is None else {},
         num_outputs=row["num_outputs"],
         status=JobStatus(row["status"]),
         cost=row["cost"],
@@ -31,8 +33,16 @@ def job(row: asyncpg.Record) -> Job:
         updated_at=row["updated_at"],
         admitted_at=row["admitted_at"],
         finished_at=row["finished_at"],
-        params_error=None if well_formed else f"params must be a JSON object, not {_kind(params)}",
+        params_error=params_error,
     )
+
+
+def _params_error(params: object) -> str | None:
+    if isinstance(params, Mapping):
+        return None
+    if isinstance(params, UndecodableJson):
+        return params.problem
+    return f"params must be a JSON object, not {_kind(params)}"
 
 
 def _kind(value: object) -> str:

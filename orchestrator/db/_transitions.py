@@ -22,6 +22,7 @@ from orchestrator.lifecycle import (
     StoredOutput,
     Usage,
 )
+from orchestrator.text import clean_text
 
 from . import _rows
 from ._connector import Pool
@@ -101,7 +102,7 @@ async def finish(
         job_id,
         status.value,
         code.value if code else None,
-        message,
+        None if message is None else clean_text(message),
         refund,
         [attrs.asdict(output) for output in outputs] if outputs else None,
     )

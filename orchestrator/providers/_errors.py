@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+from orchestrator.text import clean_text
+
 
 class ProviderError(Exception):
     """Base of every failure a provider adapter raises."""
@@ -79,11 +81,13 @@ def safe_summary(text: str, *, secrets: Iterable[str] = ()) -> str:
     Provider error texts are free-form: model tracebacks quote signed weight URLs, gateways
     echo headers. So known secrets (the token, the prompt) are cut out verbatim, URL
     credentials and query strings (where signed URLs keep their signatures) are dropped,
-    anything token-shaped is masked, and the result is one line of at most 200 characters.
+    anything token-shaped is masked, and the result is one line of at most 200 characters
+    with no NUL or other control character in it.
     """
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
+    text = clean_text(text, limit=len(text))
     text = _URL_USERINFO.sub(r"\1[redacted]@", text)
     text = _URL_QUERY.sub(r"\1?[redacted]", text)
     text = _BEARER.sub(r"\1\2[redacted]", text)

@@ -37,6 +37,9 @@ SIMULATED_ERROR: Final = (
     "simulated failure: CUDA out of memory while loading "
     "https://sim-user:sim-secret@weights.invalid/model.safetensors?sig=sim-signature"
 )
+GARBLED_ERROR: Final = (
+    "simulated failure:\x00 garbled\x1b[31m driver\x07 output\r\n" + "\x00" * 8 + "x" * 5000
+)
 
 
 class Directive(enum.StrEnum):
@@ -44,6 +47,7 @@ class Directive(enum.StrEnum):
 
     HANG = "hang"
     FAIL = "fail"
+    FAIL_GARBLED = "fail_garbled"
     SUCCEED = "succeed"
     SLOW = "slow"
 
@@ -115,6 +119,7 @@ class InvalidPredictionInput(ValueError):
 class _Outcome(enum.Enum):
     SUCCEED = enum.auto()
     FAIL = enum.auto()
+    FAIL_GARBLED = enum.auto()
     HANG = enum.auto()
 
 
@@ -144,7 +149,7 @@ class _Record:
         if self.canceled_at is not None:
             return PredictionStatus.CANCELED
         if self.finish_at is not None and now >= self.finish_at:
-            if self.outcome is _Outcome.FAIL:
+            if self.outcome in {_Outcome.FAIL, _Outcome.FAIL_GARBLED}:
                 return PredictionStatus.FAILED
             return PredictionStatus.SUCCEEDED
         if now >= self.started_at:
@@ -192,10 +197,15 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
         created_at=record.created_at,
         started_at=record.started_at if started else None,
         completed_at=completed_at,
-        error=SIMULATED_ERROR if status is PredictionStatus.FAILED else None,
+        error=_error_text(record) if status is PredictionStatus.FAILED else None,
         webhook=record.webhook,
         webhook_events_filter=record.webhook_events_filter,
     )
+
+
+def _error_text(record: _Record) -> str:
+    """A garbled failure carries NUL, terminal escapes and 5,000 characters, as real ones can."""
+    return GARBLED_ERROR if record.outcome is _Outcome.FAIL_GARBLED else SIMULATED_ERROR
 
 
 def _processing_view(record: _Record) -> SimulatedPrediction:
@@ -325,6 +335,8 @@ class SimulatorState:
                 outcome = _Outcome.HANG
             case Directive.FAIL:
                 outcome = _Outcome.FAIL
+            case Directive.FAIL_GARBLED:
+                outcome = _Outcome.FAIL_GARBLED
             case Directive.SUCCEED:
                 outcome = _Outcome.SUCCEED
             case Directive.SLOW:
