@@ -550,16 +550,245 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION orchestrator.notify_job_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- Version 2 of admission and finishing: the database decides every amount.
+-- The cost is the plan's price per output times the job's own num_outputs,
+-- the seat limit is the plan's, and a refund is what was paid for but not
+-- stored. Callers pass ids, a status and a deadline, never credits. These,
+-- and the small writes below them, are the only ways the daemon's role
+-- changes a job, a balance or the ledger.
+CREATE OR REPLACE FUNCTION orchestrator.admit_job_v2(
+    p_job_id uuid, p_deadline_s double precision, p_epoch bigint DEFAULT NULL
+) RETURNS TABLE (outcome text, seat integer, cost bigint, balance bigint,
+                 deadline_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_job record;
+    v_plan record;
+    v_cost bigint;
+    v_seat integer;
+    v_balance bigint;
+    v_deadline timestamptz;
 BEGIN
-    PERFORM pg_notify('orchestrator_jobs', NEW.id::text);
+    IF p_deadline_s IS NULL OR p_deadline_s <= 0 THEN
+        RAISE EXCEPTION 'the deadline must be positive' USING ERRCODE = 'OR004';
+    END IF;
+    SELECT j.user_id, j.status, j.num_outputs, j.cancel_requested_at INTO v_job
+      FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    END IF;
+    IF v_job.status <> 'queued' THEN
+        RETURN QUERY SELECT 'not_queued'::text, NULL::integer, NULL::bigint, NULL::bigint,
+                            NULL::timestamptz;
+        RETURN;
+    END IF;
+    IF v_job.cancel_requested_at IS NOT NULL THEN
+        RETURN QUERY SELECT 'canceled'::text, NULL::integer, NULL::bigint, NULL::bigint,
+                            NULL::timestamptz;
+        RETURN;
+    END IF;
+    IF p_epoch IS NOT NULL AND p_epoch IS DISTINCT FROM (
+        SELECT m.value::bigint FROM orchestrator.meta m WHERE m.key = 'intake_epoch') THEN
+        RETURN QUERY SELECT 'not_leader'::text, NULL::integer, NULL::bigint, NULL::bigint,
+                            NULL::timestamptz;
+        RETURN;
+    END IF;
+    SELECT p.cost_per_output, p.max_inflight INTO v_plan
+      FROM orchestrator.accounts a JOIN orchestrator.plans p ON p.name = a.plan
+     WHERE a.user_id = v_job.user_id
+       FOR UPDATE OF a;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown user %', v_job.user_id USING ERRCODE = 'OR001';
+    END IF;
+    IF v_job.num_outputs < 1 THEN
+        RAISE EXCEPTION 'job % asks for % outputs', p_job_id, v_job.num_outputs
+            USING ERRCODE = 'OR004';
+    END IF;
+    v_cost := v_plan.cost_per_output * v_job.num_outputs;
+    SELECT s INTO v_seat FROM pg_catalog.generate_series(1, v_plan.max_inflight) s
+     WHERE NOT EXISTS (SELECT 1 FROM orchestrator.jobs j
+                        WHERE j.user_id = v_job.user_id AND j.inflight_seat = s)
+     ORDER BY s LIMIT 1;
+    IF v_seat IS NULL THEN
+        RETURN QUERY SELECT 'no_seat'::text, NULL::integer, NULL::bigint, NULL::bigint,
+                            NULL::timestamptz;
+        RETURN;
+    END IF;
+    UPDATE orchestrator.accounts a
+       SET balance = a.balance - v_cost, last_admitted_at = pg_catalog.clock_timestamp(),
+           updated_at = pg_catalog.now()
+     WHERE a.user_id = v_job.user_id AND a.balance >= v_cost
+    RETURNING a.balance INTO v_balance;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'insufficient_credits'::text, NULL::integer, NULL::bigint,
+                            NULL::bigint, NULL::timestamptz;
+        RETURN;
+    END IF;
+    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
+    VALUES (v_job.user_id, p_job_id, 'debit', -v_cost, 'debit:' || p_job_id::text);
+    UPDATE orchestrator.jobs j
+       SET status = 'starting', cost = v_cost, inflight_seat = v_seat,
+           admitted_at = pg_catalog.clock_timestamp(),
+           deadline_at = pg_catalog.clock_timestamp()
+                         + pg_catalog.make_interval(secs => p_deadline_s),
+           updated_at = pg_catalog.clock_timestamp()
+     WHERE j.id = p_job_id
+    RETURNING j.deadline_at INTO v_deadline;
+    RETURN QUERY SELECT 'admitted'::text, v_seat, v_cost, v_balance, v_deadline;
+END
+$$;
+
+-- End an admitted job. Only a success stores outputs; its refund is the cost
+-- of the outputs it asked for and did not store (the unit is the job's own
+-- cost over its num_outputs, the price it was admitted at). Any other ending
+-- gets the whole debit back. Finishing a finished job is a no-op.
+CREATE OR REPLACE FUNCTION orchestrator.finish_job_v2(
+    p_job_id uuid, p_status text, p_error_code text, p_message text,
+    p_outputs jsonb DEFAULT NULL
+) RETURNS TABLE (status text, refunded bigint, balance bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_job record;
+    v_delivered integer;
+    v_refund bigint;
+    v_balance bigint;
+BEGIN
+    SELECT j.user_id, j.status, j.cost, j.num_outputs INTO v_job
+      FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    END IF;
+    IF v_job.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected') THEN
+        RETURN QUERY SELECT v_job.status, 0::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF v_job.status = 'queued' THEN
+        RAISE EXCEPTION 'job % was never admitted; reject it instead', p_job_id
+            USING ERRCODE = 'OR007';
+    END IF;
+    IF p_status IS NULL OR p_status NOT IN ('succeeded', 'failed', 'timed_out', 'canceled') THEN
+        RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
+    END IF;
+    IF p_status = 'succeeded' AND p_outputs IS NOT NULL THEN
+        INSERT INTO orchestrator.outputs (job_id, idx, num_outputs, url, path, size_bytes,
+                                          sha256, content_type)
+        SELECT p_job_id, o.idx - 1, v_job.num_outputs, o.item ->> 'url', o.item ->> 'path',
+               (o.item ->> 'size_bytes')::bigint, o.item ->> 'sha256',
+               o.item ->> 'content_type'
+          FROM pg_catalog.jsonb_array_elements(p_outputs) WITH ORDINALITY AS o(item, idx)
+         WHERE o.idx <= v_job.num_outputs
+        ON CONFLICT (job_id, idx) DO NOTHING;
+    END IF;
+    SELECT pg_catalog.count(*) INTO v_delivered
+      FROM orchestrator.outputs o WHERE o.job_id = p_job_id AND o.deleted_at IS NULL;
+    IF p_status = 'succeeded' AND v_delivered = 0 THEN
+        RAISE EXCEPTION 'job % cannot succeed without an output', p_job_id
+            USING ERRCODE = 'OR004';
+    END IF;
+    v_refund := CASE WHEN p_status = 'succeeded'
+                     THEN v_job.cost - v_delivered * (v_job.cost / v_job.num_outputs)
+                     ELSE v_job.cost END;
+    IF v_refund > 0 THEN
+        INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
+        VALUES (v_job.user_id, p_job_id, 'refund', v_refund, 'refund:' || p_job_id::text)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            UPDATE orchestrator.accounts a
+               SET balance = a.balance + v_refund, updated_at = pg_catalog.now()
+             WHERE a.user_id = v_job.user_id
+            RETURNING a.balance INTO v_balance;
+        ELSE
+            v_refund := 0;
+        END IF;
+    END IF;
+    UPDATE orchestrator.jobs j
+       SET status = p_status, error_code = p_error_code, error_message = p_message,
+           inflight_seat = NULL, partial = (p_status = 'succeeded' AND v_refund > 0),
+           finished_at = pg_catalog.clock_timestamp(),
+           updated_at = pg_catalog.clock_timestamp()
+     WHERE j.id = p_job_id;
+    IF v_balance IS NULL THEN
+        SELECT a.balance INTO v_balance FROM orchestrator.accounts a
+         WHERE a.user_id = v_job.user_id;
+    END IF;
+    RETURN QUERY SELECT p_status, v_refund, v_balance;
+END
+$$;
+
+-- Refuse a queued job at admission, never charged: `rejected` with its code,
+-- or `canceled` at cost 0 when a cancel came first. False when no longer queued.
+CREATE OR REPLACE FUNCTION orchestrator.reject_job_v1(
+    p_job_id uuid, p_error_code text, p_message text
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_error_code IS NULL THEN
+        RAISE EXCEPTION 'a refused job needs an error code' USING ERRCODE = 'OR004';
+    END IF;
+    UPDATE orchestrator.jobs
+       SET status = CASE WHEN p_error_code = 'CANCELED' THEN 'canceled' ELSE 'rejected' END,
+           cost = CASE WHEN p_error_code = 'CANCELED' THEN 0 END,
+           error_code = p_error_code, error_message = p_message,
+           finished_at = pg_catalog.clock_timestamp(),
+           updated_at = pg_catalog.clock_timestamp()
+     WHERE id = p_job_id AND status = 'queued';
+    RETURN FOUND;
+END
+$$;
+
+-- Record output `p_idx`'s prediction the moment the provider names it
+-- (Brandur's atomic phase): the job is `processing` and a restart can
+-- re-attach. False when the job is no longer in flight.
+CREATE OR REPLACE FUNCTION orchestrator.record_prediction_v1(
+    p_job_id uuid, p_provider text, p_prediction_id text, p_idx integer
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_outputs integer;
+BEGIN
+    UPDATE orchestrator.jobs
+       SET status = 'processing', provider = p_provider,
+           prediction_id = coalesce(prediction_id, p_prediction_id),
+           updated_at = pg_catalog.clock_timestamp()
+     WHERE id = p_job_id AND status IN ('starting', 'processing')
+    RETURNING num_outputs INTO v_outputs;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF p_idx IS NULL OR p_idx < 0 OR p_idx >= v_outputs THEN
+        RAISE EXCEPTION 'output % of job % is out of range', p_idx, p_job_id
+            USING ERRCODE = 'OR004';
+    END IF;
+    INSERT INTO orchestrator.predictions (job_id, idx, provider, prediction_id)
+    VALUES (p_job_id, p_idx, p_provider, p_prediction_id)
+    ON CONFLICT (job_id, idx) DO UPDATE SET prediction_id = excluded.prediction_id;
+    RETURN true;
+END
+$$;
+
+-- A new intake leader's fencing token: admissions carrying an older one are refused.
+CREATE OR REPLACE FUNCTION orchestrator.take_intake_epoch_v1() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO orchestrator.meta (key, value) VALUES ('intake_epoch', '1')
+    ON CONFLICT (key) DO UPDATE SET value = (orchestrator.meta.value::bigint + 1)::text
+    RETURNING value::bigint;
+$$;
+
+CREATE OR REPLACE FUNCTION orchestrator.notify_job_inserted() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('orchestrator_jobs', NEW.id::text);
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION orchestrator.refuse_ledger_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'the ledger is append-only: % refused', TG_OP
         USING ERRCODE = 'OR005',
@@ -569,12 +798,12 @@ $$;
 
 -- A refund needs a debit of the same job and user, and never exceeds it.
 CREATE OR REPLACE FUNCTION orchestrator.check_refund() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_debited bigint;
 BEGIN
-    SELECT -amount INTO v_debited FROM orchestrator.ledger
-     WHERE job_id = NEW.job_id AND kind = 'debit' AND user_id = NEW.user_id;
+    SELECT -l.amount INTO v_debited FROM orchestrator.ledger l
+     WHERE l.job_id = NEW.job_id AND l.kind = 'debit' AND l.user_id = NEW.user_id;
     IF v_debited IS NULL THEN
         RAISE EXCEPTION 'refund of job % which was never debited', NEW.job_id
             USING ERRCODE = 'OR006';
@@ -588,10 +817,10 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION orchestrator.refuse_job_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF OLD.status <> NEW.status
-       AND (SELECT terminal FROM orchestrator.job_statuses WHERE status = OLD.status) THEN
+       AND (SELECT s.terminal FROM orchestrator.job_statuses s WHERE s.status = OLD.status) THEN
         RAISE EXCEPTION 'job % is % and cannot become %', OLD.id, OLD.status, NEW.status
             USING ERRCODE = 'OR007';
     END IF;
@@ -655,8 +884,21 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.request_cancel(uuid)
     TO submitter;
 
--- Webhook pruning: the daemon forgets old deliveries through this function only.
+-- The daemon reads everything it decides on, records webhook deliveries, and
+-- changes jobs, balances and the ledger only through the functions below; it
+-- may not update, delete, truncate or touch triggers (it owns nothing).
 GRANT USAGE ON SCHEMA orchestrator TO orchestrator_daemon;
+GRANT SELECT ON ALL TABLES IN SCHEMA orchestrator TO orchestrator_daemon;
+GRANT INSERT ON orchestrator.webhook_events TO orchestrator_daemon;
+GRANT EXECUTE ON FUNCTION
+    orchestrator.admit_job_v2(uuid, double precision, bigint),
+    orchestrator.finish_job_v2(uuid, text, text, text, jsonb),
+    orchestrator.reject_job_v1(uuid, text, text),
+    orchestrator.record_prediction_v1(uuid, text, text, integer),
+    orchestrator.take_intake_epoch_v1()
+    TO orchestrator_daemon;
+
+-- Webhook pruning: the daemon forgets old deliveries through this function only.
 GRANT EXECUTE ON FUNCTION orchestrator.prune_webhook_events_v1(double precision, integer)
     TO orchestrator_daemon;
 

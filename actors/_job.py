@@ -301,7 +301,6 @@ class JobTask:
                         settlement.status,
                         code=settlement.code,
                         message=settlement.message,
-                        refund=settlement.refund,
                         outputs=settlement.outputs,
                     )
                 except Exception:

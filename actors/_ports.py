@@ -30,8 +30,6 @@ class JobStore(Protocol):
         self,
         job_id: uuid.UUID,
         *,
-        cost: int,
-        max_inflight: int,
         deadline_s: float,
         epoch: int | None = None,
     ) -> Admission: ...
@@ -49,7 +47,6 @@ class JobStore(Protocol):
         *,
         code: ErrorCode | None = None,
         message: str | None = None,
-        refund: int | None = None,
         outputs: tuple[StoredOutput, ...] = (),
     ) -> Finish: ...
 

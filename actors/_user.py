@@ -151,15 +151,12 @@ class UserActor:
             match decision:
                 case Reject(code=code, message=message):
                     await self._reject(job_id, code, message, lag_s)
-                case Admit(cost=cost, max_inflight=max_inflight):
+                case Admit():
                     admission = await self._store.admit(
-                        job_id,
-                        cost=cost,
-                        max_inflight=max_inflight,
-                        deadline_s=self._config.deadline_s,
-                        epoch=self._registry.epoch,
+                        job_id, deadline_s=self._config.deadline_s, epoch=self._registry.epoch
                     )
                     if admission.outcome == "admitted":
+                        cost = admission.cost or 0
                         log.info("job.admitted", cost=cost, balance=admission.balance)
                         self._observer.job_admitted(cost, lag_s)
                         started = InFlight(

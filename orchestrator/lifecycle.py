@@ -153,6 +153,7 @@ class Admission:
     seat: int | None = None
     balance: int | None = None
     deadline_s: float | None = None
+    cost: int | None = None
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+import uuid
 from typing import Any
 
 import asyncpg
@@ -56,3 +57,18 @@ async def execute(url: str, query: str, *args: Any, role: str | None = None) -> 
 def with_database(url: str, database: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def plan(url: str, *, cost_per_output: int = 1, max_inflight: int = 10) -> str:
+    """A fresh plan with the given price and seats, for tests that need other amounts."""
+    name = f"plan-{uuid.uuid4().hex[:8]}"
+    await execute(
+        url,
+        "INSERT INTO orchestrator.plans"
+        " (name, monthly_generations, max_inflight, min_seconds_between, cost_per_output)"
+        " VALUES ($1, 1000000, $2, 0, $3)",
+        name,
+        max_inflight,
+        cost_per_output,
+    )
+    return name

@@ -258,7 +258,7 @@ async def test_an_unrecorded_prediction_found_on_resume_is_cancelled_and_refunde
     rig = await make_rig(nursery)
     rig.store.grant("ida", 5, plan="pro")
     job_id = rig.store.submit("ida", "x")
-    await rig.store.admit(job_id, cost=2, max_inflight=5, deadline_s=120)
+    await rig.store.admit(job_id, deadline_s=120)
     await rig.provider.submit(PredictionRequest(job_id, "x", {}, 1))
     rig.registry.deliver("ida", Resume(job_id))
     await rig.settled(job_id)

@@ -13,25 +13,26 @@ import pytest
 
 from orchestrator.db import Database
 from orchestrator.db._audit import CHECKS
-from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
 from . import pg
 
 
-async def _admitted_job(db: Database, user: str, cost: int = 2) -> uuid.UUID:
-    job_id = await db.submit_job(user, f"prompt {uuid.uuid4()}")
-    admission = await db.admit(job_id, cost=cost, max_inflight=10, deadline_s=120)
+async def _admitted_job(db: Database, user: str, outputs: int = 1) -> uuid.UUID:
+    job_id = await db.submit_job(user, f"prompt {uuid.uuid4()}", num_outputs=outputs)
+    admission = await db.admit(job_id, deadline_s=120)
     assert admission.outcome == "admitted"
     return job_id
 
 
-async def test_the_audit_is_clean_after_every_honest_outcome(db: Database):
+async def test_the_audit_is_clean_after_every_honest_outcome(db: Database, db_url: str):
     """Success, partial success, failure, timeout, cancel and rejection all keep the books straight."""
-    await db.grant("alice", 50)
+    await db.grant("alice", 50, plan=await pg.plan(db_url, cost_per_output=2))
+    one = (StoredOutput(url="https://cdn.test/0.png"),)
     ok = await _admitted_job(db, "alice")
-    await db.finish(ok, JobStatus.SUCCEEDED)
-    partial = await _admitted_job(db, "alice", cost=4)
-    assert (await db.finish(partial, JobStatus.SUCCEEDED, refund=1)).refunded == 1
+    await db.finish(ok, JobStatus.SUCCEEDED, outputs=one)
+    partial = await _admitted_job(db, "alice", outputs=2)
+    assert (await db.finish(partial, JobStatus.SUCCEEDED, outputs=one)).refunded == 2
     for status, code in [
         (JobStatus.FAILED, ErrorCode.UPSTREAM_ERROR),
         (JobStatus.TIMED_OUT, ErrorCode.TIMEOUT),
@@ -46,7 +47,7 @@ async def test_the_audit_is_clean_after_every_honest_outcome(db: Database):
     assert report.totals["jobs"] == 6
     account = await db.account("alice")
     assert account is not None
-    assert account.balance == 50 - 2 - 3
+    assert account.balance == 50 - 2 - 2
 
 
 async def _corrupt_balance(db: Database, url: str) -> None:

@@ -167,7 +167,7 @@ async def test_admission_refuses_a_job_whose_cancel_committed_after_it_was_read(
     assert context is not None
     assert context.job.cancel_requested_at is None
     assert await db.request_cancel(job_id)
-    admission = await db.admit(job_id, cost=1, max_inflight=10, deadline_s=5.0)
+    admission = await db.admit(job_id, deadline_s=5.0)
     assert admission.outcome == "canceled"
     account = await db.account("fay")
     assert account is not None

@@ -66,7 +66,7 @@ async def test_a_daemon_that_lost_leadership_is_fenced_off_from_admitting(db: Da
     old = await db.take_intake_epoch()
     new = await db.take_intake_epoch()
     assert new == old + 1
-    stale = await db.admit(job_id, cost=1, max_inflight=5, deadline_s=60, epoch=old)
+    stale = await db.admit(job_id, deadline_s=60, epoch=old)
     assert stale.outcome == "not_leader"
     job = await db.job(job_id)
     assert job is not None
@@ -74,6 +74,6 @@ async def test_a_daemon_that_lost_leadership_is_fenced_off_from_admitting(db: Da
     account = await db.account("fen")
     assert account is not None
     assert account.balance == 5
-    current = await db.admit(job_id, cost=1, max_inflight=5, deadline_s=60, epoch=new)
+    current = await db.admit(job_id, deadline_s=60, epoch=new)
     assert current.outcome == "admitted"
     assert (await db.audit()).ok

@@ -41,14 +41,16 @@ async def _ledger_sum(db_url: str, user_id: str) -> int:
     return int(rows[0]["s"])
 
 
-async def test_500_concurrent_admissions_against_137_credits_admit_exactly_137(db: Database):
+async def test_500_concurrent_admissions_against_137_credits_admit_exactly_137(
+    db: Database, db_url: str
+):
     """The daemon's path (seat, debit, starting in one transaction) never overdraws either."""
-    await db.grant("amy", 137)
+    await db.grant("amy", 137, plan=await pg.plan(db_url, max_inflight=1000))
     job_ids = [await _new_job(db, "amy") for _ in range(500)]
     outcomes: list[str] = []
 
     async def admit(job_id: uuid.UUID) -> None:
-        outcomes.append((await db.admit(job_id, cost=1, max_inflight=1000, deadline_s=60)).outcome)
+        outcomes.append((await db.admit(job_id, deadline_s=60)).outcome)
 
     async with trio.open_nursery() as nursery:
         for job_id in job_ids:
@@ -141,18 +143,24 @@ async def test_a_job_cannot_be_debited_twice(db: Database):
     assert account.balance == 8
 
 
-async def _finished_job(db: Database, user_id: str, cost: int, status: JobStatus) -> uuid.UUID:
+async def _priced(db: Database, db_url: str, user_id: str, amount: int, cost: int) -> None:
+    """Grant `amount` on a plan whose one-output job costs `cost`."""
+    await db.grant(user_id, amount, plan=await pg.plan(db_url, cost_per_output=cost))
+
+
+async def _finished_job(db: Database, user_id: str, status: JobStatus) -> uuid.UUID:
     job_id = await _new_job(db, user_id)
-    assert (await db.admit(job_id, cost=cost, max_inflight=5, deadline_s=60)).outcome == "admitted"
+    assert (await db.admit(job_id, deadline_s=60)).outcome == "admitted"
     code = None if status is JobStatus.SUCCEEDED else ErrorCode.UPSTREAM_ERROR
-    await db.finish(job_id, status, code=code, message="done")
+    outputs = (StoredOutput(url="https://cdn.test/0.png"),) if code is None else ()
+    await db.finish(job_id, status, code=code, message="done", outputs=outputs)
     return job_id
 
 
 async def test_100_concurrent_refunds_of_one_job_write_one_refund(db: Database, db_url: str):
     """A refund retried from everywhere at once pays back once."""
-    await db.grant("dave", 10)
-    job_id = await _finished_job(db, "dave", 4, JobStatus.SUCCEEDED)
+    await _priced(db, db_url, "dave", 10, 4)
+    job_id = await _finished_job(db, "dave", JobStatus.SUCCEEDED)
     refunds = []
 
     async def refund() -> None:
@@ -177,9 +185,9 @@ async def test_100_concurrent_refunds_of_one_job_write_one_refund(db: Database, 
 
 async def test_100_concurrent_failures_of_one_job_refund_once(db: Database, db_url: str):
     """Finishing a failed job from many places at once refunds it exactly once."""
-    await db.grant("dora", 10)
+    await _priced(db, db_url, "dora", 10, 3)
     job_id = await _new_job(db, "dora")
-    assert (await db.admit(job_id, cost=3, max_inflight=5, deadline_s=60)).outcome == "admitted"
+    assert (await db.admit(job_id, deadline_s=60)).outcome == "admitted"
     finishes = []
 
     async def fail() -> None:
@@ -198,11 +206,11 @@ async def test_100_concurrent_failures_of_one_job_refund_once(db: Database, db_u
     assert (await db.audit()).ok
 
 
-async def test_an_in_flight_job_is_refunded_only_by_its_finish(db: Database):
+async def test_an_in_flight_job_is_refunded_only_by_its_finish(db: Database, db_url: str):
     """An early partial refund could leave a later failure short, so it is refused."""
-    await db.grant("dina", 10)
+    await _priced(db, db_url, "dina", 10, 5)
     job_id = await _new_job(db, "dina")
-    assert (await db.admit(job_id, cost=5, max_inflight=5, deadline_s=60)).outcome == "admitted"
+    assert (await db.admit(job_id, deadline_s=60)).outcome == "admitted"
     assert await db.refund(job_id, 2) is None
     finish = await db.finish(job_id, JobStatus.TIMED_OUT, code=ErrorCode.TIMEOUT, message="late")
     assert finish.refunded == 5
@@ -219,10 +227,10 @@ async def test_a_job_never_debited_gets_no_refund(db: Database):
     assert account.balance == 1
 
 
-async def test_a_partial_refund_is_allowed_but_never_above_the_debit(db: Database):
+async def test_a_partial_refund_is_allowed_but_never_above_the_debit(db: Database, db_url: str):
     """A goodwill refund of part of a job is fine; the database refuses more than was taken."""
-    await db.grant("frank", 30)
-    job_id = await _finished_job(db, "frank", 30, JobStatus.SUCCEEDED)
+    await _priced(db, db_url, "frank", 30, 30)
+    job_id = await _finished_job(db, "frank", JobStatus.SUCCEEDED)
     with pytest.raises(IntegrityViolation, match="exceeds debit"):
         await db.refund(job_id, 31)
     refund = await db.refund(job_id, 6)
@@ -298,7 +306,7 @@ async def test_two_racing_deliveries_of_one_output_index_keep_one_row(db: Databa
     """Finishing a job twice at once with different bytes for index 0 stores one output."""
     await db.grant("olga", 5)
     job_id = await _new_job(db, "olga")
-    assert (await db.admit(job_id, cost=1, max_inflight=5, deadline_s=60)).outcome == "admitted"
+    assert (await db.admit(job_id, deadline_s=60)).outcome == "admitted"
 
     async def deliver(url: str) -> None:
         await db.finish(job_id, JobStatus.SUCCEEDED, outputs=(StoredOutput(url=url),))

@@ -21,9 +21,13 @@ from hypothesis.stateful import (
 )
 
 from orchestrator.db import Database, IntegrityViolation
-from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
+from . import pg
 from .portal import Portal
+
+PLAN = "stateful"
+PRICE = 2
 
 FAILURES = [
     (JobStatus.FAILED, ErrorCode.UPSTREAM_ERROR),
@@ -34,6 +38,14 @@ FAILURES = [
 
 @pytest.fixture
 def portal(db_url: str):
+    pg.fetch_sync(
+        db_url,
+        "INSERT INTO orchestrator.plans"
+        " (name, monthly_generations, max_inflight, min_seconds_between, cost_per_output)"
+        " VALUES ($1, 1000000, 1000, 0, $2) ON CONFLICT (name) DO NOTHING",
+        PLAN,
+        PRICE,
+    )
     with Portal(db_url) as p:
         yield p
 
@@ -61,7 +73,7 @@ def test_random_ledger_histories_keep_every_audit_invariant(portal: Portal):
         @rule(target=users, n=st.integers(0, 3), amount=st.integers(1, 20))
         def grant(self, n: int, amount: int) -> str:
             user = f"{self.prefix}-{n}"
-            balance = portal.call(self.db.grant, user, amount)
+            balance = portal.call(self.db.grant, user, amount, plan=PLAN)
             self.balances[user] = self.balances.get(user, 0) + amount
             assert balance == self.balances[user]
             return user
@@ -70,13 +82,13 @@ def test_random_ledger_histories_keep_every_audit_invariant(portal: Portal):
         def submit(self, user: str, outputs: int) -> uuid.UUID:
             return portal.call(self.db.submit_job, user, f"p-{uuid.uuid4()}", num_outputs=outputs)
 
-        @rule(target=admitted, job_id=consumes(queued), cost=st.integers(1, 8))
-        def admit(self, job_id: uuid.UUID, cost: int) -> uuid.UUID:
+        @rule(target=admitted, job_id=consumes(queued))
+        def admit(self, job_id: uuid.UUID) -> uuid.UUID:
             job = portal.call(self.db.job, job_id)
             assert job is not None
-            admission = portal.call(
-                self.db.admit, job_id, cost=cost, max_inflight=50, deadline_s=60
-            )
+            cost = job.num_outputs * PRICE
+            admission = portal.call(self.db.admit, job_id, deadline_s=60)
+            assert admission.cost == (cost if admission.outcome == "admitted" else None)
             if self.balances[job.user_id] >= cost:
                 assert admission.outcome == "admitted"
                 self.balances[job.user_id] -= cost
@@ -110,8 +122,10 @@ def test_random_ledger_histories_keep_every_audit_invariant(portal: Portal):
             debited = self.debits.get(job_id, 0)
             if job.status.terminal or not debited:
                 return
-            refund = min(missing, debited)
-            finish = portal.call(self.db.finish, job_id, JobStatus.SUCCEEDED, refund=refund)
+            delivered = max(1, job.num_outputs - missing)
+            outputs = tuple(StoredOutput(url=f"https://cdn.test/{i}.png") for i in range(delivered))
+            refund = (job.num_outputs - delivered) * PRICE
+            finish = portal.call(self.db.finish, job_id, JobStatus.SUCCEEDED, outputs=outputs)
             assert finish.refunded == refund
             if refund:
                 self.refunded.add(job_id)

@@ -20,7 +20,7 @@ from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
 
 async def _left_in_flight(db: Database, user: str, *, deadline_s: float = 30.0, params=None):
     job_id = await db.submit_job(user, "left behind", params=params or {})
-    admission = await db.admit(job_id, cost=2, max_inflight=5, deadline_s=deadline_s)
+    admission = await db.admit(job_id, deadline_s=deadline_s)
     assert admission.outcome == "admitted"
     return job_id
 
@@ -45,7 +45,7 @@ async def test_a_job_left_processing_is_resumed_and_finishes(nursery, db: Databa
     assert job.prediction_id == prediction_id
     account = await db.account("alice")
     assert account is not None
-    assert account.balance == 3
+    assert account.balance == 4  # the pro plan's price of one output
     assert (await db.audit()).ok
 
 
@@ -124,7 +124,7 @@ async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
     assert young.status is JobStatus.QUEUED
     account = await db.account("dave")
     assert account is not None
-    assert account.balance == 8
+    assert account.balance == 9  # only the backlog job's one output is charged
     assert (await db.audit()).ok
 
 

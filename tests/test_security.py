@@ -171,3 +171,60 @@ async def test_the_schema_and_its_objects_belong_to_a_role_that_is_no_superuser(
     assert definers
     for row in definers:
         assert "search_path=pg_catalog, pg_temp" in row["proconfig"], row["proname"]
+
+
+async def _as_daemon(url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    return await pg.fetch(url, query, *args, role="orchestrator_daemon")
+
+
+async def test_the_daemon_cannot_choose_what_admission_debits_or_finishing_refunds(
+    db: Database, db_url: str
+):
+    """Whatever the daemon's role passes, the plan sets the debit and stored outputs the refund."""
+    await db.grant("vic", 20, plan=await pg.plan(db_url, cost_per_output=3, max_inflight=1))
+    whole, part, failed = [await db.submit_job("vic", f"p{i}", num_outputs=2) for i in range(3)]
+    admit = "SELECT outcome, cost, balance FROM orchestrator.admit_job_v2($1, $2, $3)"
+    finish = "SELECT refunded, balance FROM orchestrator.finish_job_v2($1, $2, $3, $4, $5)"
+    five = '[{"url": "a"}, {"url": "b"}, {"url": "c"}, {"url": "d"}, {"url": "e"}]'
+
+    (row,) = await _as_daemon(db_url, admit, whole, 1e9, None)
+    assert (row["outcome"], row["cost"], row["balance"]) == ("admitted", 6, 14)
+    (row,) = await _as_daemon(db_url, admit, part, 60.0, None)
+    assert row["outcome"] == "no_seat"  # the plan's one seat, not a caller's number
+    (row,) = await _as_daemon(db_url, finish, whole, "succeeded", None, "x", five)
+    assert (row["refunded"], row["balance"]) == (0, 14)  # five outputs, two paid for and kept
+
+    await _as_daemon(db_url, admit, part, 60.0, None)
+    (row,) = await _as_daemon(db_url, finish, part, "succeeded", None, "x", '[{"url": "a"}]')
+    assert (row["refunded"], row["balance"]) == (3, 11)
+    (row,) = await _as_daemon(db_url, finish, part, "failed", "UPSTREAM_ERROR", "x", None)
+    assert row["refunded"] == 0  # finished already: nothing more
+
+    await _as_daemon(db_url, admit, failed, 60.0, None)
+    (row,) = await _as_daemon(db_url, finish, failed, "failed", "UPSTREAM_ERROR", "x", five)
+    assert (row["refunded"], row["balance"]) == (6, 11)  # a failure keeps no outputs
+    assert await db.stored_outputs(failed) == []
+
+    account = await db.account("vic")
+    assert account is not None
+    assert account.balance == 20 - 6 - 3
+    assert (await db.audit()).ok
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM orchestrator.admit_job_v1($1, 0, 1000, 60)",
+        "SELECT * FROM orchestrator.finish_job_v1($1, 'failed', 'UPSTREAM_ERROR', 'x', 1000)",
+    ],
+)
+async def test_the_daemon_may_not_call_the_v1_functions_that_take_amounts(
+    db: Database, db_url: str, query: str
+):
+    await db.grant("vic", 5)
+    job_id = await db.submit_job("vic", "free ride")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await _as_daemon(db_url, query, job_id)
+    job = await db.job(job_id)
+    assert job is not None
+    assert job.cost is None

@@ -160,12 +160,13 @@ class Database:
         self,
         job_id: uuid.UUID,
         *,
-        cost: int,
-        max_inflight: int,
         deadline_s: float,
         epoch: int | None = None,
     ) -> Admission:
-        """Take a seat, debit `cost` and move the job to `starting`, atomically.
+        """Take a seat, debit the plan's price and move the job to `starting`, atomically.
+
+        The database reads the price and the seat limit from the user's plan;
+        no caller names an amount.
 
         With an `epoch`, nothing is admitted unless it is the current intake
         leader's (`not_leader`): a daemon that lost leadership is fenced off.
@@ -173,9 +174,7 @@ class Database:
         Raises:
             UnknownJob: no such job.
         """
-        return await self._connector.run(
-            _transitions.admit, job_id, cost, max_inflight, deadline_s, epoch
-        )
+        return await self._connector.run(_transitions.admit, job_id, deadline_s, epoch)
 
     async def take_intake_epoch(self) -> int:
         """Become the intake leader of record; admissions with older epochs are refused."""
@@ -192,10 +191,12 @@ class Database:
         *,
         code: ErrorCode | None = None,
         message: str | None = None,
-        refund: int | None = None,
         outputs: tuple[StoredOutput, ...] = (),
     ) -> Finish:
         """End an admitted job with its outputs and the refund it is owed, atomically.
+
+        The refund is computed by the database: the cost of the outputs paid
+        for and not stored, or the whole debit when the job did not succeed.
 
         Idempotent: finishing a finished job changes and refunds nothing.
 
@@ -204,7 +205,7 @@ class Database:
             IntegrityViolation: the job was never admitted.
         """
         return await self._connector.run(
-            _transitions.finish, job_id, status, code, message, refund, outputs
+            _transitions.finish, job_id, status, code, message, outputs
         )
 
     async def mark_processing(

@@ -56,35 +56,31 @@ async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext |
 async def admit(
     pool: Pool,
     job_id: uuid.UUID,
-    cost: int,
-    max_inflight: int,
     deadline_s: float,
     epoch: int | None,
 ) -> Admission:
     try:
-        row = await pool.fetchrow(
-            queries()["admit_job"], job_id, cost, max_inflight, deadline_s, epoch
-        )
+        row = await pool.fetchrow(queries()["admit_job"], job_id, deadline_s, epoch)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "jobs_one_job_per_seat":
             return Admission("no_seat")  # another daemon took the seat first
         raise
     assert row is not None  # noqa: S101  (the function always returns one row)
-    return Admission(row["outcome"], row["seat"], row["balance"], row["deadline_s"])
+    return Admission(
+        row["outcome"], row["seat"], row["balance"], row["deadline_s"], cost=row["cost"]
+    )
 
 
 async def reject(pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
     """Reject a queued job; False when it was no longer queued."""
-    return await pool.fetchval(queries()["reject_job"], job_id, code.value, message) is not None
+    return bool(await pool.fetchval(queries()["reject_job"], job_id, code.value, message))
 
 
 async def mark_processing(
     pool: Pool, job_id: uuid.UUID, provider: str, prediction_id: str, idx: int
 ) -> bool:
     q = queries()
-    return (
-        await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id, idx) is not None
-    )
+    return bool(await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id, idx))
 
 
 async def finish(
@@ -93,17 +89,18 @@ async def finish(
     status: JobStatus,
     code: ErrorCode | None,
     message: str | None,
-    refund: int | None,
     outputs: tuple[StoredOutput, ...],
 ) -> Finish:
-    """Record outputs and end the job in one statement, so both or neither happen."""
+    """Record outputs and end the job in one statement, so both or neither happen.
+
+    The refund is the database's to compute, from the outputs it stored.
+    """
     row = await pool.fetchrow(
         queries()["finish_job"],
         job_id,
         status.value,
         code.value if code else None,
         None if message is None else clean_text(message),
-        refund,
         [attrs.asdict(output) for output in outputs] if outputs else None,
     )
     assert row is not None  # noqa: S101  (the function always returns one row)

@@ -119,40 +119,24 @@ SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.e
  WHERE j.id = $1;
 
 -- name: admit_job
--- Seat, debit, ledger row and `starting`, in one transaction (see admit_job_v1).
-SELECT outcome, seat, balance,
+-- Seat, debit at the plan's price, ledger row and `starting`, in one
+-- transaction (see admit_job_v2); the caller names no amount.
+SELECT outcome, seat, cost, balance,
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS deadline_s
-  FROM orchestrator.admit_job_v1($1, $2, $3, $4, $5);
+  FROM orchestrator.admit_job_v2($1, $2, $3);
 
 -- name: reject_job
--- A queued job refused at admission: terminal, with its code, never charged.
--- One cancelled before admission ends `canceled`, at cost 0.
-UPDATE orchestrator.jobs
-   SET status = CASE WHEN $2 = 'CANCELED' THEN 'canceled' ELSE 'rejected' END,
-       cost = CASE WHEN $2 = 'CANCELED' THEN 0 END,
-       error_code = $2, error_message = $3,
-       finished_at = clock_timestamp(), updated_at = clock_timestamp()
- WHERE id = $1 AND status = 'queued'
-RETURNING id;
+-- A queued job refused at admission, never charged (see reject_job_v1).
+SELECT orchestrator.reject_job_v1($1, $2, $3);
 
 -- name: finish_job
--- Outputs, terminal status, seat release and refund, in one transaction (see finish_job_v1).
-SELECT status, refunded, balance FROM orchestrator.finish_job_v1($1, $2, $3, $4, $5, $6);
+-- Outputs, terminal status, seat release and the refund the database computes
+-- from what was stored, in one transaction (see finish_job_v2).
+SELECT status, refunded, balance FROM orchestrator.finish_job_v2($1, $2, $3, $4, $5);
 
 -- name: mark_processing
--- Record a prediction the moment the provider names it (Brandur's atomic
--- phase): the job is `processing` and a restart can re-attach to it.
-WITH job AS (
-    UPDATE orchestrator.jobs
-       SET status = 'processing', provider = $2,
-           prediction_id = coalesce(prediction_id, $3), updated_at = clock_timestamp()
-     WHERE id = $1 AND status IN ('starting', 'processing')
-    RETURNING id
-)
-INSERT INTO orchestrator.predictions (job_id, idx, provider, prediction_id)
-SELECT id, $4, $2, $3 FROM job
-ON CONFLICT (job_id, idx) DO UPDATE SET prediction_id = excluded.prediction_id
-RETURNING job_id;
+-- Record a prediction the moment the provider names it (see record_prediction_v1).
+SELECT orchestrator.record_prediction_v1($1, $2, $3, $4);
 
 -- name: route_jobs
 -- Who owns each notified job and what it needs: admission or a cancel.
@@ -213,6 +197,10 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
  ORDER BY deadline_at
  LIMIT $2;
 
+-- name: drop_to_daemon_role
+-- Every pooled connection of the daemon runs as its least-privilege role.
+SET ROLE orchestrator_daemon;
+
 -- name: ping
 -- Readiness: the database answers.
 SELECT 1;
@@ -248,9 +236,7 @@ SELECT pg_try_advisory_lock(hashtext('orchestrator.intake'));
 
 -- name: take_intake_epoch
 -- A new intake leader's fencing token: admissions carrying an older one are refused.
-INSERT INTO orchestrator.meta (key, value) VALUES ('intake_epoch', '1')
-ON CONFLICT (key) DO UPDATE SET value = (orchestrator.meta.value::bigint + 1)::text
-RETURNING value::bigint;
+SELECT orchestrator.take_intake_epoch_v1();
 
 -- name: get_account
 -- One account with its plan.

@@ -29,7 +29,7 @@ from orchestrator.lifecycle import (
     Usage,
 )
 
-from ._errors import IntegrityViolation, UnknownJob, UnknownUser
+from ._errors import IntegrityViolation, InvalidRequest, UnknownJob, UnknownUser
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 _ALIVE = {JobStatus.QUEUED, JobStatus.STARTING, JobStatus.PROCESSING}
@@ -140,8 +140,6 @@ class InMemoryStore:
         self,
         job_id: uuid.UUID,
         *,
-        cost: int,
-        max_inflight: int,
         deadline_s: float,
         epoch: int | None = None,
     ) -> Admission:
@@ -152,13 +150,15 @@ class InMemoryStore:
             return Admission("not_queued")
         if job.cancel_requested_at is not None:
             return Admission("canceled")
-        taken = {s for j, s in self.seats.items() if self.jobs[j].user_id == job.user_id}
-        seat = next((s for s in range(1, max_inflight + 1) if s not in taken), None)
-        if seat is None:
-            return Admission("no_seat")
         account = self.accounts.get(job.user_id)
         if account is None:
             raise UnknownUser(f"unknown user {job.user_id}")
+        plan = self.plans[account.plan]
+        cost = plan.cost_per_output * job.num_outputs
+        taken = {s for j, s in self.seats.items() if self.jobs[j].user_id == job.user_id}
+        seat = next((s for s in range(1, plan.max_inflight + 1) if s not in taken), None)
+        if seat is None:
+            return Admission("no_seat")
         if account.balance < cost:
             return Admission("insufficient_credits")
         account.balance -= cost
@@ -169,7 +169,7 @@ class InMemoryStore:
         self.jobs[job_id] = attrs.evolve(
             job, status=JobStatus.STARTING, cost=cost, admitted_at=self.now()
         )
-        return Admission("admitted", seat, account.balance, deadline_s)
+        return Admission("admitted", seat, account.balance, deadline_s, cost=cost)
 
     async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
         self.calls.append(("reject", job_id))
@@ -208,7 +208,6 @@ class InMemoryStore:
         *,
         code: ErrorCode | None = None,
         message: str | None = None,
-        refund: int | None = None,
         outputs: tuple[StoredOutput, ...] = (),
     ) -> Finish:
         self.calls.append(("finish", job_id))
@@ -217,10 +216,16 @@ class InMemoryStore:
             return Finish(job.status, 0, None)
         if job.status is JobStatus.QUEUED:
             raise IntegrityViolation(f"job {job_id} was never admitted; reject it instead")
-        for idx, output in enumerate(outputs[: job.num_outputs]):
-            self.outputs.setdefault(job_id, {}).setdefault(idx, output)
+        if status is JobStatus.SUCCEEDED:
+            for idx, output in enumerate(outputs[: job.num_outputs]):
+                self.outputs.setdefault(job_id, {}).setdefault(idx, output)
         debited = -sum(r.amount for r in self.ledger if r.job_id == job_id and r.kind == "debit")
-        owed = (refund or 0) if status is JobStatus.SUCCEEDED else debited
+        delivered = len(self.outputs.get(job_id, {}))
+        if status is JobStatus.SUCCEEDED and not delivered:
+            raise InvalidRequest(f"job {job_id} cannot succeed without an output")
+        cost = job.cost or 0
+        unit = cost // job.num_outputs
+        owed = cost - delivered * unit if status is JobStatus.SUCCEEDED else debited
         already = any(r.job_id == job_id and r.kind == "refund" for r in self.ledger)
         refunded = 0
         balance = None
