@@ -292,6 +292,70 @@ BEGIN
 END
 $$;
 
+-- An operator's manual correction, as an `adjust` ledger row with its balance
+-- change in one statement. NULL when `p_ref` was applied already; a negative
+-- result is refused by the balance CHECK.
+CREATE OR REPLACE FUNCTION orchestrator.adjust_balance_v1(
+    p_user_id text, p_amount bigint, p_ref text, p_note text
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_balance bigint;
+BEGIN
+    IF p_amount IS NULL OR p_amount = 0 THEN
+        RAISE EXCEPTION 'an adjustment must move the balance' USING ERRCODE = 'OR004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM orchestrator.accounts a WHERE a.user_id = p_user_id) THEN
+        RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'OR001';
+    END IF;
+    WITH entry AS (
+        INSERT INTO orchestrator.ledger (user_id, kind, amount, ref, note)
+        VALUES (p_user_id, 'adjust', p_amount, p_ref, p_note)
+        ON CONFLICT (ref) DO NOTHING
+        RETURNING user_id, amount
+    )
+    UPDATE orchestrator.accounts a
+       SET balance = a.balance + entry.amount, updated_at = pg_catalog.now()
+      FROM entry
+     WHERE a.user_id = entry.user_id
+    RETURNING a.balance INTO v_balance;
+    RETURN v_balance;
+END
+$$;
+
+-- An operator's refund of a finished job's credits (all, or p_amount of them),
+-- once: a second refund finds the unique index and moves nothing. Jobs in
+-- flight are refused, since their refund belongs to finishing, and a partial
+-- one taken early would leave their failure short. No row: nothing refunded.
+CREATE OR REPLACE FUNCTION orchestrator.refund_job_v1(p_job_id uuid, p_amount bigint)
+RETURNS TABLE (amount bigint, balance bigint)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+WITH debit AS (
+    SELECT l.user_id, -l.amount AS debited
+      FROM orchestrator.ledger l
+      JOIN orchestrator.jobs j ON j.id = l.job_id
+     WHERE l.job_id = p_job_id AND l.kind = 'debit'
+       AND j.status IN ('succeeded', 'failed', 'timed_out', 'canceled')
+       AND NOT EXISTS (SELECT 1 FROM orchestrator.ledger r
+                        WHERE r.job_id = p_job_id AND r.kind = 'refund')
+), entry AS (
+    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
+    SELECT d.user_id, p_job_id, 'refund', coalesce(p_amount, d.debited),
+           'refund:' || p_job_id::text
+      FROM debit d
+     WHERE coalesce(p_amount, d.debited) > 0
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, amount
+)
+UPDATE orchestrator.accounts a
+   SET balance = a.balance + entry.amount, updated_at = pg_catalog.now()
+  FROM entry
+ WHERE a.user_id = entry.user_id
+RETURNING entry.amount, a.balance;
+$$;
+
 -- Submit a job. The same (user, idempotency key) returns the first job's id
 -- and inserts nothing; reusing a key for a different request is an error
 -- rather than a silent answer about another job.
@@ -901,6 +965,22 @@ GRANT EXECUTE ON FUNCTION
 -- Webhook pruning: the daemon forgets old deliveries through this function only.
 GRANT EXECUTE ON FUNCTION orchestrator.prune_webhook_events_v1(double precision, integer)
     TO orchestrator_daemon;
+
+-- Operators (the CLI) grant, adjust and refund through the functions above,
+-- submit and cancel as a submitter would, move plans, mark stored outputs
+-- deleted and audit; they never write a balance or the
+-- ledger directly, nor a job's status or cost.
+GRANT USAGE ON SCHEMA orchestrator TO orchestrator_operator;
+GRANT SELECT ON ALL TABLES IN SCHEMA orchestrator TO orchestrator_operator;
+GRANT UPDATE (plan, updated_at) ON orchestrator.accounts TO orchestrator_operator;
+GRANT UPDATE (deleted_at) ON orchestrator.outputs TO orchestrator_operator;
+GRANT EXECUTE ON FUNCTION
+    orchestrator.grant_credits(text, bigint, text),
+    orchestrator.adjust_balance_v1(text, bigint, text, text),
+    orchestrator.refund_job_v1(uuid, bigint),
+    orchestrator.submit_job(text, text, jsonb, integer, text),
+    orchestrator.request_cancel(uuid)
+    TO orchestrator_operator;
 
 -- Ownership: the schema and everything in it belong to orchestrator_owner, so
 -- a SECURITY DEFINER function runs with the schema's rights and never with

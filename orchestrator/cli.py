@@ -23,6 +23,7 @@ import trio
 
 from orchestrator import views
 from orchestrator.db import (
+    OPERATOR_ROLE,
     Database,
     DbError,
     embedded_server_running,
@@ -98,7 +99,9 @@ def _params(text: str) -> dict[str, object]:
 async def _with_database(
     settings: Settings, body: Callable[[Database], Awaitable[int]], *, migrate: bool = False
 ) -> int:
-    async with open_database(database_url(settings), min_size=1, max_size=2) as db:
+    """Run `body` as the operator role, or on the login's own rights to migrate."""
+    role = None if migrate else OPERATOR_ROLE
+    async with open_database(database_url(settings), min_size=1, max_size=2, role=role) as db:
         if migrate:
             await db.migrate()
         elif not await db.schema_is_current():

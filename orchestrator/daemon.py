@@ -28,7 +28,7 @@ import trio
 
 from actors import ActorConfig, Registry
 from orchestrator.auditor import run_auditor
-from orchestrator.db import Database, open_database
+from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
 from orchestrator.exceptions import sole_exception
 from orchestrator.http import HttpApp
@@ -174,6 +174,24 @@ async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
         )
 
 
+async def ensure_schema(database_url: str) -> None:
+    """Migrate on the login's own rights when the schema is behind, before dropping them.
+
+    Raises:
+        SchemaNotCurrent: the schema is behind and this login may not migrate it.
+    """
+    async with open_database(database_url, min_size=1, max_size=1) as db:
+        if await db.schema_is_current():
+            return
+        try:
+            await db.migrate()
+        except DbError as exc:
+            raise SchemaNotCurrent(
+                "the schema is not current and this login cannot migrate it"
+                f" ({exc}): run `orchestrator migrate` with the owner's login"
+            ) from exc
+
+
 async def serve(
     settings: Settings,
     database_url: str,
@@ -181,13 +199,18 @@ async def serve(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until stopped; `task_status` receives its handle once intake runs."""
+    """Run the daemon until stopped; `task_status` receives its handle once intake runs.
+
+    Every pooled connection acts as `orchestrator_daemon`, whatever the login.
+    """
+    await ensure_schema(database_url)
     async with (
-        open_database(database_url, min_size=2, max_size=settings.db_pool_size) as db,
+        open_database(
+            database_url, min_size=2, max_size=settings.db_pool_size, role=DAEMON_ROLE
+        ) as db,
         open_provider(settings) as provider,
         open_downloader(settings) as downloader,
     ):
-        await db.migrate()
         webhooks_at = webhook_base(settings)
         config = actor_config(settings, webhooks_at)
         metrics = Metrics()

@@ -54,6 +54,13 @@ async def execute(url: str, query: str, *args: Any, role: str | None = None) -> 
     await fetch(url, query, *args, role=role)
 
 
+def as_login(url: str, user: str, password: str) -> str:
+    """The same server and database, logged in as another role."""
+    parts = urllib.parse.urlsplit(url)
+    where = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{password}@{where}"))
+
+
 def with_database(url: str, database: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))

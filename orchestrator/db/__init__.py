@@ -7,6 +7,9 @@ across the Trio/asyncio bridge, raising the `DbError` hierarchy.
 
 from ._audit import AuditReport as AuditReport
 from ._audit import CheckResult as CheckResult
+from ._connector import DAEMON_ROLE as DAEMON_ROLE
+from ._connector import OPERATOR_ROLE as OPERATOR_ROLE
+from ._connector import Role as Role
 from ._database import JOBS_CHANNEL as JOBS_CHANNEL
 from ._database import Database as Database
 from ._database import open_database as open_database
@@ -18,6 +21,9 @@ from ._errors import DbUnavailable as DbUnavailable
 from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import IntegrityViolation as IntegrityViolation
 from ._errors import InvalidRequest as InvalidRequest
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import RoleUnavailable as RoleUnavailable
+from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
 from ._ledger import AccountSummary as AccountSummary
@@ -26,7 +32,9 @@ from ._listener import Listener as Listener
 from ._schema import schema_text as schema_text
 
 __all__ = [
+    "DAEMON_ROLE",
     "JOBS_CHANNEL",
+    "OPERATOR_ROLE",
     "AccountSummary",
     "AuditReport",
     "CheckResult",
@@ -37,7 +45,11 @@ __all__ = [
     "IntegrityViolation",
     "InvalidRequest",
     "Listener",
+    "PermissionDenied",
     "Refund",
+    "Role",
+    "RoleUnavailable",
+    "SchemaNotCurrent",
     "UnknownJob",
     "UnknownUser",
     "embedded_server_running",

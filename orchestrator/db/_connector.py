@@ -9,10 +9,11 @@ transaction about nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, Final, Literal, ParamSpec, TypeVar
 
 import asyncpg
 import attrs
@@ -21,7 +22,8 @@ import trio_asyncio
 
 from orchestrator.exceptions import sole_exception
 
-from ._errors import DbError, DbUnavailable, map_error
+from ._errors import DbError, DbUnavailable, RoleUnavailable, map_error
+from ._queries import queries
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -31,14 +33,33 @@ Operation = Callable[Concatenate[Pool, P], Awaitable[T]]
 
 _CLOSE_TIMEOUT_S = 5.0
 
+Role = Literal["orchestrator_daemon", "orchestrator_operator"]
+"""A least-privilege role a connection drops to; see the Privileges section of schema.sql."""
+
+DAEMON_ROLE: Final[Role] = "orchestrator_daemon"
+OPERATOR_ROLE: Final[Role] = "orchestrator_operator"
+
 
 class Connector:
     """Runs asyncio operations against one pool, mapping driver errors once."""
 
-    def __init__(self, pool: Pool, url: str, loop: trio_asyncio.TrioEventLoop) -> None:
+    def __init__(
+        self, pool: Pool, url: str, loop: trio_asyncio.TrioEventLoop, role: Role | None = None
+    ) -> None:
         self._pool = pool
         self._loop = loop
         self.url = url
+        self.role = role
+
+    async def connect(self) -> asyncpg.Connection:
+        """A dedicated connection outside the pool, as the pool's role (for LISTEN)."""
+        conn = await self.call(asyncpg.connect(self.url))
+        try:
+            await self.call(_drop_to(conn, self.role))
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def run(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one operation (one transaction) across the bridge.
@@ -91,7 +112,26 @@ def decode_jsonb(text: str) -> object:
         return UndecodableJson("params cannot be read: a number in them has too many digits")
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _drop_to(conn: asyncpg.Connection, role: Role | None) -> None:
+    """Act as `role` for the rest of the session, whatever the login could do.
+
+    A login stronger than the role (a superuser in embedded mode) keeps no more
+    than the role's rights; a plain member of the role loses nothing.
+    """
+    if role is None:
+        return
+    try:
+        await conn.execute(queries()["set_role"], role)
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.InvalidParameterValueError) as exc:
+        user = conn.get_settings().session_authorization
+        raise RoleUnavailable(
+            f"database login {user!r} cannot act as {role}: grant it the role"
+            f" (GRANT {role} TO {user}) or run `orchestrator migrate` first"
+        ) from exc
+
+
+async def _init_connection(conn: asyncpg.Connection, role: Role | None) -> None:
+    await _drop_to(conn, role)
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=decode_jsonb, schema="pg_catalog"
     )
@@ -108,22 +148,27 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 @asynccontextmanager
 async def open_connector(
-    url: str, *, min_size: int = 2, max_size: int = 10
+    url: str, *, min_size: int = 2, max_size: int = 10, role: Role | None = None
 ) -> AsyncIterator[Connector]:
     """Open a trio-asyncio loop and a pool on it, for the lifetime of the block.
 
+    With `role`, every connection acts as that role from its first statement.
+
     Raises:
         DbUnavailable: the server cannot be reached.
+        RoleUnavailable: the login may not act as `role`.
     """
     try:
-        async with _loop_and_pool(url, min_size, max_size) as connector:
+        async with _loop_and_pool(url, min_size, max_size, role) as connector:
             yield connector
     except BaseExceptionGroup as group:
         raise sole_exception(group) from None
 
 
 @asynccontextmanager
-async def _loop_and_pool(url: str, min_size: int, max_size: int) -> AsyncIterator[Connector]:
+async def _loop_and_pool(
+    url: str, min_size: int, max_size: int, role: Role | None
+) -> AsyncIterator[Connector]:
     async with trio_asyncio.open_loop() as loop:
         try:
             pool = await loop.run_aio_coroutine(
@@ -131,15 +176,17 @@ async def _loop_and_pool(url: str, min_size: int, max_size: int) -> AsyncIterato
                     url,
                     min_size=min_size,
                     max_size=max_size,
-                    init=_init_connection,
+                    init=functools.partial(_init_connection, role=role),
                     reset=_no_reset,
                     max_inactive_connection_lifetime=0,  # keep warm connections; 0 disables expiry
                 )
             )
+        except DbError:
+            raise
         except Exception as exc:
             raise (map_error(exc) or DbUnavailable(str(exc))) from exc
         try:
-            yield Connector(pool, url, loop)
+            yield Connector(pool, url, loop, role)
         finally:
             with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True) as scope:
                 await loop.run_aio_coroutine(pool.close())

@@ -24,7 +24,7 @@ from orchestrator.lifecycle import (
 )
 
 from . import _audit, _jobs, _ledger, _routing, _schema, _transitions
-from ._connector import Connector, open_connector
+from ._connector import Connector, Role, open_connector
 from ._listener import Listener, listen
 
 JOBS_CHANNEL = "orchestrator_jobs"
@@ -247,12 +247,13 @@ class Database:
 
 @asynccontextmanager
 async def open_database(
-    url: str, *, min_size: int = 2, max_size: int = 10
+    url: str, *, min_size: int = 2, max_size: int = 10, role: Role | None = None
 ) -> AsyncIterator[Database]:
-    """Connect for the lifetime of the block.
+    """Connect for the lifetime of the block, acting as `role` when given.
 
     Raises:
         DbUnavailable: the server cannot be reached.
+        RoleUnavailable: the login may not act as `role`.
     """
-    async with open_connector(url, min_size=min_size, max_size=max_size) as connector:
+    async with open_connector(url, min_size=min_size, max_size=max_size, role=role) as connector:
         yield Database(connector)

@@ -2,6 +2,9 @@
 
     DbError
      ├── DbUnavailable          the server cannot be reached or went away
+     ├── RoleUnavailable        the login may not act as its least-privilege role
+     ├── SchemaNotCurrent       the schema is behind and this login may not migrate
+     ├── PermissionDenied       the role may not do that (42501): least privilege held
      ├── UnknownUser            no account with that user id (SQLSTATE OR001)
      ├── UnknownJob             no job with that id (OR002)
      ├── IdempotencyConflict    a key reused for a different request (OR003)
@@ -28,6 +31,18 @@ class DbUnavailable(DbError):
     pass
 
 
+class RoleUnavailable(DbError):
+    """The login may not act as the role it should drop to: not a member, or not migrated."""
+
+
+class SchemaNotCurrent(DbError):
+    """The schema is behind the code and this login may not migrate it."""
+
+
+class PermissionDenied(DbError):
+    """The connection's role lacks the privilege; for the daemon's role, a bug to report."""
+
+
 class UnknownUser(DbError):
     pass
 
@@ -49,6 +64,7 @@ class IntegrityViolation(DbError):
 
 
 _BY_SQLSTATE: Final[dict[str, type[DbError]]] = {
+    "42501": PermissionDenied,
     "OR001": UnknownUser,
     "OR002": UnknownJob,
     "OR003": IdempotencyConflict,

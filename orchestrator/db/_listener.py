@@ -16,7 +16,7 @@ import asyncpg
 import trio
 
 from ._connector import Connector
-from ._errors import DbUnavailable, map_error
+from ._errors import DbError, DbUnavailable, map_error
 from ._queries import queries
 
 _CLOSE_TIMEOUT_S: Final = 2.0
@@ -66,7 +66,9 @@ async def listen(
         DbUnavailable: the connection could not be made.
     """
     try:
-        conn = await connector.call(asyncpg.connect(connector.url))
+        conn = await connector.connect()
+    except DbError:
+        raise
     except Exception as exc:
         raise (map_error(exc) or DbUnavailable(str(exc))) from exc
     listener = Listener(connector, conn, buffer)

@@ -33,19 +33,8 @@ RETURNING user_id;
 SELECT EXISTS (SELECT 1 FROM orchestrator.plans WHERE name = $1);
 
 -- name: adjust_balance
--- A manual correction: the only way an operator changes a balance, and it is
--- a ledger row like any other; a negative result is refused by the CHECK.
-WITH entry AS (
-    INSERT INTO orchestrator.ledger (user_id, kind, amount, ref, note)
-    SELECT user_id, 'adjust', $2, $3, $4 FROM orchestrator.accounts WHERE user_id = $1
-    ON CONFLICT (ref) DO NOTHING
-    RETURNING user_id, amount
-)
-UPDATE orchestrator.accounts a
-   SET balance = a.balance + entry.amount, updated_at = now()
-  FROM entry
- WHERE a.user_id = entry.user_id
-RETURNING a.balance;
+-- A manual correction: the only way an operator changes a balance, as a ledger row.
+SELECT orchestrator.adjust_balance_v1($1, $2, $3, $4);
 
 -- name: debit_account
 -- Take the cost only if the balance covers it, with its ledger row, in one
@@ -63,32 +52,8 @@ WITH debited AS (
 SELECT balance FROM debited, entry;
 
 -- name: refund_job
--- An operator's refund of a finished job's credits (all, or $2 of them),
--- once: a second refund finds the unique index and inserts nothing. Jobs in
--- flight are refused, since their refund belongs to finish_job_v1 and a
--- partial one taken early would leave their failure short. Returns the amount
--- and the new balance, or no row when there was nothing to refund.
-WITH debit AS (
-    SELECT l.user_id, -l.amount AS debited
-      FROM orchestrator.ledger l
-      JOIN orchestrator.jobs j ON j.id = l.job_id
-     WHERE l.job_id = $1::uuid AND l.kind = 'debit'
-       AND j.status IN ('succeeded', 'failed', 'timed_out', 'canceled')
-       AND NOT EXISTS (SELECT 1 FROM orchestrator.ledger r
-                        WHERE r.job_id = $1::uuid AND r.kind = 'refund')
-), entry AS (
-    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
-    SELECT user_id, $1::uuid, 'refund', coalesce($2::bigint, debited), 'refund:' || $1::uuid::text
-      FROM debit
-     WHERE coalesce($2::bigint, debited) > 0
-    ON CONFLICT DO NOTHING
-    RETURNING user_id, amount
-)
-UPDATE orchestrator.accounts a
-   SET balance = a.balance + entry.amount, updated_at = now()
-  FROM entry
- WHERE a.user_id = entry.user_id
-RETURNING entry.amount, a.balance;
+-- An operator's refund of a finished job, once; no row when nothing was refunded.
+SELECT amount, balance FROM orchestrator.refund_job_v1($1, $2);
 
 -- name: admission_context
 -- Everything admission decides on, in one read: the job, its account and plan,
@@ -197,9 +162,9 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
  ORDER BY deadline_at
  LIMIT $2;
 
--- name: drop_to_daemon_role
--- Every pooled connection of the daemon runs as its least-privilege role.
-SET ROLE orchestrator_daemon;
+-- name: set_role
+-- SET ROLE with the role as a parameter: the session acts as $1 from now on.
+SELECT pg_catalog.set_config('role', $1, false);
 
 -- name: ping
 -- Readiness: the database answers.
