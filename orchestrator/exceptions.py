@@ -1,4 +1,4 @@
-"""Seeing through exception groups that are an implementation detail.
+"""Exceptions as the daemon sees them: expected faults apart from bugs, groups seen through.
 
 Trio wraps whatever a nursery's body raised in an ExceptionGroup. Where a
 nursery is ours and not the caller's business (trio-asyncio's loop, the
@@ -6,6 +6,22 @@ daemon's root), the caller should get the one real error it can act on.
 """
 
 from __future__ import annotations
+
+import trio
+
+
+class ExpectedFault(Exception):
+    """A failure the daemon is built to ride out, logged as one warning line.
+
+    A provider 5xx, a dropped connection, a Postgres restart; a traceback means a bug.
+    """
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Whether `exc` (every leaf of it, for a group) is a fault we expect, not a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_expected(leaf) for leaf in exc.exceptions)
+    return isinstance(exc, ExpectedFault | OSError | trio.TooSlowError)
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:

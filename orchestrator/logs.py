@@ -16,6 +16,9 @@ from typing import Any, Final, TextIO
 
 import structlog
 
+from orchestrator.exceptions import is_expected
+from orchestrator.text import clean_text
+
 _SECRET_KEYS: Final = frozenset(
     {"prompt", "token", "authorization", "signature", "secret", "password", "api_key"}
 )
@@ -27,6 +30,36 @@ def redact_secrets(
     for key in _SECRET_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
     return event_dict
+
+
+def expected_faults_on_one_line(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Turn a caught expected fault into one warning line; leave a bug's traceback.
+
+    Call sites log every caught failure with ``exc_info``; this processor alone
+    decides what deserves a traceback, so a Postgres restart costs one line per
+    failure instead of thousands of tracebacks, and a real bug still shows its stack.
+    """
+    exc = _exception(event_dict.get("exc_info"))
+    if exc is None or not is_expected(exc):
+        return event_dict
+    del event_dict["exc_info"]
+    event_dict.setdefault("error", f"{type(exc).__name__}: {clean_text(str(exc), 300)}")
+    if event_dict.get("level") in {"error", "critical", "exception"}:
+        event_dict["level"] = "warning"
+    return event_dict
+
+
+def _exception(exc_info: object) -> BaseException | None:
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if exc_info is True:
+        return sys.exc_info()[1]
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:  # noqa: PLR2004
+        value = exc_info[1]
+        return value if isinstance(value, BaseException) else None
+    return None
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -45,6 +78,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             redact_secrets,
+            expected_faults_on_one_line,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,

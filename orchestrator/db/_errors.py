@@ -22,13 +22,15 @@ from typing import Final
 
 import asyncpg
 
+from orchestrator.exceptions import ExpectedFault
+
 
 class DbError(Exception):
     """Something the database refused or could not do."""
 
 
-class DbUnavailable(DbError):
-    pass
+class DbUnavailable(DbError, ExpectedFault):
+    """The server went away or refused service for now; retrying later works."""
 
 
 class RoleUnavailable(DbError):

@@ -21,11 +21,12 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+from orchestrator.exceptions import ExpectedFault
 from orchestrator.text import clean_text
 
 
-class ProviderError(Exception):
-    """Base of every failure a provider adapter raises."""
+class ProviderError(ExpectedFault):
+    """Base of every failure a provider adapter raises; providers fail, that is expected."""
 
     def __init__(self, summary: str) -> None:
         super().__init__(summary)

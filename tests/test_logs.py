@@ -1,0 +1,65 @@
+"""Expected faults cost one warning line; bugs keep their traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+import trio
+
+from orchestrator import logs
+from orchestrator.db import DbUnavailable, IntegrityViolation
+from orchestrator.providers import ProviderUnavailable
+
+
+def _lines_logged_for(exc: BaseException) -> list[dict[str, object]]:
+    stream = io.StringIO()
+    logs.configure("info", "json", stream)
+    log = structlog.get_logger("test")
+
+    def fail() -> None:
+        raise exc
+
+    try:
+        fail()
+    except BaseException:
+        log.exception("job.settle_failed", job="j1")
+    structlog.reset_defaults()
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_postgres_restart_logs_one_warning_line_without_a_traceback():
+    (line,) = _lines_logged_for(DbUnavailable("database unavailable: ConnectionResetError"))
+    assert line["level"] == "warning"
+    assert line["error"] == "DbUnavailable: database unavailable: ConnectionResetError"
+    assert "exception" not in line
+    assert line["job"] == "j1"
+
+
+def test_provider_faults_timeouts_and_dropped_sockets_are_one_line_each():
+    faults = [
+        ProviderUnavailable("HTTP 503"),
+        trio.TooSlowError(),
+        ConnectionResetError("reset by peer"),
+        ExceptionGroup("both", [ProviderUnavailable("HTTP 502"), OSError("gone")]),
+    ]
+    for fault in faults:
+        (line,) = _lines_logged_for(fault)
+        assert line["level"] == "warning", fault
+        assert "exception" not in line, fault
+        assert str(line["error"]).startswith(type(fault).__name__)
+
+
+def test_a_bug_keeps_its_traceback_and_its_error_level():
+    for bug in [KeyError("seat"), IntegrityViolation("refund exceeds debit")]:
+        (line,) = _lines_logged_for(bug)
+        assert line["level"] == "error"
+        assert "Traceback" in str(line["exception"])
+    (line,) = _lines_logged_for(ExceptionGroup("mixed", [OSError("gone"), KeyError("seat")]))
+    assert "Traceback" in str(line["exception"])
+
+
+def test_a_line_without_an_exception_passes_through_unchanged():
+    event = {"event": "job.admitted", "level": "info", "exc_info": False}
+    assert logs.expected_faults_on_one_line(None, "info", dict(event)) == event
