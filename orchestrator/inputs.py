@@ -13,6 +13,7 @@ The database enforces the same outer limits at INSERT (schema.sql,
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import Final
@@ -53,6 +54,7 @@ DEFAULT_ALLOWED: Final[Mapping[tuple[str, str], frozenset[str]]] = {
 }
 
 _SHOWN_KEY_CHARS: Final = 40
+_INT64: Final = 2**63
 
 
 def default_allowed(provider: str, model: str) -> frozenset[str]:
@@ -87,14 +89,27 @@ def _problems(params: Mapping[str, object], allowed: frozenset[str]) -> Iterator
             yield f"params key {_shown(key)} is not an input of this model ({_listing(allowed)})"
     for key in keys:
         if not _scalar(params[key]):
-            yield f"params key {_shown(key)} must be a string, number, boolean or null"
+            yield (
+                f"params key {_shown(key)} must be a string, a number within 64 bits, "
+                "a boolean or null"
+            )
     size = len(json.dumps(params, ensure_ascii=False).encode())
     if size > MAX_PARAMS_BYTES:
         yield f"params are {size} bytes as JSON; at most {MAX_PARAMS_BYTES} are allowed"
 
 
 def _scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
+    """JSON scalars that every provider can take: finite, and integers within 64 bits.
+
+    jsonb keeps ``1e400`` exactly and hands it over as a 401-digit integer.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return -_INT64 <= value < _INT64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return False
 
 
 def _shown(key: str) -> str:

@@ -67,14 +67,16 @@ def test_reserved_keys_are_named():
     assert params_problem({"prompt": "other"}, FLUX | {"prompt"}) is not None
 
 
-@pytest.mark.parametrize("value", [[1], {"a": 1}, [], {}])
+@pytest.mark.parametrize(
+    "value", [[1], {"a": 1}, [], {}, float("inf"), float("-inf"), 2**63, -(2**63) - 1, 10**400]
+)
 def test_allowed_keys_take_scalars_only(value: object):
     problem = params_problem({"seed": value}, FLUX)
     assert problem is not None
-    assert "must be a string, number, boolean or null" in problem
+    assert "must be a string, a number within 64 bits, a boolean or null" in problem
 
 
-@pytest.mark.parametrize("value", ["x", 7, 2.5, True, None, 10**30])
+@pytest.mark.parametrize("value", ["x", 7, 2.5, True, None, 2**63 - 1, -(2**63), 1e300])
 def test_scalars_of_allowed_keys_pass(value: object):
     assert params_problem({"seed": value}, FLUX) is None
 
@@ -156,6 +158,12 @@ def test_params_pass_exactly_when_every_key_is_declared_and_scalar(params: dict[
     should_pass = (
         all(key in FLUX for key in params)
         and all(not isinstance(value, list | dict) for value in params.values())
+        and all(abs(value) != float("inf") for value in params.values() if isinstance(value, float))
+        and all(
+            -(2**63) <= value < 2**63
+            for value in params.values()
+            if isinstance(value, int) and not isinstance(value, bool)
+        )
         and len(json.dumps(params, ensure_ascii=False).encode()) <= MAX_PARAMS_BYTES
     )
     assert (problem is None) == should_pass
