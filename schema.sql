@@ -114,8 +114,10 @@ CREATE TABLE IF NOT EXISTS orchestrator.accounts (
 );
 
 -- Submissions are accepted as they come (a plain INSERT is a supported way to
--- submit); the daemon validates them and rejects bad ones with VALIDATION_ERROR,
--- so the table deliberately has no CHECK on prompt or num_outputs.
+-- submit) within the outer limits that `check_submission_v1` enforces at INSERT;
+-- the daemon validates the rest and rejects bad ones with VALIDATION_ERROR. The
+-- limits are a trigger, not CHECK constraints: a CHECK is re-tested on every
+-- UPDATE, so a row that predates it could never be rejected or finished.
 CREATE TABLE IF NOT EXISTS orchestrator.jobs (
     id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     user_id             text NOT NULL,
@@ -356,6 +358,41 @@ UPDATE orchestrator.accounts a
 RETURNING entry.amount, a.balance;
 $$;
 
+-- The outer limits of a submission, for plain INSERT (trigger below) and
+-- submit_job alike: SQLSTATE OR004, the limit's name as the constraint. The
+-- daemon checks the same limits (orchestrator/inputs.py) for older rows.
+--   prompt   1 to 4000 characters
+--   user_id  1 to 128 characters of A-Z a-z 0-9 . _ @ : + -
+--   params   at most 16 KiB as jsonb text, nested at most 32 levels
+CREATE OR REPLACE FUNCTION orchestrator.check_submission_v1(
+    p_user_id text, p_prompt text, p_params jsonb
+) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_bytes integer;
+BEGIN
+    IF p_user_id IS NULL OR p_user_id !~ '^[A-Za-z0-9._@:+-]{1,128}$' THEN
+        RAISE EXCEPTION 'user_id must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : + -'
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_user_id_format';
+    END IF;
+    IF p_prompt IS NULL OR pg_catalog.length(p_prompt) NOT BETWEEN 1 AND 4000 THEN
+        RAISE EXCEPTION 'the prompt has % characters; 1 to 4000 are allowed',
+            coalesce(pg_catalog.length(p_prompt), 0)
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_prompt_length';
+    END IF;
+    v_bytes := pg_catalog.octet_length(p_params::text);
+    IF v_bytes > 16384 THEN
+        RAISE EXCEPTION 'params are % bytes as JSON; at most 16384 are allowed', v_bytes
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_params_size';
+    END IF;
+    IF pg_catalog.jsonb_path_exists(p_params, 'strict $.**{32 to last}') THEN
+        RAISE EXCEPTION 'params are nested more than 32 levels deep'
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_params_depth';
+    END IF;
+END
+$$;
+
 -- Submit a job. The same (user, idempotency key) returns the first job's id
 -- and inserts nothing; reusing a key for a different request is an error
 -- rather than a silent answer about another job.
@@ -376,6 +413,7 @@ BEGIN
         RAISE EXCEPTION 'user, prompt and num_outputs are required'
             USING ERRCODE = 'OR004';
     END IF;
+    PERFORM orchestrator.check_submission_v1(p_user_id, p_prompt, coalesce(p_params, '{}'));
     IF length(p_idempotency_key) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'an idempotency key must have 1 to 200 characters'
             USING ERRCODE = 'OR004';
@@ -880,6 +918,14 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION orchestrator.check_job_inserted() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM orchestrator.check_submission_v1(NEW.user_id, NEW.prompt, NEW.params);
+    RETURN NEW;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION orchestrator.refuse_job_change() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -904,6 +950,11 @@ $$;
 CREATE OR REPLACE TRIGGER jobs_notify_inserted
     AFTER INSERT ON orchestrator.jobs
     FOR EACH ROW EXECUTE FUNCTION orchestrator.notify_job_inserted();
+
+-- Only on INSERT: rows that predate the limits still update (the daemon rejects them).
+CREATE OR REPLACE TRIGGER jobs_check_submission
+    BEFORE INSERT ON orchestrator.jobs
+    FOR EACH ROW EXECUTE FUNCTION orchestrator.check_job_inserted();
 
 -- The WHEN clause is evaluated without entering PL/pgSQL, so ordinary status
 -- updates pay nothing for this guard.
@@ -945,7 +996,8 @@ GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key)
     ON orchestrator.jobs TO submitter;
 GRANT EXECUTE ON FUNCTION
     orchestrator.submit_job(text, text, jsonb, integer, text),
-    orchestrator.request_cancel(uuid)
+    orchestrator.request_cancel(uuid),
+    orchestrator.check_submission_v1(text, text, jsonb)
     TO submitter;
 
 -- The daemon reads everything it decides on, records webhook deliveries, and

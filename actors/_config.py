@@ -24,4 +24,5 @@ class ActorConfig:
     mailbox_size: int = 256
     provider_name: str = "replicate"
     output_concurrency: int = 5
+    allowed_params: frozenset[str] = frozenset()
     webhook_url: Callable[[uuid.UUID, int], str | None] = _no_webhook

@@ -147,7 +147,9 @@ class UserActor:
         job = context.job
         lag_s = (context.now - job.created_at).total_seconds() if job.created_at else None
         with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-            decision = decide_admission(job, context.usage, context.now)
+            decision = decide_admission(
+                job, context.usage, context.now, allowed_params=self._config.allowed_params
+            )
             match decision:
                 case Reject(code=code, message=message):
                     await self._reject(job_id, code, message, lag_s)

@@ -112,6 +112,7 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
         mailbox_size=settings.mailbox_size,
         provider_name=settings.provider,
         output_concurrency=settings.output_concurrency,
+        allowed_params=settings.allowed_params,
         webhook_url=functools.partial(_webhook_url, webhooks_at),
     )
 

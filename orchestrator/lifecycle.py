@@ -14,10 +14,10 @@ from uuid import UUID
 
 import attrs
 
+from orchestrator.inputs import params_problem, user_id_problem
+
 MAX_PROMPT_CHARS: Final = 4000
 MAX_OUTPUTS: Final = 30
-MAX_PARAMS_BYTES: Final = 8192
-RESERVED_PARAMS: Final = frozenset({"prompt", "num_outputs"})
 
 
 class JobStatus(enum.StrEnum):
@@ -201,13 +201,18 @@ class Reject:
     message: str
 
 
-def validate(job: Job) -> Reject | None:
-    """Refuse submissions no provider should see; the message says what to fix."""
-    problem = next(_validation_problems(job), None)
+def validate(job: Job, allowed_params: frozenset[str] = frozenset()) -> Reject | None:
+    """Refuse submissions no provider should see; the message says what to fix.
+
+    `allowed_params` are the model inputs a job may set; by default none.
+    """
+    problem = next(_validation_problems(job, allowed_params), None)
     return None if problem is None else Reject(ErrorCode.VALIDATION_ERROR, problem)
 
 
-def _validation_problems(job: Job) -> Iterator[str]:
+def _validation_problems(job: Job, allowed_params: frozenset[str]) -> Iterator[str]:
+    if (user_problem := user_id_problem(job.user_id)) is not None:
+        yield user_problem
     if not job.prompt.strip():
         yield "the prompt is empty"
     if len(job.prompt) > MAX_PROMPT_CHARS:
@@ -216,19 +221,19 @@ def _validation_problems(job: Job) -> Iterator[str]:
         yield f"num_outputs must be between 1 and {MAX_OUTPUTS}, got {job.num_outputs}"
     if job.params_error is not None:
         yield job.params_error
-    if reserved := sorted(RESERVED_PARAMS.intersection(job.params)):
-        yield f"params must not set {', '.join(reserved)}: they come from the job itself"
-    if len(repr(dict(job.params))) > MAX_PARAMS_BYTES:
-        yield f"params are larger than {MAX_PARAMS_BYTES} bytes"
+    elif (params_rule := params_problem(job.params, allowed_params)) is not None:
+        yield params_rule
 
 
-def decide_admission(job: Job, usage: Usage, now: datetime) -> Admit | Reject:
+def decide_admission(
+    job: Job, usage: Usage, now: datetime, *, allowed_params: frozenset[str] = frozenset()
+) -> Admit | Reject:
     """Admit or refuse a queued job, checking in the documented order.
 
     The order matters: a duplicate is reported as a duplicate even when the
     user is also out of credits, because that is what they need to hear.
     """
-    if (invalid := validate(job)) is not None:
+    if (invalid := validate(job, allowed_params)) is not None:
         return invalid
     if usage.plan is None or usage.balance is None:
         return Reject(ErrorCode.VALIDATION_ERROR, f"unknown user {job.user_id!r}")

@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import attrs
 
+from orchestrator.inputs import COST_MULTIPLIERS, RESERVED_PARAMS, default_allowed
+
 DEFAULT_HOME: Final = Path("~/.local/share/orchestrator")
 
 
@@ -35,6 +37,18 @@ def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> Non
         raise SettingsError(f"{attribute.name} must be a TCP port (0-65535), got {value}")
 
 
+def _input_names(
+    _instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None
+) -> None:
+    if value is None:
+        return
+    if refused := sorted(set(value) & (RESERVED_PARAMS | COST_MULTIPLIERS)):
+        raise SettingsError(
+            f"{attribute.name} may not allow {', '.join(refused)}: the job's num_outputs "
+            "and price decide how many images are made"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything the daemon and the CLI can be told; the README's table mirrors it."""
@@ -50,6 +64,8 @@ class Settings:
     kie_api_base: str = "https://api.kie.ai"
     kie_api_token: str | None = attrs.field(default=None, repr=False)
     kie_model: str = "google/nano-banana"
+    # None: the documented inputs of the configured model (orchestrator.inputs).
+    params_allowed: tuple[str, ...] | None = attrs.field(default=None, validator=_input_names)
     output_concurrency: int = attrs.field(default=5, validator=_positive)
     storage_root: Path | None = None
     download_hosts: tuple[str, ...] = ()
@@ -83,6 +99,17 @@ class Settings:
         default="auto", validator=attrs.validators.in_(("auto", "json", "console"))
     )
 
+    @property
+    def model(self) -> str:
+        return self.kie_model if self.provider == "kie" else self.replicate_model
+
+    @property
+    def allowed_params(self) -> frozenset[str]:
+        """The params keys a job may pass to the configured model."""
+        if self.params_allowed is not None:
+            return frozenset(self.params_allowed)
+        return default_allowed(self.provider, self.model)
+
 
 def _boolean(raw: str) -> bool:
     value = raw.strip().lower()
@@ -97,6 +124,13 @@ def _hosts(raw: str) -> tuple[str, ...]:
     return tuple(host.strip() for host in raw.split(",") if host.strip())
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """A comma list of input names; `none` allows no params at all."""
+    if raw.strip().lower() == "none":
+        return ()
+    return _hosts(raw)
+
+
 # environment variable -> (field, parser)
 _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "DATABASE_URL": ("database_url", str),
@@ -108,6 +142,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "KIE_API_BASE": ("kie_api_base", str),
     "KIE_API_TOKEN": ("kie_api_token", str),
     "ORCHESTRATOR_KIE_MODEL": ("kie_model", str),
+    "ORCHESTRATOR_PARAMS_ALLOWED": ("params_allowed", _names),
     "ORCHESTRATOR_OUTPUT_CONCURRENCY": ("output_concurrency", int),
     "ORCHESTRATOR_STORAGE_ROOT": ("storage_root", Path),
     "ORCHESTRATOR_DOWNLOAD_HOSTS": ("download_hosts", _hosts),

@@ -23,7 +23,13 @@ from orchestrator.providers import (
     ProviderRateLimited,
 )
 
-CONFIG = ActorConfig(deadline_s=120.0, poll_initial_s=0.5, poll_multiplier=1.6, poll_max_s=5.0)
+CONFIG = ActorConfig(
+    deadline_s=120.0,
+    poll_initial_s=0.5,
+    poll_multiplier=1.6,
+    poll_max_s=5.0,
+    allowed_params=frozenset({"simulate", "seed"}),
+)
 
 
 @attrs.define

@@ -8,7 +8,9 @@ from __future__ import annotations
 import collections
 import uuid
 
+import asyncpg
 import httpx
+import pytest
 import trio
 
 from orchestrator.db import Database
@@ -198,9 +200,16 @@ async def test_malformed_rows_and_notifications_do_not_stop_the_daemon(
     await db.grant("hal", 5, plan="pro")
     await pg.execute(db_url, "SELECT pg_notify('orchestrator_jobs', 'not-a-uuid')")
     await pg.execute(db_url, f"SELECT pg_notify('orchestrator_jobs', '{uuid.uuid4()}')")
+    for refused in ("", "x" * 5000):
+        with pytest.raises(asyncpg.PostgresError, match="the prompt has") as caught:
+            await pg.execute(
+                db_url,
+                "INSERT INTO orchestrator.jobs (user_id, prompt) VALUES ('hal', $1)",
+                refused,
+            )
+        assert caught.value.sqlstate == "OR004"
     bad = [
-        ("hal", "", "{}", 1),
-        ("hal", "x" * 5000, "{}", 1),
+        ("hal", "   ", "{}", 1),
         ("hal", "too many", "{}", 99),
         ("hal", "zero", "{}", 0),
         ("hal", "array params", "[1, 2]", 1),

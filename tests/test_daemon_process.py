@@ -63,7 +63,7 @@ async def test_sigkill_mid_run_then_restart_settles_every_job_exactly_once(
         await db.grant(user, 20, plan="pro")
     kinds = [{}, {}, {}, {"simulate": "hang"}, {"simulate": "fail"}]
     ids = [
-        await db.submit_job(users[n % 5], f"job {n}", params={**kinds[n % 5], "n": n})
+        await db.submit_job(users[n % 5], f"job {n}", params={**kinds[n % 5], "seed": n})
         for n in range(30)
     ]
     env = _env(db_url, provider)

@@ -133,11 +133,13 @@ def test_validation_names_what_is_wrong():
         "at most 4000": job(prompt="x" * 4001),
         "between 1 and 30": job(num_outputs=31),
         "not an array": job(params_error="params must be a JSON object, not an array"),
-        "must not set num_outputs": job(params={"num_outputs": 3}),
-        "larger than": job(params={"blob": "x" * 9000}),
+        "must not set 'num_outputs'": job(params={"num_outputs": 3}),
+        "'blob' is not an input": job(params={"blob": "x"}),
+        "at most 16384": job(params={"seed": "x" * 17_000}),
+        "user_id must be": job(user_id="a b"),
     }
     for fragment, bad in cases.items():
-        refusal = validate(bad)
+        refusal = validate(bad, frozenset({"seed"}))
         assert refusal is not None
         assert refusal.code is ErrorCode.VALIDATION_ERROR
         assert fragment in refusal.message

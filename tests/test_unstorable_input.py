@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import pytest
 
 from orchestrator.db import Database
@@ -113,16 +114,23 @@ async def _submit(db_url: str, params: str) -> uuid.UUID:
 async def test_params_python_cannot_decode_are_rejected_within_one_scan(
     nursery, db: Database, db_url: str
 ):
-    """Deep nesting and 5,000-digit integers, by INSERT and by submit_job, end VALIDATION_ERROR.
+    """5,000-digit integers, by INSERT and by submit_job, end VALIDATION_ERROR.
 
+    Nesting 5,000 deep is refused at the entrance now (jobs_params_depth); a row that
+    predates that check, inserted with the trigger disabled, still ends VALIDATION_ERROR.
     They are queued before the daemon starts, so only its startup scan can find them; the
     wait is shorter than a second scan would take to matter. A valid job still succeeds.
     """
     await db.grant("deep", 5, plan="pro")
+    for entrance in (_insert, _submit):
+        with pytest.raises(asyncpg.PostgresError, match="nested more than 32 levels"):
+            await entrance(db_url, DEEP_PARAMS)
+    await pg.script(db_url, "ALTER TABLE orchestrator.jobs DISABLE TRIGGER jobs_check_submission")
+    predating = await _insert(db_url, DEEP_PARAMS)
+    await pg.script(db_url, "ALTER TABLE orchestrator.jobs ENABLE TRIGGER jobs_check_submission")
     ids = [
-        await _insert(db_url, DEEP_PARAMS),
+        predating,
         await _insert(db_url, LONG_INTEGER_PARAMS),
-        await _submit(db_url, DEEP_PARAMS),
         await _submit(db_url, LONG_INTEGER_PARAMS),
     ]
     provider = await start_simulator(nursery)
