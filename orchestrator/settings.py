@@ -7,6 +7,8 @@ component's configuration is visible in one place and in its tests.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,6 +51,27 @@ def _input_names(
         )
 
 
+MIN_WEBHOOK_SECRET_BYTES: Final = 24
+
+
+def _webhook_secret(_instance: object, _attribute: object, value: str | None) -> None:
+    """A Standard Webhooks secret, strong enough to sign with; never echoed back."""
+    if value is None:
+        return
+    problem = (
+        "ORCHESTRATOR_WEBHOOK_SECRET must be 'whsec_' and the base64 of at least"
+        f" {MIN_WEBHOOK_SECRET_BYTES} random bytes"
+    )
+    if not value.startswith("whsec_"):
+        raise SettingsError(problem)
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise SettingsError(f"{problem}: it is not base64") from None
+    if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+        raise SettingsError(f"{problem}: it holds {len(key)}")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything the daemon and the CLI can be told; the README's table mirrors it."""
@@ -84,7 +107,7 @@ class Settings:
     grace_s: float = attrs.field(default=30.0, validator=_positive)
     audit_interval_s: float = attrs.field(default=300.0, validator=_positive)
     webhook_retention_s: float = attrs.field(default=3 * 86400.0, validator=_positive)
-    webhook_secret: str | None = attrs.field(default=None, repr=False)
+    webhook_secret: str | None = attrs.field(default=None, repr=False, validator=_webhook_secret)
     public_url: str | None = None
     accept_unsigned_webhooks: bool = False
     http_host: str = "127.0.0.1"

@@ -21,19 +21,34 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from actors import Registry, Resume
 from orchestrator.db import Database
-from orchestrator.lifecycle import MAX_OUTPUTS
+from orchestrator.lifecycle import MAX_OUTPUTS, Job
 from orchestrator.metrics import Metrics
 from orchestrator.providers import Prediction, Provider, ProviderProtocolError
 
 log = structlog.get_logger("orchestrator.webhooks")
 
 _SIGNATURE_HEADERS: Final = ("webhook-id", "webhook-timestamp", "webhook-signature")
+_INDEX_DIGITS: Final = len(str(MAX_OUTPUTS))
 
 
 @attrs.frozen
 class Reply:
     status: int
     result: str
+
+
+def output_index(raw: str | None) -> int | None:
+    """The output index a webhook URL names (0 when absent), or None when it is not one.
+
+    `str.isdigit` accepts "²" and any number of digits; only a short run of ASCII
+    digits below the largest job's output count is an index.
+    """
+    if raw is None or raw == "":
+        return 0
+    if len(raw) > _INDEX_DIGITS or not (raw.isascii() and raw.isdigit()):
+        return None
+    idx = int(raw)
+    return idx if idx < MAX_OUTPUTS else None
 
 
 class WebhookHandler:
@@ -85,22 +100,35 @@ class WebhookHandler:
         if isinstance(request, Reply):
             return request
         job_id, prediction = request
+        idx = output_index(idx_param)
+        if idx is None:
+            return Reply(400, "bad_output_index")
+        job = await self._db.job(job_id)
+        if job is None:
+            return Reply(200, "unknown_job")
+        if idx >= job.num_outputs:
+            return Reply(400, "bad_output_index")
         event_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
         if not await self._db.record_webhook_event(provider_name, event_id):
             return Reply(200, "duplicate")
-        idx = int(idx_param) if idx_param and idx_param.isdigit() else 0
-        if idx >= MAX_OUTPUTS:
-            return Reply(400, "bad_output_index")
-        return await self._wake(provider_name, job_id, prediction, idx)
+        return await self._wake(provider_name, job, prediction, idx)
 
     def _authentic(
         self, provider: Provider, headers: Mapping[str, str], job_param: str | None, body: bytes
     ) -> Reply | tuple[uuid.UUID, Prediction]:
         """Signature, job id and body checked, or the refusal to send back."""
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return Reply(400, "body_not_utf8")
         if self._verifier is not None:
             try:
-                self._verifier.verify(body, {k: headers.get(k, "") for k in _SIGNATURE_HEADERS})
-            except WebhookVerificationError:
+                self._verifier.verify(
+                    body, {k: headers.get(k, "") for k in _SIGNATURE_HEADERS}, json_parse=False
+                )
+            except (WebhookVerificationError, ValueError):
+                # The library unpacks and base64-decodes the signature before checking it:
+                # no comma, extra fields or bad base64 raise ValueError. Not ours either way.
                 return Reply(401, "bad_signature")
         try:
             job_id = uuid.UUID(job_param or "")
@@ -111,12 +139,8 @@ class WebhookHandler:
         except ProviderProtocolError:
             return Reply(400, "malformed")
 
-    async def _wake(
-        self, provider_name: str, job_id: uuid.UUID, prediction: Prediction, idx: int
-    ) -> Reply:
-        job = await self._db.job(job_id)
-        if job is None:
-            return Reply(200, "unknown_job")
+    async def _wake(self, provider_name: str, job: Job, prediction: Prediction, idx: int) -> Reply:
+        job_id = job.id
         if not job.status.in_flight:
             return Reply(200, "ignored")
         with structlog.contextvars.bound_contextvars(job_id=str(job_id), user_id=job.user_id):

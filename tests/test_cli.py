@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -10,6 +11,8 @@ import sys
 import uuid
 
 import pytest
+
+from orchestrator.settings import from_env
 
 from . import pg
 
@@ -180,3 +183,45 @@ def test_webhooks_without_a_secret_refuse_to_start_unless_unsigned_is_explicit(d
     assert result.returncode == 2
     assert "ORCHESTRATOR_WEBHOOK_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("not-a-secret", "whsec_"),
+        ("whsec_" + base64.b64encode(b"short-but-valid").decode(), "it holds 15"),
+        ("whsec_!!!not base64!!!", "not base64"),
+        ("whsec_", "it holds 0"),
+    ],
+)
+def test_a_weak_or_malformed_webhook_secret_refuses_to_start_in_one_line(
+    db_url: str, secret: str, why: str
+):
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "ORCHESTRATOR_PUBLIC_URL": "https://orchestrator.example",
+        "ORCHESTRATOR_HTTP_PORT": "0",
+        "ORCHESTRATOR_WEBHOOK_SECRET": secret,
+        "REPLICATE_API_BASE": "http://127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "ORCHESTRATOR_WEBHOOK_SECRET" in line
+    assert why in line
+    if len(secret) > len("whsec_"):
+        assert secret.removeprefix("whsec_") not in line
+
+
+def test_a_secret_of_24_random_bytes_is_accepted():
+    secret = "whsec_" + base64.b64encode(b"\x01" * 24).decode()
+    assert from_env({"ORCHESTRATOR_WEBHOOK_SECRET": secret}).webhook_secret == secret

@@ -105,10 +105,14 @@ async def test_a_hundred_concurrent_deliveries_of_one_webhook_are_processed_once
 ):
     """Retries and duplicate deliveries of one webhook id count once."""
     provider = await start_simulator(nursery)
+    await db.grant("ann", 1)
+    job_id = await db.submit_job("ann", "a lake")
+    await db.request_cancel(job_id)
     daemon = await start_webhook_daemon(nursery, db_url, provider)
+    await wait_terminal(db, [job_id])
     body = prediction_body("abcdefghijklmnopqrstuvwxyz")
     sent = headers(body, msg_id="msg_once")
-    url = f"{daemon.http_url}/webhooks/replicate?job_id={uuid.uuid4()}"
+    url = f"{daemon.http_url}/webhooks/replicate?job_id={job_id}"
     results: list[str] = []
     async with httpx.AsyncClient(
         trust_env=False, limits=httpx.Limits(max_connections=100)
@@ -122,8 +126,8 @@ async def test_a_hundred_concurrent_deliveries_of_one_webhook_are_processed_once
         async with trio.open_nursery() as deliveries:
             for _ in range(100):
                 deliveries.start_soon(deliver)
-    assert sorted(set(results)) == ["duplicate", "unknown_job"]
-    assert results.count("unknown_job") == 1
+    assert sorted(set(results)) == ["duplicate", "ignored"]
+    assert results.count("ignored") == 1
     rows = await pg.fetch(db_url, "SELECT count(*) AS n FROM orchestrator.webhook_events")
     assert rows[0]["n"] == 1
 

@@ -135,6 +135,10 @@ def mapped_errors(label: str, action: str) -> Iterator[None]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"{label} {action}: body is not JSON"
         raise ProviderProtocolError(msg) from exc
+    except RecursionError as exc:
+        # Valid JSON nested thousands deep: Python's decoder gives up, so do we.
+        msg = f"{label} {action}: body is nested too deeply"
+        raise ProviderProtocolError(msg) from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         msg = f"{label} {action}: unexpected body shape ({type(exc).__name__})"
         raise ProviderProtocolError(msg) from exc
