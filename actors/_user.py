@@ -72,6 +72,7 @@ class UserActor:
         self._provider = provider
         self._config = config
         self._running: dict[uuid.UUID, JobTask] = {}
+        self._stranger = False
         self._admission = trio.CancelScope()
         self._jobs: trio.Nursery | None = None
 
@@ -118,6 +119,11 @@ class UserActor:
                 # charged job with no task. The handling is bounded on its own.
                 with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
                     await self._handle(message)
+                # A user with no account gets no actor kept for them: a flood of
+                # strangers would otherwise hold one per id for the idle time.
+                if self._stranger and not self._running and self._registry.retire(self):
+                    log.debug("actor.retired", reason="unknown user")
+                    return
                 continue
             # Idle: retire unless a job runs or a message raced in; the check and the
             # removal are synchronous, so no delivery can land in between.
@@ -150,6 +156,7 @@ class UserActor:
             decision = decide_admission(
                 job, context.usage, context.now, allowed_params=self._config.allowed_params
             )
+            self._stranger = context.usage.balance is None
             match decision:
                 case Reject(code=code, message=message):
                     await self._reject(job_id, code, message, lag_s)

@@ -223,6 +223,7 @@ async def serve(
             registry,
             scan_interval_s=settings.scan_interval_s,
             orphan_grace_s=settings.orphan_grace_s,
+            per_user=settings.mailbox_size,
             metrics=metrics,
         )
         sweeper = Sweeper(

@@ -51,9 +51,12 @@ class Intake:
         *,
         scan_interval_s: float,
         orphan_grace_s: float = 60.0,
+        per_user: int = 256,
         metrics: Metrics | None = None,
     ) -> None:
         self._orphan_grace_s = orphan_grace_s
+        self._per_user = per_user
+        self._unresumed: list[JobRef] = []
         self._metrics = metrics or Metrics()
         self._db = db
         self._registry = registry
@@ -129,7 +132,8 @@ class Intake:
             self._deliver(await self._db.route(job_ids))
 
     async def _scan(self) -> None:
-        found = await self._db.queued()
+        self._unresumed = [ref for ref in self._unresumed if not self._resume(ref)]
+        found = await self._db.queued(per_user=self._per_user)
         accepted = self._deliver(found)
         self.stats.scan_finds += accepted
         self._metrics.scan_finds.inc(accepted)
@@ -140,10 +144,13 @@ class Intake:
     async def _recover(self) -> None:
         """At start: every job a previous run left in flight goes back to its actor."""
         left = await self._db.in_flight()
-        for ref in left:
-            self._offer(ref.user_id, Resume(ref.id))
+        # A plan may hold more seats than a mailbox: what it refuses, each scan offers again.
+        self._unresumed = [ref for ref in left if not self._resume(ref)]
         if left:
             log.info("daemon.recovering", jobs=len(left))
+
+    def _resume(self, ref: JobRef) -> bool:
+        return self._offer(ref.user_id, Resume(ref.id))
 
     def _deliver(self, refs: Iterable[JobRef]) -> int:
         accepted = 0

@@ -219,9 +219,9 @@ class Database:
     async def route(self, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
         return await self._connector.run(_routing.route, job_ids)
 
-    async def queued(self, *, limit: int = 10_000) -> list[JobRef]:
-        """Queued jobs and in-flight jobs with a cancel request, oldest first."""
-        return await self._connector.run(_routing.queued, limit)
+    async def queued(self, *, limit: int = 10_000, per_user: int = 256) -> list[JobRef]:
+        """Queued jobs and in-flight jobs with a cancel request, round robin over users."""
+        return await self._connector.run(_routing.queued, limit, per_user)
 
     async def in_flight(self) -> list[JobRef]:
         return await self._connector.run(_routing.in_flight)

@@ -28,8 +28,8 @@ async def route(pool: Pool, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
     return [_ref(row) for row in await pool.fetch(queries()["route_jobs"], list(job_ids))]
 
 
-async def queued(pool: Pool, limit: int) -> list[JobRef]:
-    return [_ref(row) for row in await pool.fetch(queries()["queued_jobs"], limit)]
+async def queued(pool: Pool, limit: int, per_user: int) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["queued_jobs"], limit, per_user)]
 
 
 async def in_flight(pool: Pool) -> list[JobRef]:

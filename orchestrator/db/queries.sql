@@ -111,12 +111,19 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
 
 -- name: queued_jobs
 -- Catch-up scan: queued jobs (their notification may have been lost), and
--- in-flight jobs whose cancellation was requested, oldest first.
-SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
-  FROM orchestrator.jobs
- WHERE status = 'queued'
-    OR (status IN ('starting', 'processing') AND cancel_requested_at IS NOT NULL)
- ORDER BY created_at, id
+-- in-flight jobs whose cancellation was requested. Fair across users: each
+-- user's oldest first, then everyone's second, and so on, at most $2 per user,
+-- so one user's backlog of thousands hides nobody else's job.
+SELECT id, user_id, status, cancel_requested
+  FROM (SELECT id, user_id, status, created_at,
+               cancel_requested_at IS NOT NULL AS cancel_requested,
+               row_number() OVER (PARTITION BY user_id ORDER BY created_at, id) AS turn
+          FROM orchestrator.jobs
+         WHERE status = 'queued'
+            OR (status IN ('starting', 'processing') AND cancel_requested_at IS NOT NULL)
+       ) pending
+ WHERE turn <= $2
+ ORDER BY turn, created_at, id
  LIMIT $1;
 
 -- name: in_flight_jobs
