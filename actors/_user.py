@@ -148,6 +148,8 @@ class UserActor:
 
     async def _admit(self, job_id: uuid.UUID) -> None:
         context = await self._store.admission_context(job_id)
+        if context is not None:
+            self._stranger = context.usage.balance is None
         if context is None or context.job.status is not JobStatus.QUEUED:
             return
         job = context.job
@@ -156,7 +158,6 @@ class UserActor:
             decision = decide_admission(
                 job, context.usage, context.now, allowed_params=self._config.allowed_params
             )
-            self._stranger = context.usage.balance is None
             match decision:
                 case Reject(code=code, message=message):
                     await self._reject(job_id, code, message, lag_s)

@@ -29,6 +29,7 @@ log = structlog.get_logger("orchestrator.webhooks")
 
 _SIGNATURE_HEADERS: Final = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _INDEX_DIGITS: Final = len(str(MAX_OUTPUTS))
+_MAX_EVENT_ID: Final = 256
 
 
 @attrs.frozen
@@ -49,6 +50,15 @@ def output_index(raw: str | None) -> int | None:
         return None
     idx = int(raw)
     return idx if idx < MAX_OUTPUTS else None
+
+
+def _checked_delivery(idx_param: str | None, event_id: str) -> int | Reply:
+    """The output index, or the refusal of a delivery we will not even record."""
+    if len(event_id) > _MAX_EVENT_ID:
+        # Unsigned mode takes the id as sent; a btree key cannot hold kilobytes.
+        return Reply(400, "bad_webhook_id")
+    idx = output_index(idx_param)
+    return Reply(400, "bad_output_index") if idx is None else idx
 
 
 class WebhookHandler:
@@ -100,15 +110,15 @@ class WebhookHandler:
         if isinstance(request, Reply):
             return request
         job_id, prediction = request
-        idx = output_index(idx_param)
-        if idx is None:
-            return Reply(400, "bad_output_index")
+        event_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
+        idx = _checked_delivery(idx_param, event_id)
+        if isinstance(idx, Reply):
+            return idx
         job = await self._db.job(job_id)
         if job is None:
             return Reply(200, "unknown_job")
         if idx >= job.num_outputs:
             return Reply(400, "bad_output_index")
-        event_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
         if not await self._db.record_webhook_event(provider_name, event_id):
             return Reply(200, "duplicate")
         return await self._wake(provider_name, job, prediction, idx)

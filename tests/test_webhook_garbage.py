@@ -32,7 +32,8 @@ CORPUS = sorted((Path(__file__).parent / "corpus" / "webhooks").glob("*.json"))
 
 def _request(case: dict[str, Any], job_id: uuid.UUID) -> tuple[str, bytes, dict[str, str]]:
     body = base64.b64decode(case["body_b64"]) if "body_b64" in case else str(case["body"]).encode()
-    sent = headers(body, age_s=case.get("age_s", 0))
+    msg_id = "m" * case["msg_id_repeat"] if "msg_id_repeat" in case else None
+    sent = headers(body, age_s=case.get("age_s", 0), msg_id=msg_id)
     if "signature" in case:
         sent["webhook-signature"] = case["signature"]
     if "timestamp" in case:
@@ -51,6 +52,7 @@ def test_the_corpus_covers_every_refusal():
         "malformed",
         "no_job_id",
         "bad_output_index",
+        "bad_webhook_id",
     }
 
 
