@@ -20,7 +20,7 @@ import structlog
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from actors import Registry, Resume
-from orchestrator.db import Database
+from orchestrator.db import Database, DbUnavailable
 from orchestrator.lifecycle import MAX_OUTPUTS, Job
 from orchestrator.metrics import Metrics
 from orchestrator.providers import Prediction, Provider, ProviderProtocolError
@@ -91,7 +91,11 @@ class WebhookHandler:
         provider = self._providers.get(provider_name)
         if provider is None:
             return Reply(404, "unknown_provider")
-        reply = await self._handle(provider_name, provider, headers, job_param, body, idx_param)
+        try:
+            reply = await self._handle(provider_name, provider, headers, job_param, body, idx_param)
+        except DbUnavailable:
+            # Postgres is restarting: the provider retries a 5xx, so nothing is lost.
+            reply = Reply(503, "database_unavailable")
         self._metrics.webhooks.labels(provider=provider_name, result=reply.result).inc()
         if reply.status >= 400:  # noqa: PLR2004
             log.warning("webhook.rejected", provider=provider_name, result=reply.result)

@@ -18,8 +18,9 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.db import Database
+from orchestrator.db import Database, DbUnavailable
 from orchestrator.lifecycle import MAX_OUTPUTS
+from orchestrator.metrics import Metrics
 from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.webhooks import Reply, WebhookHandler, output_index
 
@@ -142,3 +143,28 @@ def test_an_output_index_is_a_short_ascii_number_or_refused(raw):
     if idx is not None:
         assert 0 <= idx < MAX_OUTPUTS
         assert raw in (None, "") or (raw.isascii() and int(raw) == idx)
+
+
+class _DatabaseDown:
+    async def job(self, _job_id):
+        raise DbUnavailable("database unavailable: FileNotFoundError")
+
+
+async def test_a_webhook_during_a_postgres_restart_gets_503_and_one_warning():
+    """The provider retries a 5xx; a traceback per delivery while Postgres restarts did not help."""
+    async with httpx.AsyncClient() as client:
+        provider = ReplicateProvider(client, base_url="http://127.0.0.1:9", token="t", model="m/m")
+        handler = WebhookHandler(
+            _DatabaseDown(),  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            {"replicate": provider},
+            secret=SECRET,
+            metrics=Metrics(),
+        )
+        body = json.dumps({"id": "abcdefghijklmnopqrstuvwxyz", "status": "succeeded"}).encode()
+        with structlog.testing.capture_logs() as logged:
+            reply = await handler.handle(
+                "replicate", headers(body), str(uuid.uuid4()), body, idx_param="0"
+            )
+    assert (reply.status, reply.result) == (503, "database_unavailable")
+    assert [line["log_level"] for line in logged] == ["warning"]
