@@ -63,3 +63,23 @@ def test_a_bug_keeps_its_traceback_and_its_error_level():
 def test_a_line_without_an_exception_passes_through_unchanged():
     event = {"event": "job.admitted", "level": "info", "exc_info": False}
     assert logs.expected_faults_on_one_line(None, "info", dict(event)) == event
+
+
+async def test_asyncio_transport_errors_under_the_pool_log_one_warning_line(db):
+    """A socket Postgres resets as it restarts is reported by asyncio itself, without a stack."""
+    loop = db._connector._loop
+    with structlog.testing.capture_logs() as logged:
+        loop.call_exception_handler(
+            {
+                "message": "Fatal read error on socket transport",
+                "exception": ConnectionResetError(104, "reset"),
+            }
+        )
+    assert logged == [
+        {
+            "event": "db.loop_error",
+            "log_level": "warning",
+            "message": "Fatal read error on socket transport",
+            "error": "ConnectionResetError: [Errno 104] reset",
+        }
+    ]

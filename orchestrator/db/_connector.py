@@ -17,6 +17,7 @@ from typing import Concatenate, Final, Literal, ParamSpec, TypeVar
 
 import asyncpg
 import attrs
+import structlog
 import trio
 import trio_asyncio
 
@@ -24,6 +25,8 @@ from orchestrator.exceptions import sole_exception
 
 from ._errors import DbError, DbUnavailable, RoleUnavailable, map_error
 from ._queries import queries
+
+log = structlog.get_logger("orchestrator.db")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -112,6 +115,18 @@ def decode_jsonb(text: str) -> object:
         return UndecodableJson("params cannot be read: a number in them has too many digits")
 
 
+def log_loop_error(_loop: object, context: dict[str, object]) -> None:
+    """Report asyncio's own errors (a socket reset as Postgres restarts) in one line.
+
+    The default handler logs a traceback for every transport Postgres drops; those
+    are expected faults, and the operation that used the transport reports its own
+    failure. A bug still surfaces there, with its traceback.
+    """
+    exc = context.get("exception")
+    error = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else None
+    log.warning("db.loop_error", message=str(context.get("message", "")), error=error)
+
+
 async def _drop_to(conn: asyncpg.Connection, role: Role | None) -> None:
     """Act as `role` for the rest of the session, whatever the login could do.
 
@@ -170,6 +185,7 @@ async def _loop_and_pool(
     url: str, min_size: int, max_size: int, role: Role | None
 ) -> AsyncIterator[Connector]:
     async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(log_loop_error)
         try:
             pool = await loop.run_aio_coroutine(
                 asyncpg.create_pool(
