@@ -62,6 +62,32 @@ def _exception(exc_info: object) -> BaseException | None:
     return None
 
 
+class _OneLineForExpectedFaults(logging.Filter):
+    """The same rule for libraries' stdlib logging (asyncpg's pool retrying a connection)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _caused_by_expected(exc):
+            record.msg = (
+                f"{record.getMessage()} ({type(exc).__name__}: {clean_text(str(exc), 300)})"
+            )
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _caused_by_expected(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if is_expected(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog (and stdlib logging beneath it) for the whole process.
 
@@ -89,3 +115,5 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OneLineForExpectedFaults())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import structlog
 import trio
@@ -83,3 +84,28 @@ async def test_asyncio_transport_errors_under_the_pool_log_one_warning_line(db):
             "error": "ConnectionResetError: [Errno 104] reset",
         }
     ]
+
+
+def _record(exc: BaseException, msg: str) -> logging.LogRecord:
+    return logging.LogRecord(
+        "asyncpg.pool", logging.WARNING, __file__, 1, msg, None, (type(exc), exc, None)
+    )
+
+
+def test_a_librarys_stdlib_warning_about_a_reset_connection_is_one_line():
+    stream = io.StringIO()
+    logs.configure("info", "json", stream)
+    handler = logging.getLogger().handlers[0]
+    structlog.reset_defaults()
+    closed = RuntimeError("connection was closed in the middle of operation")
+    closed.__cause__ = ConnectionResetError(104, "reset by peer")
+
+    handler.handle(_record(closed, "Failed to restore the pool"))
+    handler.handle(_record(KeyError("seat"), "a bug"))
+
+    first, second = stream.getvalue().split("\n", 1)
+    assert first == (
+        "WARNING:asyncpg.pool:Failed to restore the pool"
+        " (RuntimeError: connection was closed in the middle of operation)"
+    )
+    assert second == "WARNING:asyncpg.pool:a bug\nKeyError: 'seat'\n"  # formatted, not flattened
