@@ -212,6 +212,28 @@ CREATE TABLE IF NOT EXISTS orchestrator.predictions (
     UNIQUE (provider, prediction_id)
 );
 
+-- Provider money: predictions that ran for a job without delivering to it, and
+-- what reconciliation last saw of them upstream. Rows come from reconciliation
+-- (a recorded prediction of a job that ended without that output), from a job
+-- task that found a prediction whose submit it cut off ('lost'), from a
+-- resubmission that replaced a recorded id ('replaced'), and from the
+-- provider's listing ('listed'). `status` is the upstream status last seen;
+-- NULL means not looked at yet.
+CREATE TABLE IF NOT EXISTS orchestrator.upstream_predictions (
+    provider       text NOT NULL,
+    prediction_id  text NOT NULL,
+    job_id         uuid NOT NULL REFERENCES orchestrator.jobs (id),
+    idx            integer NOT NULL CHECK (idx >= 0),
+    found_by       text NOT NULL
+                   CHECK (found_by IN ('recorded', 'lost', 'replaced', 'listed')),
+    status         text CHECK (status IN ('starting', 'processing', 'succeeded',
+                                          'failed', 'canceled', 'aborted')),
+    cancel_sent_at timestamptz,
+    checked_at     timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (provider, prediction_id)
+);
+
 -- Webhook deliveries already processed: a repeat is a no-op.
 CREATE TABLE IF NOT EXISTS orchestrator.webhook_events (
     provider    text NOT NULL,
@@ -257,6 +279,13 @@ CREATE INDEX IF NOT EXISTS jobs_user_admitted_idx
     ON orchestrator.jobs (user_id, admitted_at) WHERE admitted_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_user_created_idx
     ON orchestrator.jobs (user_id, created_at);
+-- Serves reconciliation: jobs that ended recently.
+CREATE INDEX IF NOT EXISTS jobs_finished_idx
+    ON orchestrator.jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- Serves reconciliation: strays not yet seen terminal upstream.
+CREATE INDEX IF NOT EXISTS upstream_predictions_open_idx
+    ON orchestrator.upstream_predictions (created_at)
+    WHERE status IS NULL OR status IN ('starting', 'processing');
 
 -- ---------------------------------------------------------------------------
 -- Functions
@@ -851,6 +880,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_outputs integer;
+    v_replaced text;
 BEGIN
     UPDATE orchestrator.jobs
        SET status = 'processing', provider = p_provider,
@@ -865,10 +895,46 @@ BEGIN
         RAISE EXCEPTION 'output % of job % is out of range', p_idx, p_job_id
             USING ERRCODE = 'OR004';
     END IF;
+    SELECT p.prediction_id INTO v_replaced FROM orchestrator.predictions p
+     WHERE p.job_id = p_job_id AND p.idx = p_idx FOR UPDATE;
+    IF v_replaced IS DISTINCT FROM p_prediction_id AND v_replaced IS NOT NULL THEN
+        -- A resubmission: the replaced prediction may still run, so keep it in sight.
+        INSERT INTO orchestrator.upstream_predictions (provider, prediction_id, job_id, idx,
+                                                        found_by)
+        VALUES (p_provider, v_replaced, p_job_id, p_idx, 'replaced')
+        ON CONFLICT (provider, prediction_id) DO NOTHING;
+    END IF;
     INSERT INTO orchestrator.predictions (job_id, idx, provider, prediction_id)
     VALUES (p_job_id, p_idx, p_provider, p_prediction_id)
     ON CONFLICT (job_id, idx) DO UPDATE SET prediction_id = excluded.prediction_id;
     RETURN true;
+END
+$$;
+
+-- What was seen of a prediction upstream (see upstream_predictions). Returns the
+-- status seen before this call, so a caller counts a transition exactly once
+-- (an undelivered success is counted when first seen, not on every pass).
+CREATE OR REPLACE FUNCTION orchestrator.note_upstream_v1(
+    p_provider text, p_prediction_id text, p_job_id uuid, p_idx integer,
+    p_found_by text, p_status text, p_cancel_sent boolean
+) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_before text;
+BEGIN
+    SELECT u.status INTO v_before FROM orchestrator.upstream_predictions u
+     WHERE u.provider = p_provider AND u.prediction_id = p_prediction_id FOR UPDATE;
+    INSERT INTO orchestrator.upstream_predictions AS u
+        (provider, prediction_id, job_id, idx, found_by, status, cancel_sent_at, checked_at)
+    VALUES (p_provider, p_prediction_id, p_job_id, p_idx, p_found_by, p_status,
+            CASE WHEN p_cancel_sent THEN pg_catalog.clock_timestamp() END,
+            CASE WHEN p_status IS NOT NULL THEN pg_catalog.clock_timestamp() END)
+    ON CONFLICT (provider, prediction_id) DO UPDATE
+       SET status = coalesce(excluded.status, u.status),
+           checked_at = coalesce(excluded.checked_at, u.checked_at),
+           cancel_sent_at = coalesce(excluded.cancel_sent_at, u.cancel_sent_at);
+    RETURN v_before;
 END
 $$;
 
@@ -1011,6 +1077,7 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.finish_job_v2(uuid, text, text, text, jsonb),
     orchestrator.reject_job_v1(uuid, text, text),
     orchestrator.record_prediction_v1(uuid, text, text, integer),
+    orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean),
     orchestrator.take_intake_epoch_v1()
     TO orchestrator_daemon;
 
@@ -1031,7 +1098,8 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.adjust_balance_v1(text, bigint, text, text),
     orchestrator.refund_job_v1(uuid, bigint),
     orchestrator.submit_job(text, text, jsonb, integer, text),
-    orchestrator.request_cancel(uuid)
+    orchestrator.request_cancel(uuid),
+    orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean)
     TO orchestrator_operator;
 
 -- Ownership: the schema and everything in it belong to orchestrator_owner, so

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
-
 import attrs
-
-
-def _no_webhook(_job_id: uuid.UUID, _idx: int) -> str | None:
-    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -25,4 +18,5 @@ class ActorConfig:
     provider_name: str = "replicate"
     output_concurrency: int = 5
     allowed_params: frozenset[str] = frozenset()
-    webhook_url: Callable[[uuid.UUID, int], str | None] = _no_webhook
+    # Where the provider calls back; the adapter tags it with the job and output.
+    webhook_url: str | None = None

@@ -29,6 +29,7 @@ from orchestrator.lifecycle import (
     StoredOutput,
     TimedOut,
     UpstreamFailed,
+    UpstreamRef,
     poll_delays,
     settle,
 )
@@ -50,6 +51,10 @@ from ._ports import JobStore, Observer, OutputStore, OutputUnavailable
 log = structlog.get_logger("actors.job")
 
 _SETTLE_RETRY_S: Final = 0.5
+# Upstream states in which a found prediction will never deliver.
+_DEAD: Final = frozenset(
+    {PredictionStatus.FAILED, PredictionStatus.CANCELED, PredictionStatus.ABORTED}
+)
 
 
 @attrs.define
@@ -57,6 +62,8 @@ class _Progress:
     """What the job has achieved so far, by output index; survives the deadline firing."""
 
     predictions: dict[int, str]
+    # Outputs whose submit was sent but whose prediction id is not known yet.
+    submitting: set[int] = attrs.Factory(set)
     stored: dict[int, StoredOutput] = attrs.Factory(dict)
     failures: dict[int, str] = attrs.Factory(dict)
     ended: set[int] = attrs.Factory(set)
@@ -70,6 +77,9 @@ class JobTask:
 
     A job asking for N outputs runs N single-output predictions, at most
     `output_concurrency` at a time, all inside the job's one deadline.
+    A `resumed` job (left in flight by an earlier run) first looks upstream for
+    each output without a recorded prediction, since the earlier run may have
+    submitted it, and re-attaches rather than paying twice.
     """
 
     def __init__(
@@ -83,8 +93,10 @@ class JobTask:
         observer: Observer,
         queued_s: float | None = None,
         on_done: Callable[[Job], None] | None = None,
+        resumed: bool = False,
     ) -> None:
         self.job = in_flight.job
+        self._resumed = resumed
         self._remaining_s = in_flight.remaining_s
         self._progress = _Progress(dict(in_flight.predictions))
         self._store = store
@@ -125,17 +137,43 @@ class JobTask:
         except Exception:
             log.exception("job.crashed")
             ending = Abandoned("the orchestrator failed while running the job")
-        unfinished = [
-            pid
-            for idx, pid in self._progress.predictions.items()
-            if idx not in self._progress.ended
-        ]
-        if unfinished:
-            try:
-                await self._cancel_upstream(unfinished)
-            except Exception:
-                log.warning("provider.cancel_failed", exc_info=True)
+        with trio.CancelScope(shield=True):
+            await self._stop_paying()
         await self._settle(ending, time.monotonic() - started)
+
+    async def _stop_paying(self) -> None:
+        """Cancel upstream whatever still runs for nothing: unfinished and cut-off predictions.
+
+        A submit cut off by the deadline or a cancel may have created a prediction whose
+        id never came back; it is looked up by its tag, noted as provider money, and
+        cancelled. Each lookup and cancel has its own short timeout.
+        """
+        progress = self._progress
+        unfinished = [pid for idx, pid in progress.predictions.items() if idx not in progress.ended]
+        async with trio.open_nursery() as nursery:
+            for prediction_id in unfinished:
+                nursery.start_soon(self._cancel_one, prediction_id)
+            for idx in sorted(progress.submitting - progress.predictions.keys()):
+                nursery.start_soon(self._cancel_lost, idx)
+
+    async def _cancel_lost(self, idx: int) -> None:
+        with trio.move_on_after(self._config.cancel_timeout_s):
+            found = await self._find_lost_prediction(idx)
+            if found is None:
+                return
+            running = not found.status.terminal
+            log.warning("job.prediction_lost", idx=idx, prediction_id=found.id, running=running)
+            if running:
+                await self._cancel_one(found.id)
+            try:
+                await self._store.note_upstream(
+                    UpstreamRef(self._config.provider_name, found.id, self.job.id, idx, "lost"),
+                    status=found.status.value,
+                    cancel_sent=running,
+                )
+            except Exception:
+                # Reconciliation finds it again in the listing.
+                log.warning("job.upstream_not_noted", idx=idx, exc_info=True)
 
     async def _wait_for_ending(self) -> Ending:
         deadline = trio.current_time() + self._remaining_s
@@ -165,17 +203,16 @@ class JobTask:
 
     async def _one_output(self, idx: int, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
-            prediction_id = self._progress.predictions.get(idx)
-            if prediction_id is None:
+            prediction = await self._attach(idx)
+            if prediction is None:
+                self._progress.submitting.add(idx)
                 submitted = await self._submit(idx)
                 if isinstance(submitted, UpstreamFailed):
+                    self._progress.submitting.discard(idx)
                     self._progress.failures[idx] = submitted.summary
                     return
-                self._progress.predictions[idx] = submitted.id
-                await self._record(idx, submitted.id)
                 prediction = submitted
-            else:
-                prediction = Prediction(id=prediction_id, status=PredictionStatus.PROCESSING)
+                await self._adopt(idx, prediction)
             result = await self._until_terminal(prediction)
             self._progress.ended.add(idx)
             if isinstance(result, UpstreamFailed):
@@ -184,6 +221,25 @@ class JobTask:
                 self._progress.failures[idx] = "the provider finished without any output"
             else:
                 await self._keep(idx, result.output[0])
+
+    async def _attach(self, idx: int) -> Prediction | None:
+        """The prediction this output already has: recorded, or found upstream on resume."""
+        prediction_id = self._progress.predictions.get(idx)
+        if prediction_id is not None:
+            return Prediction(id=prediction_id, status=PredictionStatus.PROCESSING)
+        if not self._resumed:
+            return None
+        found = await self._find_lost_prediction(idx)
+        if found is None or found.status in _DEAD:
+            return None
+        log.info("job.prediction_found", idx=idx, prediction_id=found.id)
+        await self._adopt(idx, found)
+        return found
+
+    async def _adopt(self, idx: int, prediction: Prediction) -> None:
+        self._progress.predictions[idx] = prediction.id
+        self._progress.submitting.discard(idx)
+        await self._record(idx, prediction.id)
 
     async def _keep(self, idx: int, url: str) -> None:
         try:
@@ -204,7 +260,8 @@ class JobTask:
             prompt=job.prompt,
             params=job.params,
             num_outputs=1,
-            webhook_url=self._config.webhook_url(job.id, idx),
+            webhook_url=self._config.webhook_url,
+            output_index=idx,
         )
         delays = self._delays()
         while True:
@@ -217,16 +274,19 @@ class JobTask:
             except (ProviderUnavailable, ProviderProtocolError) as exc:
                 # The prediction may exist even though we could not read the answer.
                 log.warning("provider.error", operation="submit", error=exc.summary)
-                found = await self._find_lost_prediction() if job.num_outputs == 1 else None
+                found = await self._find_lost_prediction(idx)
                 return found or UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 return UpstreamFailed(exc.summary)
 
-    async def _find_lost_prediction(self) -> Prediction | None:
+    async def _find_lost_prediction(self, idx: int) -> Prediction | None:
+        """Look the output's prediction up by its tag; only webhook URLs carry one."""
+        if self._config.webhook_url is None:
+            return None
         try:
             with self._observed("find"):
-                return await self._provider.find_for_job(self.job.id)
+                return await self._provider.find_for_job(self.job.id, idx)
         except ProviderError as exc:
             log.warning("provider.error", operation="find", error=exc.summary)
             return None
@@ -265,29 +325,22 @@ class JobTask:
             return prediction
         return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
 
-    async def _cancel_upstream(self, prediction_ids: list[str]) -> None:
-        """Stop paying for predictions nobody will use: shielded, each with a short timeout."""
-
-        async def cancel_one(prediction_id: str) -> None:
-            with trio.move_on_after(self._config.cancel_timeout_s) as scope:
-                try:
-                    with self._observed("cancel"):
-                        await self._provider.cancel(prediction_id)
-                except ProviderError as exc:
-                    log.warning("provider.cancel_failed", error=exc.summary)
-                    return
-                except Exception:
-                    log.warning("provider.cancel_failed", exc_info=True)
-                    return
-            if scope.cancelled_caught:
-                log.warning("provider.cancel_failed", error="timed out")
-            else:
-                log.info("provider.canceled", prediction_id=prediction_id)
-
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
-                for prediction_id in prediction_ids:
-                    nursery.start_soon(cancel_one, prediction_id)
+    async def _cancel_one(self, prediction_id: str) -> None:
+        """Stop paying for a prediction nobody will use, within the cancel timeout."""
+        with trio.move_on_after(self._config.cancel_timeout_s) as scope:
+            try:
+                with self._observed("cancel"):
+                    await self._provider.cancel(prediction_id)
+            except ProviderError as exc:
+                log.warning("provider.cancel_failed", error=exc.summary)
+                return
+            except Exception:
+                log.warning("provider.cancel_failed", exc_info=True)
+                return
+        if scope.cancelled_caught:
+            log.warning("provider.cancel_failed", error="timed out")
+        else:
+            log.info("provider.canceled", prediction_id=prediction_id)
 
     async def _settle(self, ending: Ending, duration_s: float) -> None:
         """Terminal status and refund, retried until stored or out of time."""

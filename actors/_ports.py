@@ -18,6 +18,7 @@ from orchestrator.lifecycle import (
     InFlight,
     JobStatus,
     StoredOutput,
+    UpstreamRef,
 )
 
 
@@ -51,6 +52,10 @@ class JobStore(Protocol):
     ) -> Finish: ...
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...
+
+    async def note_upstream(
+        self, ref: UpstreamRef, *, status: str | None, cancel_sent: bool = False
+    ) -> str | None: ...
 
 
 class Observer(Protocol):

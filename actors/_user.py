@@ -16,7 +16,6 @@ import structlog
 import trio
 
 from orchestrator.lifecycle import (
-    Abandoned,
     Admit,
     ErrorCode,
     InFlight,
@@ -24,9 +23,8 @@ from orchestrator.lifecycle import (
     JobStatus,
     Reject,
     decide_admission,
-    settle,
 )
-from orchestrator.providers import Provider, ProviderError
+from orchestrator.providers import Provider
 
 from ._config import ActorConfig
 from ._job import JobTask
@@ -186,7 +184,9 @@ class UserActor:
             log.info("job.rejected", code=code.value)
             self._observer.job_rejected(code, lag_s)
 
-    def _start(self, in_flight: InFlight, lag_s: float | None = None) -> JobTask:
+    def _start(
+        self, in_flight: InFlight, lag_s: float | None = None, *, resumed: bool = False
+    ) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
             in_flight,
@@ -197,6 +197,7 @@ class UserActor:
             observer=self._observer,
             queued_s=lag_s,
             on_done=self._job_done,
+            resumed=resumed,
         )
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)
@@ -224,34 +225,14 @@ class UserActor:
             return
         job = in_flight.job
         with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-            if not in_flight.predictions:
-                await self._abandon_unrecorded(job)
-                return
-            log.info("job.resumed", remaining_s=round(in_flight.remaining_s, 3))
-            task = self._start(in_flight)
+            log.info(
+                "job.resumed",
+                remaining_s=round(in_flight.remaining_s, 3),
+                recorded=len(in_flight.predictions),
+            )
+            task = self._start(in_flight, resumed=True)
             if job.cancel_requested_at is not None:
                 task.cancel()
-
-    async def _abandon_unrecorded(self, job: Job) -> None:
-        """A crash between `starting` and storing the prediction id: decide, never leave it."""
-        try:
-            lost = await self._provider.find_for_job(job.id)
-            if lost is not None and not lost.status.terminal:
-                await self._provider.cancel(lost.id)
-        except ProviderError as exc:
-            log.warning("provider.error", operation="find", error=exc.summary)
-        settlement = settle(
-            job, Abandoned("the daemon stopped while submitting the job to the provider")
-        )
-        finish = await self._store.finish(
-            job.id, settlement.status, code=settlement.code, message=settlement.message
-        )
-        log.info(
-            "job.finished",
-            status=settlement.status.value,
-            code=ErrorCode.INTERNAL_ERROR.value,
-            credits_refunded=finish.refunded,
-        )
 
 
 def _admitted(job: Job, cost: int) -> Job:

@@ -21,7 +21,7 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
-from orchestrator import views
+from orchestrator import logs, views
 from orchestrator.db import (
     OPERATOR_ROLE,
     Database,
@@ -84,6 +84,26 @@ def _outputs(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of outputs") from None
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not 0 < value <= 24 * 365:
+        raise argparse.ArgumentTypeError(f"hours must be in (0, 8760], got {text}")
+    return value
 
 
 def _params(text: str) -> dict[str, object]:
@@ -223,6 +243,30 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return trio.run(_with_database, settings, body)
 
 
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.daemon import open_provider  # noqa: PLC0415
+    from orchestrator.reconcile import Reconciler  # noqa: PLC0415
+
+    logs.configure(settings.log_level, settings.log_format)  # to stderr: stdout is the report
+
+    async def body(db: Database) -> int:
+        async with open_provider(settings) as provider:
+            reconciler = Reconciler(
+                db,
+                provider,
+                provider_name=settings.provider,
+                window_s=args.window_hours * 3600.0,
+                limit=args.limit,
+                cancel_timeout_s=settings.cancel_timeout_s,
+                dry_run=args.dry_run,
+            )
+            report = await reconciler.run_once()
+        views.reconcile(report, as_json=args.json)
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "url":
         print(database_url(settings))  # noqa: T201
@@ -235,7 +279,7 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    from orchestrator import daemon, logs  # noqa: PLC0415  (only `run` pays for the daemon)
+    from orchestrator import daemon  # noqa: PLC0415  (only `run` pays for the daemon)
 
     logs.configure(settings.log_level, settings.log_format)
     url = database_url(settings)
@@ -278,7 +322,6 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_provider(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator import logs  # noqa: PLC0415
     from orchestrator.simulator import SimulatorConfig, serve_simulator  # noqa: PLC0415
 
     logs.configure(settings.log_level, settings.log_format)
@@ -356,6 +399,26 @@ def _add_ledger_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="check every ledger invariant; exit 1 on a violation")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "reconcile",
+        help="cancel predictions running upstream for ended jobs; count undelivered ones",
+    )
+    p.add_argument(
+        "--window-hours",
+        type=_positive_hours,
+        default=24.0,
+        help="ended jobs of the last N hours (default 24)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_positive_count,
+        default=1000,
+        help="ask about at most N predictions (default 1000)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only look: cancel and store nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
 
 
 def _add_job_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:

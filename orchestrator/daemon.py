@@ -14,7 +14,6 @@ import functools
 import logging
 import signal
 import urllib.parse
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
 from orchestrator.metrics import Metrics
 from orchestrator.providers import KieProvider, Provider, ReplicateProvider
+from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.storage import FilesystemStorage
 from orchestrator.sweeper import Sweeper
@@ -96,11 +96,6 @@ def webhook_base(settings: Settings) -> str | None:
     return f"{settings.public_url.rstrip('/')}/webhooks/{settings.provider}"
 
 
-def _webhook_url(base: str | None, _job_id: uuid.UUID, idx: int) -> str | None:
-    """The adapter adds the job id; the output index travels here."""
-    return None if base is None else f"{base}?idx={idx}"
-
-
 def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
     return ActorConfig(
         deadline_s=settings.job_deadline_s,
@@ -113,7 +108,7 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
         provider_name=settings.provider,
         output_concurrency=settings.output_concurrency,
         allowed_params=settings.allowed_params,
-        webhook_url=functools.partial(_webhook_url, webhooks_at),
+        webhook_url=webhooks_at,
     )
 
 
@@ -234,6 +229,15 @@ async def serve(
             cancel_timeout_s=settings.cancel_timeout_s,
             webhook_retention_s=settings.webhook_retention_s,
             metrics=metrics,
+            reconciler=Reconciler(
+                db,
+                provider,
+                provider_name=settings.provider,
+                window_s=settings.reconcile_window_s,
+                limit=settings.reconcile_limit,
+                cancel_timeout_s=settings.cancel_timeout_s,
+                metrics=metrics,
+            ),
         )
         daemon = Daemon(db, registry, intake, sweeper, metrics)
         metrics.bind_gauges(

@@ -453,3 +453,39 @@ def _delivered(
     why = f" ({failures[0]})" if failures else ""
     note = f"{len(kept)} of {job.num_outputs} outputs delivered{why}; {refund} credits refunded"
     return Settlement(JobStatus.SUCCEEDED, None, note, refund, kept)
+
+
+FoundBy = Literal["recorded", "lost", "replaced", "listed"]
+
+
+@attrs.frozen
+class UpstreamRef:
+    """A prediction of ours that may still bill upstream without delivering to its job.
+
+    `found_by` says how we know of it: recorded on a job that ended without that output,
+    found after its submit was cut off (`lost`), replaced by a resubmission, or seen in
+    the provider's listing.
+    """
+
+    provider: str
+    prediction_id: str
+    job_id: UUID
+    idx: int
+    found_by: FoundBy
+
+
+@attrs.frozen
+class ListedClaim:
+    """What the database knows about a prediction the provider listed with our tag.
+
+    `job_status` is None when no job of ours has that id (another deployment's tag);
+    `recorded` is the prediction id stored for that output, if any; `noted` says the
+    prediction is already tracked as upstream money.
+    """
+
+    prediction_id: str
+    job_id: UUID
+    idx: int
+    job_status: JobStatus | None
+    recorded: str | None
+    noted: bool

@@ -135,6 +135,24 @@ class Metrics:
             "Webhook deliveries forgotten past the providers' retry window.",
             registry=r,
         )
+        self.upstream_predictions = Counter(
+            "orchestrator_upstream_predictions",
+            "Predictions reconciliation found delivering nothing, by what it did: canceled "
+            "(still running), cancel_failed, undelivered (succeeded upstream, never "
+            "delivered), unreadable (the provider could not say).",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_running = Gauge(
+            "orchestrator_upstream_running_for_nothing",
+            "Predictions the last reconciliation pass found still running for ended jobs.",
+            registry=r,
+        )
+        self.reconcile_last_run = Gauge(
+            "orchestrator_reconcile_last_run_timestamp_seconds",
+            "When reconciliation with the provider last completed a pass.",
+            registry=r,
+        )
         self.audit_violations = Gauge(
             "orchestrator_audit_violations",
             "Violations found by the last periodic ledger audit (0 when clean).",

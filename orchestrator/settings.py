@@ -107,6 +107,8 @@ class Settings:
     grace_s: float = attrs.field(default=30.0, validator=_positive)
     audit_interval_s: float = attrs.field(default=300.0, validator=_positive)
     webhook_retention_s: float = attrs.field(default=3 * 86400.0, validator=_positive)
+    reconcile_window_s: float = attrs.field(default=86400.0, validator=_positive)
+    reconcile_limit: int = attrs.field(default=500, validator=_positive)
     webhook_secret: str | None = attrs.field(default=None, repr=False, validator=_webhook_secret)
     public_url: str | None = None
     accept_unsigned_webhooks: bool = False
@@ -183,6 +185,8 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_GRACE": ("grace_s", float),
     "ORCHESTRATOR_AUDIT_INTERVAL": ("audit_interval_s", float),
     "ORCHESTRATOR_WEBHOOK_RETENTION": ("webhook_retention_s", float),
+    "ORCHESTRATOR_RECONCILE_WINDOW": ("reconcile_window_s", float),
+    "ORCHESTRATOR_RECONCILE_LIMIT": ("reconcile_limit", int),
     "ORCHESTRATOR_WEBHOOK_SECRET": ("webhook_secret", str),
     "ORCHESTRATOR_PUBLIC_URL": ("public_url", str),
     "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS": ("accept_unsigned_webhooks", _boolean),

@@ -5,8 +5,10 @@ deadline, or queued that long, has been lost by something: it is failed as
 STUCK and refunded, or rejected as STUCK if it never left the queue, and
 every prediction it has is cancelled upstream. (Intake's orphan scan
 normally settles lost in-flight jobs long before; this is the backstop.)
-Each sweep also forgets webhook deliveries past the providers' retry window:
-Standard Webhooks senders retry for about a day, so three days by default.
+Each sweep also forgets webhook deliveries past the providers' retry window
+(Standard Webhooks senders retry for about a day, so three days by default),
+and runs one bounded reconciliation pass (`orchestrator.reconcile`) so that no
+prediction keeps billing for a job that ended.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from orchestrator.db import Database, DbError
 from orchestrator.lifecycle import ErrorCode, JobRef, JobStatus
 from orchestrator.metrics import Metrics
 from orchestrator.providers import Provider, ProviderError
+from orchestrator.reconcile import Reconciler
 
 log = structlog.get_logger("orchestrator.sweeper")
 
@@ -38,7 +41,9 @@ class Sweeper:
         cancel_timeout_s: float,
         webhook_retention_s: float = 3 * 86400.0,
         metrics: Metrics | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
+        self._reconciler = reconciler
         self._webhook_retention_s = webhook_retention_s
         self._metrics = metrics or Metrics()
         self._db = db
@@ -75,6 +80,15 @@ class Sweeper:
         self._metrics.stuck.inc(ended)
         pruned = await self._db.prune_webhook_events(older_than_s=self._webhook_retention_s)
         self._metrics.webhook_events_pruned.inc(pruned)
+        if self._reconciler is not None:
+            report = await self._reconciler.run_once()
+            if report.running or report.undelivered:
+                log.info(
+                    "reconcile.pass",
+                    canceled=report.canceled,
+                    cancel_failed=report.cancel_failed,
+                    undelivered=report.undelivered,
+                )
         return ended
 
     async def _end(self, ref: JobRef) -> None:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from orchestrator.db import AccountSummary, AuditReport
 from orchestrator.lifecycle import Job, JobStatus
+from orchestrator.reconcile import ReconcileReport
 
 _PROMPT_PREVIEW: Final = 40
 _FOLLOW_POLL_S: Final = 0.25
@@ -171,6 +172,31 @@ def audit(report: AuditReport, *, as_json: bool) -> None:
             _out.print("        " + ", ".join(f"{k}={v}" for k, v in sample.items()))
     verdict = "[green]audit clean[/]" if report.ok else "[bold red]audit FAILED[/]"
     _out.print(verdict)
+
+
+def reconcile(report: ReconcileReport, *, as_json: bool) -> None:
+    fields = {
+        "checked": report.checked,
+        "canceled": report.canceled,
+        "cancel_failed": report.cancel_failed,
+        "undelivered": report.undelivered,
+        "unreadable": report.unreadable,
+        "listed": report.listed,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(fields | {"dry_run": report.dry_run}) + "\n")
+        return
+    would = "would be " if report.dry_run else ""
+    _out.print(
+        f"reconciled {report.checked} predictions upstream ({report.listed} from the listing)"
+    )
+    _out.print(
+        f"  still running for ended jobs: {report.running} "
+        f"({would}cancelled: {report.canceled}, cancel failed: {report.cancel_failed})"
+    )
+    _out.print(f"  succeeded upstream, never delivered: {report.undelivered}")
+    if report.unreadable:
+        _out.print(f"  [yellow]the provider could not say for {report.unreadable}[/]")
 
 
 async def follow(fetch: Callable[[uuid.UUID], Awaitable[Job | None]], job_id: uuid.UUID) -> Job:

@@ -21,6 +21,7 @@ from orchestrator.providers import (
     PredictionRequest,
     PredictionStatus,
     ProviderRateLimited,
+    TaggedPrediction,
 )
 
 CONFIG = ActorConfig(
@@ -38,6 +39,8 @@ class FakeProvider:
 
     latency: float = 3.0
     submit_delay: float = 0.0
+    # The prediction exists upstream this long before its id comes back.
+    answer_delay: float = 0.0
     rate_limited_submits: int = 0
     predictions: dict[str, tuple[float, PredictionRequest]] = attrs.Factory(dict)
     gets: list[float] = attrs.Factory(list)
@@ -52,6 +55,7 @@ class FakeProvider:
         await trio.sleep(self.submit_delay)
         prediction_id = f"p{len(self.predictions)}"
         self.predictions[prediction_id] = (trio.current_time(), request)
+        await trio.sleep(self.answer_delay)
         return Prediction(prediction_id, PredictionStatus.STARTING)
 
     async def get(self, prediction_id: str) -> Prediction:
@@ -77,12 +81,15 @@ class FakeProvider:
     def parse_webhook(self, body: bytes) -> Prediction:
         raise NotImplementedError("the actor tests send no webhooks")
 
-    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
+    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:
         self.found.append(job_id)
-        for prediction_id, (_, request) in self.predictions.items():
-            if request.job_id == job_id:
-                return Prediction(prediction_id, PredictionStatus.PROCESSING)
+        for prediction_id, (_, request) in reversed(self.predictions.items()):
+            if (request.job_id, request.output_index) == (job_id, output_index):
+                return await self.get(prediction_id)
         return None
+
+    async def recent(self) -> tuple[TaggedPrediction, ...]:
+        return ()
 
 
 @attrs.define
@@ -257,22 +264,74 @@ async def test_a_rate_limited_submit_is_retried_after_retry_after(autojump_clock
     assert rig.finished_at[job_id] >= 4.0
 
 
-async def test_an_unrecorded_prediction_found_on_resume_is_cancelled_and_refunded(
+TAGGED = attrs.evolve(CONFIG, webhook_url="https://daemon.test/webhooks/replicate")
+
+
+async def test_a_prediction_submitted_before_a_crash_is_reattached_on_resume_not_paid_twice(
     autojump_clock, nursery
 ):
-    """A crash between `starting` and storing the prediction id ends INTERNAL_ERROR, refunded."""
-    rig = await make_rig(nursery)
+    """A crash between submit and storing the id: the resumed job finds its prediction by tag."""
+    rig = await make_rig(nursery, TAGGED)
     rig.store.grant("ida", 5, plan="pro")
     job_id = rig.store.submit("ida", "x")
     await rig.store.admit(job_id, deadline_s=120)
     await rig.provider.submit(PredictionRequest(job_id, "x", {}, 1))
     rig.registry.deliver("ida", Resume(job_id))
     await rig.settled(job_id)
-    job = rig.store.jobs[job_id]
-    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
     assert rig.provider.found == [job_id]
+    assert list(rig.provider.predictions) == ["p0"]
+    assert rig.store.predictions[job_id] == {0: "p0"}
+    assert rig.store.balance("ida") == 4
+
+
+async def test_a_resumed_job_submits_each_output_nobody_submitted_and_delivers_all(
+    autojump_clock, nursery
+):
+    """Outputs with a recorded prediction re-attach; the others are looked up, then submitted."""
+    rig = await make_rig(nursery, TAGGED)
+    rig.store.grant("ivo", 5, plan="pro")
+    job_id = rig.store.submit("ivo", "x", num_outputs=3)
+    await rig.store.admit(job_id, deadline_s=120)
+    first = await rig.provider.submit(PredictionRequest(job_id, "x", {}, 1, output_index=0))
+    await rig.store.mark_processing(job_id, provider="replicate", prediction_id=first.id, idx=0)
+    await rig.provider.submit(PredictionRequest(job_id, "x", {}, 1, output_index=1))
+    rig.registry.deliver("ivo", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert len(rig.provider.predictions) == 3
+    assert rig.store.predictions[job_id] == {0: "p0", 1: "p1", 2: "p2"}
+    assert rig.store.balance("ivo") == 2
+
+
+async def test_a_submit_cut_off_by_the_deadline_is_found_cancelled_and_noted_as_lost(
+    autojump_clock, nursery
+):
+    """The provider created the prediction but its id came back too late: nobody pays on."""
+    config = attrs.evolve(TAGGED, deadline_s=10.0)
+    rig = await make_rig(nursery, config, answer_delay=30.0, latency=60.0)
+    rig.store.grant("ike", 5, plan="pro")
+    job_id = rig.submit("ike")
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.TIMED_OUT
     assert rig.provider.canceled == ["p0"]
-    assert rig.store.balance("ida") == 5
+    ref, status, cancel_sent = rig.store.upstream["p0"]
+    assert (ref.job_id, ref.found_by, status, cancel_sent) == (job_id, "lost", "processing", True)
+    assert rig.store.balance("ike") == 5
+
+
+async def test_without_webhook_tags_a_resumed_job_submits_without_searching(
+    autojump_clock, nursery
+):
+    """Untagged predictions cannot be found, so the provider is not asked to search."""
+    rig = await make_rig(nursery)
+    rig.store.grant("ina", 5, plan="pro")
+    job_id = rig.store.submit("ina", "x")
+    await rig.store.admit(job_id, deadline_s=120)
+    rig.registry.deliver("ina", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert rig.provider.found == []
 
 
 async def test_a_full_mailbox_refuses_without_blocking_and_loses_nothing(autojump_clock, nursery):

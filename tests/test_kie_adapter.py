@@ -112,7 +112,11 @@ async def test_submit_posts_model_input_and_a_job_tagged_callback_with_auth():
     assert body["input"] == {"prompt": PROMPT, "aspect_ratio": "1:1"}
     callback = urllib.parse.urlsplit(body["callBackUrl"])
     assert callback.path == "/webhooks/kie"
-    assert urllib.parse.parse_qs(callback.query) == {"x": ["1"], "job_id": [str(JOB_ID)]}
+    assert urllib.parse.parse_qs(callback.query) == {
+        "x": ["1"],
+        "job_id": [str(JOB_ID)],
+        "idx": ["0"],
+    }
     assert submitted == Prediction(
         id="task_abc", status=PredictionStatus.STARTING, webhook=body["callBackUrl"]
     )

@@ -39,6 +39,8 @@ EXPECTED_ALERTS = {
     "WebhookSignatureFailures",
     "JobsStuck",
     "ProviderErrorsHigh",
+    "UpstreamPredictionsRunningForNothing",
+    "UpstreamSuccessesUndelivered",
 }
 ANNOTATIONS = ("summary", "description", "runbook_url")
 METRIC_NAME = re.compile(r"\borchestrator_[a-z0-9_]+\b")

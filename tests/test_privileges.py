@@ -63,6 +63,16 @@ _JOB_WRITES = {
     "finish a job": "SELECT * FROM orchestrator.finish_job_v2("
     "(SELECT id FROM orchestrator.jobs LIMIT 1), 'failed', 'UPSTREAM_ERROR', 'x')",
     "read the ledger as a submitter would not": "SELECT * FROM orchestrator.ledger",
+    "write upstream money directly": "INSERT INTO orchestrator.upstream_predictions"
+    " (provider, prediction_id, job_id, idx, found_by)"
+    " SELECT 'replicate', 'p', id, 0, 'listed' FROM orchestrator.jobs LIMIT 1",
+}
+
+_SUBMITTER_ONLY = {
+    "note upstream money": "SELECT orchestrator.note_upstream_v1('replicate', 'p',"
+    " (SELECT id FROM orchestrator.jobs LIMIT 1), 0, 'listed', 'succeeded', false)",
+    "record a prediction": "SELECT orchestrator.record_prediction_v1("
+    "(SELECT id FROM orchestrator.jobs LIMIT 1), 'replicate', 'p', 0)",
 }
 
 _REFUSED = [
@@ -72,7 +82,11 @@ _REFUSED = [
         for name, sql in _JOB_WRITES.items()
         if name != "read the ledger as a submitter would not"
     ),
-    *(("submitter", name, sql) for name, sql in {**_MONEY_WRITES, **_JOB_WRITES}.items()),
+    *(
+        ("submitter", name, sql)
+        for name, sql in {**_MONEY_WRITES, **_JOB_WRITES, **_SUBMITTER_ONLY}.items()
+    ),
+    (DAEMON_ROLE, "write upstream money directly", _JOB_WRITES["write upstream money directly"]),
 ]
 
 

@@ -11,7 +11,7 @@ from actors import ActorConfig, Registry
 from orchestrator.db import Database
 from orchestrator.lifecycle import ErrorCode, JobStatus
 from orchestrator.metrics import Metrics
-from orchestrator.providers import PredictionRequest, ReplicateProvider
+from orchestrator.providers import PredictionRequest, ReplicateProvider, TaggedPrediction
 from orchestrator.sweeper import Sweeper
 
 from . import pg
@@ -25,11 +25,22 @@ async def _left_in_flight(db: Database, user: str, *, deadline_s: float = 30.0, 
     return job_id
 
 
-async def _create_prediction(provider_url: str, job_id, params) -> str:
+async def _create_prediction(provider_url: str, job_id, params, webhook_url=None) -> str:
     async with httpx.AsyncClient(trust_env=False) as client:
         provider = ReplicateProvider(client, base_url=provider_url, token="t", model="sim/image")
-        prediction = await provider.submit(PredictionRequest(job_id, "left behind", params, 1))
+        request = PredictionRequest(job_id, "left behind", params, 1, webhook_url=webhook_url)
+        prediction = await provider.submit(request)
     return prediction.id
+
+
+async def _listed(provider_url: str) -> tuple[TaggedPrediction, ...]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        provider = ReplicateProvider(client, base_url=provider_url, token="t", model="sim/image")
+        return await provider.recent()
+
+
+# Webhook URLs tag predictions with their job; nothing listens there in these tests.
+_TAGGED = {"public_url": "http://127.0.0.1:9", "accept_unsigned_webhooks": True}
 
 
 async def test_a_job_left_processing_is_resumed_and_finishes(nursery, db: Database):
@@ -49,20 +60,39 @@ async def test_a_job_left_processing_is_resumed_and_finishes(nursery, db: Databa
     assert (await db.audit()).ok
 
 
-async def test_a_job_caught_between_starting_and_its_prediction_id_is_failed_and_refunded(
+async def test_a_job_caught_between_submit_and_its_prediction_id_reattaches_and_pays_once(
     nursery, db: Database
 ):
-    """Brandur's phase gap: a job with no stored prediction is decided, never left hanging."""
-    provider = await start_simulator(nursery)
+    """Brandur's phase gap: the restarted daemon finds the tagged prediction, never a second."""
+    provider = await start_simulator(nursery, latency=(0.3, 0.4))
     await db.grant("bob", 5, plan="pro")
     job_id = await _left_in_flight(db, "bob")
-    await start_daemon(nursery, settings_for(db.url, provider))
+    lost = await _create_prediction(provider, job_id, {}, webhook_url="http://127.0.0.1:9/w")
+    await start_daemon(nursery, settings_for(db.url, provider, **_TAGGED))
     (job,) = await wait_terminal(db, [job_id])
-    assert job.status is JobStatus.FAILED
-    assert job.error_code is ErrorCode.INTERNAL_ERROR
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.prediction_id == lost
+    assert [t.prediction.id for t in await _listed(provider) if t.job_id == job_id] == [lost]
     account = await db.account("bob")
     assert account is not None
-    assert account.balance == 5
+    assert account.balance == 4
+    assert (await db.audit()).ok
+
+
+async def test_a_job_admitted_but_never_submitted_before_a_crash_is_submitted_on_restart(
+    nursery, db: Database
+):
+    """Nothing upstream to re-attach to: the job is submitted within its remaining deadline."""
+    provider = await start_simulator(nursery)
+    await db.grant("bea", 5, plan="pro")
+    job_id = await _left_in_flight(db, "bea")
+    await start_daemon(nursery, settings_for(db.url, provider, **_TAGGED))
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.SUCCEEDED
+    assert len([t for t in await _listed(provider) if t.job_id == job_id]) == 1
+    account = await db.account("bea")
+    assert account is not None
+    assert account.balance == 4
     assert (await db.audit()).ok
 
 

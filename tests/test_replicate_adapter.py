@@ -93,7 +93,11 @@ async def test_submit_to_a_model_sends_auth_input_and_a_job_tagged_webhook():
     assert body["webhook_events_filter"] == ["completed"]
     webhook = urllib.parse.urlsplit(body["webhook"])
     assert webhook.path == "/webhooks/replicate"
-    assert urllib.parse.parse_qs(webhook.query) == {"x": ["1"], "job_id": [str(JOB_ID)]}
+    assert urllib.parse.parse_qs(webhook.query) == {
+        "x": ["1"],
+        "job_id": [str(JOB_ID)],
+        "idx": ["0"],
+    }
 
 
 async def test_submit_to_a_version_posts_it_to_the_generic_endpoint():

@@ -20,10 +20,12 @@ from orchestrator.lifecycle import (
     Job,
     JobRef,
     JobStatus,
+    ListedClaim,
     StoredOutput,
+    UpstreamRef,
 )
 
-from . import _audit, _jobs, _ledger, _routing, _schema, _transitions
+from . import _audit, _jobs, _ledger, _routing, _schema, _transitions, _upstream
 from ._connector import Connector, Role, open_connector
 from ._listener import Listener, listen
 
@@ -235,6 +237,35 @@ class Database:
 
     async def stuck(self, *, older_than_s: float, limit: int = 1000) -> list[JobRef]:
         return await self._connector.run(_routing.stuck, older_than_s, limit)
+
+    async def upstream_to_check(self, *, window_s: float, limit: int) -> list[UpstreamRef]:
+        """Predictions that may still bill for jobs that ended within `window_s` seconds."""
+        return await self._connector.run(_upstream.to_check, window_s, limit)
+
+    async def listed_claims(
+        self, provider: str, listed: Sequence[tuple[str, uuid.UUID, int]]
+    ) -> list[ListedClaim]:
+        """What we know of each (prediction id, job id, output) a provider listed."""
+        return await self._connector.run(_upstream.claims, provider, listed)
+
+    async def note_upstream(
+        self,
+        ref: UpstreamRef,
+        *,
+        status: str | None,
+        cancel_sent: bool = False,
+    ) -> str | None:
+        """Store what was seen of `ref` upstream; returns the status seen before, if any."""
+        return await self._connector.run(
+            _upstream.note,
+            ref.provider,
+            ref.prediction_id,
+            ref.job_id,
+            ref.idx,
+            ref.found_by,
+            status,
+            cancel_sent,
+        )
 
     async def audit(self) -> _audit.AuditReport:
         return await self._connector.run(_audit.run)

@@ -327,3 +327,39 @@ SELECT (SELECT count(*) FROM orchestrator.accounts) AS accounts,
        (SELECT count(*) FROM orchestrator.ledger) AS ledger_rows,
        (SELECT count(*) FROM orchestrator.jobs) AS jobs,
        (SELECT coalesce(sum(balance), 0)::bigint FROM orchestrator.accounts) AS balances;
+
+-- name: upstream_to_check
+-- Reconciliation's work: predictions recorded on jobs that ended (within $1
+-- seconds) without that output, and every stray we know of, unless already
+-- seen terminal upstream. At most $2.
+SELECT c.provider, c.prediction_id, c.job_id, c.idx, c.found_by
+  FROM (SELECT p.provider, p.prediction_id, p.job_id, p.idx, 'recorded' AS found_by
+          FROM orchestrator.jobs j
+          JOIN orchestrator.predictions p ON p.job_id = j.id
+         WHERE j.finished_at > clock_timestamp() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM orchestrator.outputs o
+                            WHERE o.job_id = p.job_id AND o.idx = p.idx)
+        UNION ALL
+        SELECT u.provider, u.prediction_id, u.job_id, u.idx, u.found_by
+          FROM orchestrator.upstream_predictions u
+         WHERE u.found_by <> 'recorded'
+           AND (u.status IS NULL OR u.status IN ('starting', 'processing'))
+           AND u.created_at > clock_timestamp() - make_interval(secs => $1)) c
+ WHERE NOT EXISTS (SELECT 1 FROM orchestrator.upstream_predictions s
+                    WHERE s.provider = c.provider AND s.prediction_id = c.prediction_id
+                      AND s.status IN ('succeeded', 'failed', 'canceled', 'aborted'))
+ LIMIT $2;
+
+-- name: listed_claims
+-- For predictions provider $1 listed with our tag ($2 ids, $3 jobs, $4 outputs):
+-- the job's status, the id recorded for that output, and whether it is tracked.
+SELECT l.prediction_id, l.job_id, l.idx, j.status, p.prediction_id AS recorded,
+       EXISTS (SELECT 1 FROM orchestrator.upstream_predictions u
+                WHERE u.provider = $1 AND u.prediction_id = l.prediction_id) AS noted
+  FROM unnest($2::text[], $3::uuid[], $4::integer[]) AS l (prediction_id, job_id, idx)
+  LEFT JOIN orchestrator.jobs j ON j.id = l.job_id
+  LEFT JOIN orchestrator.predictions p ON p.job_id = l.job_id AND p.idx = l.idx;
+
+-- name: note_upstream
+-- What was seen of a prediction upstream; returns the status seen before.
+SELECT orchestrator.note_upstream_v1($1, $2, $3, $4, $5, $6, $7);

@@ -26,6 +26,7 @@ from orchestrator.lifecycle import (
     JobStatus,
     Plan,
     StoredOutput,
+    UpstreamRef,
     Usage,
 )
 
@@ -65,6 +66,8 @@ class InMemoryStore:
         self.seats: dict[uuid.UUID, int] = {}
         self.deadlines: dict[uuid.UUID, float] = {}
         self.calls: list[tuple[str, uuid.UUID]] = []
+        # upstream_predictions: prediction id -> (ref, status last seen, cancel sent)
+        self.upstream: dict[str, tuple[UpstreamRef, str | None, bool]] = {}
 
     def now(self) -> datetime:
         return _EPOCH + timedelta(seconds=trio.current_time())
@@ -190,12 +193,15 @@ class InMemoryStore:
     async def mark_processing(
         self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
     ) -> bool:
-        del provider
         self.calls.append(("mark_processing", job_id))
         job = self._job(job_id)
         if not job.status.in_flight:
             return False
-        self.predictions.setdefault(job_id, {})[idx] = prediction_id
+        replaced = self.predictions.setdefault(job_id, {}).get(idx)
+        if replaced is not None and replaced != prediction_id:
+            ref = UpstreamRef(provider, replaced, job_id, idx, "replaced")
+            self.upstream.setdefault(replaced, (ref, None, False))
+        self.predictions[job_id][idx] = prediction_id
         self.jobs[job_id] = attrs.evolve(
             job, status=JobStatus.PROCESSING, prediction_id=job.prediction_id or prediction_id
         )
@@ -257,6 +263,14 @@ class InMemoryStore:
             self.deadlines[job_id] - trio.current_time(),
             dict(self.predictions.get(job_id, {})),
         )
+
+    async def note_upstream(
+        self, ref: UpstreamRef, *, status: str | None, cancel_sent: bool = False
+    ) -> str | None:
+        self._job(ref.job_id)
+        known, before, sent = self.upstream.get(ref.prediction_id, (ref, None, False))
+        self.upstream[ref.prediction_id] = (known, status or before, sent or cancel_sent)
+        return before
 
     def _job(self, job_id: uuid.UUID) -> Job:
         try:

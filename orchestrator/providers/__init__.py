@@ -9,6 +9,7 @@ from ._base import Prediction as Prediction
 from ._base import PredictionRequest as PredictionRequest
 from ._base import PredictionStatus as PredictionStatus
 from ._base import Provider as Provider
+from ._base import TaggedPrediction as TaggedPrediction
 from ._errors import ProviderError as ProviderError
 from ._errors import ProviderProtocolError as ProviderProtocolError
 from ._errors import ProviderRateLimited as ProviderRateLimited
@@ -29,4 +30,5 @@ __all__ = [
     "ProviderRejected",
     "ProviderUnavailable",
     "ReplicateProvider",
+    "TaggedPrediction",
 ]

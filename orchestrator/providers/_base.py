@@ -68,7 +68,9 @@ class PredictionRequest:
     """What the daemon asks a provider to run for one job.
 
     ``params`` become extra model input; they may not override ``prompt`` or ``num_outputs``,
-    which are what the user was charged for.
+    which are what the user was charged for. ``output_index`` is which of the job's outputs
+    this prediction makes; the adapter tags the webhook with it and the job id, so the
+    prediction can be found again when its id was lost.
     """
 
     job_id: uuid.UUID
@@ -80,6 +82,18 @@ class PredictionRequest:
         validator=[attrs.validators.ge(1), attrs.validators.le(MAX_OUTPUTS)]
     )
     webhook_url: str | None = None
+    output_index: int = attrs.field(
+        default=0, validator=[attrs.validators.ge(0), attrs.validators.lt(MAX_OUTPUTS)]
+    )
+
+
+@attrs.frozen
+class TaggedPrediction:
+    """A prediction a provider listed, with the job and output it was submitted for."""
+
+    job_id: uuid.UUID
+    output_index: int
+    prediction: Prediction
 
 
 class Provider(Protocol):
@@ -112,10 +126,19 @@ class Provider(Protocol):
         """
         ...
 
-    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
-        """Find the prediction submitted for a job whose prediction id was never stored.
+    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:
+        """Find the prediction submitted for one output of a job whose id was never stored.
 
-        Best effort: after a crash between submit and recording the id, this is how the
-        daemon avoids paying twice. ``None`` means "not found", not "never submitted".
+        Best effort: after a submit cut off by a deadline, a cancel or a crash, this is how
+        the daemon re-attaches instead of paying twice, or cancels what nobody will use.
+        ``None`` means "not found", not "never submitted".
+        """
+        ...
+
+    async def recent(self) -> tuple[TaggedPrediction, ...]:
+        """The recent predictions the provider can list that carry a job tag, newest first.
+
+        Reconciliation reads this to find predictions still running (and billing) for jobs
+        that already ended. Empty for a provider without a listing.
         """
         ...

@@ -27,6 +27,8 @@ from ._errors import (
 )
 
 JOB_ID_PARAM: Final = "job_id"
+IDX_PARAM: Final = "idx"
+_INDEX: Final = re.compile(r"[0-9]{1,2}")
 _PREDICTION_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _HTTP_TOO_MANY_REQUESTS: Final = 429
 _HTTP_REQUEST_TIMEOUT: Final = 408
@@ -169,25 +171,32 @@ def checked_id(prediction_id: str, label: str) -> str:
     return prediction_id
 
 
-def tag_webhook(webhook_url: str, job_id: uuid.UUID) -> str:
-    """Append ``?job_id=<uuid>`` so the callback names its job without a lookup.
+def tag_webhook(webhook_url: str, job_id: uuid.UUID, idx: int) -> str:
+    """Append ``?job_id=<uuid>&idx=<n>`` so the callback names its job and output.
 
-    That is how a prediction whose id the daemon never got to store is still matched.
-    An existing ``job_id`` parameter is replaced, other parameters are kept.
+    The provider echoes the URL on the prediction, which is how a prediction whose id the
+    daemon never got to store is still matched, in listings as in callbacks. Existing
+    ``job_id`` and ``idx`` parameters are replaced, others are kept.
     """
     parts = urllib.parse.urlsplit(webhook_url)
     query = [
         (k, v)
         for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if k != JOB_ID_PARAM
+        if k not in {JOB_ID_PARAM, IDX_PARAM}
     ]
-    query.append((JOB_ID_PARAM, str(job_id)))
+    query += [(JOB_ID_PARAM, str(job_id)), (IDX_PARAM, str(idx))]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-def webhook_job_id(webhook_url: object) -> str | None:
-    """The job id `tag_webhook` put into a URL, or ``None`` for any other value."""
+def webhook_tag(webhook_url: object) -> tuple[uuid.UUID, int] | None:
+    """The job and output `tag_webhook` put into a URL, or ``None`` for anything else."""
     if not isinstance(webhook_url, str):
         return None
-    values = urllib.parse.parse_qs(urllib.parse.urlsplit(webhook_url).query).get(JOB_ID_PARAM)
-    return values[-1] if values else None
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(webhook_url).query)
+    job_ids, indices = query.get(JOB_ID_PARAM), query.get(IDX_PARAM, ["0"])
+    if not job_ids or not _INDEX.fullmatch(indices[-1]):
+        return None
+    try:
+        return uuid.UUID(job_ids[-1]), int(indices[-1])
+    except ValueError:
+        return None

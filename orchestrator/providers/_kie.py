@@ -15,7 +15,7 @@ from typing import Final
 
 import httpx
 
-from ._base import Prediction, PredictionRequest, PredictionStatus
+from ._base import Prediction, PredictionRequest, PredictionStatus, TaggedPrediction
 from ._errors import ProviderProtocolError, safe_summary
 from ._http import (
     checked_id,
@@ -83,7 +83,7 @@ class KieProvider:
         }
         webhook: str | None = None
         if request.webhook_url is not None:
-            webhook = tag_webhook(request.webhook_url, request.job_id)
+            webhook = tag_webhook(request.webhook_url, request.job_id, request.output_index)
             body["callBackUrl"] = webhook
         with self._mapped_errors("submit"):
             response = await self._client.post(
@@ -132,13 +132,17 @@ class KieProvider:
             _envelope_code(envelope)
             return _parse_task(envelope["data"], self._token)
 
-    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:  # noqa: ARG002 -- the protocol fixes the signature
+    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:  # noqa: ARG002 -- the protocol fixes the signature
         """Always ``None``: KIE offers no task listing to search.
 
         A task whose id was lost can only come back through its callback, which carries the
-        job id in its URL; without a webhook URL such a task is unrecoverable.
+        job id and output in its URL; without a webhook URL such a task is unrecoverable.
         """
         return None
+
+    async def recent(self) -> tuple[TaggedPrediction, ...]:
+        """Always empty: KIE lists no tasks (and cannot cancel one either)."""
+        return ()
 
     def _url(self, path: str) -> str:
         return self._base_url + path

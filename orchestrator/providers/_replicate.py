@@ -10,12 +10,12 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Final
 
 import httpx
 
-from ._base import Prediction, PredictionRequest, PredictionStatus
+from ._base import Prediction, PredictionRequest, PredictionStatus, TaggedPrediction
 from ._errors import ProviderProtocolError, safe_summary
 from ._http import (
     checked_id,
@@ -23,7 +23,7 @@ from ._http import (
     parsed_id,
     raise_for_status,
     tag_webhook,
-    webhook_job_id,
+    webhook_tag,
 )
 
 _LABEL: Final = "replicate"
@@ -33,9 +33,10 @@ _MODEL: Final = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
 class ReplicateProvider:
     """`Provider` for Replicate (or anything speaking its API, like the simulator).
 
-    Submitting with a webhook URL appends ``?job_id=<uuid>`` to it; Replicate echoes the
-    webhook on every prediction, which is how `find_for_job` recognises a prediction whose
-    id the daemon never got to store.
+    Submitting with a webhook URL appends ``?job_id=<uuid>&idx=<n>`` to it; Replicate echoes
+    the webhook on every prediction, which is how `find_for_job` and `recent` recognise a
+    prediction whose id the daemon never got to store. Without a webhook URL nothing tags a
+    prediction, so such a prediction cannot be found.
 
     Args:
         client: Shared HTTP client; this class never closes it.
@@ -43,7 +44,7 @@ class ReplicateProvider:
         token: API token, sent only as a bearer header to ``base_url``.
         model: ``owner/name`` of an official model; mutually exclusive with ``version``.
         version: Model version id, for ``POST /v1/predictions``.
-        find_max_pages: How many listing pages `find_for_job` reads before giving up.
+        find_max_pages: How many listing pages `find_for_job` and `recent` read at most.
 
     Raises:
         ValueError: Neither or both of ``model`` and ``version``, or a malformed ``model``.
@@ -92,7 +93,7 @@ class ReplicateProvider:
             path = "/v1/predictions"
             body["version"] = self._version
         if request.webhook_url is not None:
-            body["webhook"] = tag_webhook(request.webhook_url, request.job_id)
+            body["webhook"] = tag_webhook(request.webhook_url, request.job_id, request.output_index)
             body["webhook_events_filter"] = ["completed"]
         secrets = (request.prompt,)
         with self._mapped_errors("submit"):
@@ -132,34 +133,60 @@ class ReplicateProvider:
         with self._mapped_errors("webhook"):
             return _parse_prediction(json.loads(body), (self._token,))
 
-    async def find_for_job(self, job_id: uuid.UUID) -> Prediction | None:
-        """Scan the newest listing pages for the prediction whose webhook names ``job_id``.
+    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:
+        """Scan the newest listing pages for the prediction whose webhook names this output.
 
-        The listing holds every prediction of the account, including other models' with
-        outputs we cannot parse, so entries are only fully parsed once they match. With
-        several matches the newest wins.
+        With several matches the newest wins.
 
         Raises:
             ProviderError: Any failure while listing; a later call may succeed.
         """
-        url: str | None = self._url("/v1/predictions")
-        wanted = str(job_id)
         with self._mapped_errors("list"):
-            for _ in range(self._find_max_pages):
-                if url is None:
-                    break
-                response = await self._client.get(url, headers=self._headers())
-                page = _expect_object(self._json(response, ()), "listing")
-                results = page["results"]
-                if not isinstance(results, list):
-                    raise ProviderProtocolError("replicate list: results is not a list")
-                for entry in results:
-                    if not isinstance(entry, Mapping):
-                        continue
-                    if webhook_job_id(entry.get("webhook")) == wanted:
-                        return _parse_prediction(entry, (self._token,))
-                url = self._next_page(page.get("next"))
+            async with contextlib.aclosing(self._tagged(strict=True)) as listing:
+                async for tagged in listing:
+                    if (tagged.job_id, tagged.output_index) == (job_id, output_index):
+                        return tagged.prediction
         return None
+
+    async def recent(self) -> tuple[TaggedPrediction, ...]:
+        """The tagged predictions on the newest listing pages.
+
+        An entry that is tagged but unreadable is skipped rather than failing the rest: it
+        is one prediction we cannot reason about, not a reason to leave others running.
+
+        Raises:
+            ProviderError: Any failure while listing; a later call may succeed.
+        """
+        with self._mapped_errors("list"):
+            return tuple([tagged async for tagged in self._tagged(strict=False)])
+
+    async def _tagged(self, *, strict: bool) -> AsyncGenerator[TaggedPrediction]:
+        """Tagged entries, newest first, over at most ``find_max_pages`` pages.
+
+        The listing holds every prediction of the account, including other models' with
+        outputs we cannot parse, so entries are only fully parsed once they carry our tag.
+        """
+        url: str | None = self._url("/v1/predictions")
+        for _ in range(self._find_max_pages):
+            if url is None:
+                return
+            response = await self._client.get(url, headers=self._headers())
+            page = _expect_object(self._json(response, ()), "listing")
+            results = page["results"]
+            if not isinstance(results, list):
+                raise ProviderProtocolError("replicate list: results is not a list")
+            for entry in results:
+                tag = webhook_tag(entry.get("webhook")) if isinstance(entry, Mapping) else None
+                if tag is None:
+                    continue
+                try:
+                    prediction = _parse_prediction(entry, (self._token,))
+                except (ProviderProtocolError, KeyError, TypeError, ValueError):
+                    if strict:
+                        raise
+                    continue
+                yield TaggedPrediction(tag[0], tag[1], prediction)
+            url = self._next_page(page.get("next"))
 
     def _url(self, path: str) -> str:
         return self._base_url + path
