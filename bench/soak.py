@@ -92,6 +92,8 @@ class Rig:
             "ORCHESTRATOR_POLL_MAX": "0.5",
             "ORCHESTRATOR_SCAN_INTERVAL": "1",
             "ORCHESTRATOR_ORPHAN_GRACE": "3",
+            # Sweeps (and reconciliation passes) every 2 s.
+            "ORCHESTRATOR_STUCK_AFTER": "20",
             "ORCHESTRATOR_GRACE": "2",
             "ORCHESTRATOR_HTTP_PORT": str(self.http_port),
             "ORCHESTRATOR_PUBLIC_URL": f"http://127.0.0.1:{self.http_port}",
@@ -288,6 +290,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--rate", type=float, default=25.0, help="submissions per second")
     parser.add_argument("--fault-every", type=float, default=8.0)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="orch-soak-", dir="/tmp"))
@@ -315,6 +318,7 @@ def main() -> None:
             return counts, await _wait_terminal(url, limit_s=DEADLINE_S * 10 + 30)
 
         counts, drain_s = asyncio.run(run())
+        upstream_s = _wait_upstream_settled(rig, limit_s=30.0)
         verdict = asyncio.run(_verdict(url))
         audit = subprocess.run(
             [*CLI, "audit"],
@@ -328,18 +332,61 @@ def main() -> None:
     finally:
         rig.stop()
         stop_embedded_server(home)
-    _report(args, counts, drain_s, verdict, audit.returncode, upstream, rig, started)
+    figures = _figures(args, counts, drain_s, upstream_s, verdict, audit.returncode, upstream, rig)
+    if args.json:
+        print(json.dumps(figures | {"wall time (s)": round(time.monotonic() - started, 1)}))
+    else:
+        _report(args, counts, drain_s, verdict, audit.returncode, upstream, rig, started)
 
 
-def _log_counts(path: Path) -> str:
+def _running(upstream: dict[str, object]) -> int:
+    return int(upstream.get("starting", 0)) + int(upstream.get("processing", 0))  # type: ignore[call-overload]
+
+
+def _wait_upstream_settled(rig: Rig, limit_s: float) -> float:
+    """Give reconciliation a bounded time to cancel what still runs upstream."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        stats = _get_json(f"http://127.0.0.1:{rig.sim_port}/_sim/stats") or {}
+        statuses = stats.get("statuses")
+        if isinstance(statuses, dict) and _running(statuses) == 0:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def _log_counts(path: Path) -> tuple[int, int]:
     text = path.read_text("utf-8", errors="replace") if path.exists() else ""
-    warnings = text.count('"level": "warning"')
-    return f"{warnings} / {text.count('Traceback')}"
+    return text.count('"level": "warning"'), text.count("Traceback")
+
+
+def _figures(
+    args, counts, drain_s, upstream_s, verdict, audit_rc, upstream, rig
+) -> dict[str, object]:
+    """The figures the report prints, as machine-readable values (for the suite's soak)."""
+    warnings, tracebacks = _log_counts(rig.logs / "daemon.log")
+    return {
+        "seconds": args.seconds,
+        **counts,
+        "drain (s)": round(drain_s, 1),
+        "upstream settle (s)": round(upstream_s, 1),
+        **verdict,
+        "audit clean": audit_rc == 0,
+        "predictions still running upstream": _running(upstream),
+        "upstream successes never delivered": max(
+            int(upstream.get("succeeded", 0)) - verdict["outputs stored"], 0
+        ),
+        "faults": dict(rig.faults),
+        "ready after (s, worst)": {k: round(max(v), 1) for k, v in rig.recoveries.items()},
+        "warnings": warnings,
+        "tracebacks": tracebacks,
+    }
 
 
 def _report(args, counts, drain_s, verdict, audit_rc, upstream, rig, started) -> None:
-    running = int(upstream.get("starting", 0)) + int(upstream.get("processing", 0))
+    running = _running(upstream)
     succeeded = int(upstream.get("succeeded", 0))
+    warnings, tracebacks = _log_counts(rig.logs / "daemon.log")
     rows = [
         ("soak seconds / users / rate", f"{args.seconds:.0f} / {args.users} / {args.rate:.0f}/s"),
         *((name, str(value)) for name, value in counts.items()),
@@ -356,7 +403,7 @@ def _report(args, counts, drain_s, verdict, audit_rc, upstream, rig, started) ->
             )
             for kind, times in rig.recoveries.items()
         ),
-        ("daemon log: warnings / tracebacks", _log_counts(rig.logs / "daemon.log")),
+        ("daemon log: warnings / tracebacks", f"{warnings} / {tracebacks}"),
         ("wall time (s)", f"{time.monotonic() - started:.0f}"),
     ]
     width = max(len(name) for name, _ in rows)
