@@ -19,13 +19,16 @@ import attrs
 import structlog
 import trio
 
+from orchestrator.exceptions import is_expected
 from orchestrator.lifecycle import (
     Abandoned,
     CanceledByUser,
     Delivered,
     Ending,
+    Finish,
     InFlight,
     Job,
+    Settlement,
     StoredOutput,
     TimedOut,
     UpstreamFailed,
@@ -50,7 +53,9 @@ from ._ports import JobStore, Observer, OutputStore, OutputUnavailable
 
 log = structlog.get_logger("actors.job")
 
-_SETTLE_RETRY_S: Final = 0.5
+_SETTLE_RETRY_S: Final = 0.2
+_SETTLE_RETRY_MAX_S: Final = 10.0
+_SETTLE_UNEXPECTED_TRIES: Final = 3
 # Upstream states in which a found prediction will never deliver.
 _DEAD: Final = frozenset(
     {PredictionStatus.FAILED, PredictionStatus.CANCELED, PredictionStatus.ABORTED}
@@ -70,6 +75,14 @@ class _Progress:
 
     def delivered(self) -> tuple[StoredOutput, ...]:
         return tuple(self.stored[idx] for idx in sorted(self.stored))
+
+
+@attrs.define
+class _SettleAttempts:
+    """The backoff of one settle, carried across its shielded and unshielded phases."""
+
+    delays: Iterator[float]
+    unexpected: int = 0
 
 
 class JobTask:
@@ -343,22 +356,21 @@ class JobTask:
             log.info("provider.canceled", prediction_id=prediction_id)
 
     async def _settle(self, ending: Ending, duration_s: float) -> None:
-        """Terminal status and refund, retried until stored or out of time."""
+        """Terminal status and refund, retried with backoff until stored.
+
+        The first `settle_timeout_s` are shielded, so a shutdown does not cut a settle
+        that is about to land; after that the retries go on unshielded for as long as
+        the daemon runs (a stop leaves the job to recovery). Only an unexpected error,
+        which a retry cannot fix, ends the attempts early.
+        """
         settlement = settle(self.job, ending)
-        finish = None
-        with trio.move_on_after(self._config.settle_timeout_s, shield=True):
-            while finish is None:
-                try:
-                    finish = await self._store.finish(
-                        self.job.id,
-                        settlement.status,
-                        code=settlement.code,
-                        message=settlement.message,
-                        outputs=settlement.outputs,
-                    )
-                except Exception:
-                    log.warning("job.settle_failed", exc_info=True)
-                    await trio.sleep(_SETTLE_RETRY_S)
+        attempts = _SettleAttempts(poll_delays(_SETTLE_RETRY_S, 2.0, _SETTLE_RETRY_MAX_S))
+        finish: Finish | None = None
+        with trio.move_on_after(self._config.settle_timeout_s, shield=True) as first:
+            finish = await self._store_settlement(settlement, attempts)
+        if first.cancelled_caught:
+            log.warning("job.settle_slow", note="still retrying")
+            finish = await self._store_settlement(settlement, attempts)
         if finish is None:
             log.error("job.settle_abandoned", note="recovery will finish it")
             return
@@ -382,6 +394,30 @@ class JobTask:
                 total_s=None if self._queued_s is None else self._queued_s + duration_s,
                 polls=self._polls,
             )
+
+    async def _store_settlement(
+        self, settlement: Settlement, attempts: _SettleAttempts
+    ) -> Finish | None:
+        """Store the settlement; None after an unexpected error survived its retries."""
+        while True:
+            try:
+                return await self._store.finish(
+                    self.job.id,
+                    settlement.status,
+                    code=settlement.code,
+                    message=settlement.message,
+                    outputs=settlement.outputs,
+                )
+            except Exception as exc:
+                if is_expected(exc):
+                    log.warning("job.settle_failed", error=str(exc))
+                else:
+                    attempts.unexpected += 1
+                    log.exception("job.settle_failed")
+                    if attempts.unexpected >= _SETTLE_UNEXPECTED_TRIES:
+                        return None
+            self._observer.settle_retried()
+            await trio.sleep(next(attempts.delays))
 
     @contextlib.contextmanager
     def _observed(self, operation: str) -> Iterator[None]:

@@ -78,6 +78,8 @@ class Observer(Protocol):
 
     def provider_request(self, operation: str, outcome: str) -> None: ...
 
+    def settle_retried(self) -> None: ...
+
 
 class NullObserver:
     """Counts nothing; the default when no metrics are wanted (most tests)."""
@@ -101,6 +103,9 @@ class NullObserver:
         pass
 
     def provider_request(self, operation: str, outcome: str) -> None:
+        pass
+
+    def settle_retried(self) -> None:
         pass
 
 

@@ -202,7 +202,11 @@ async def serve(
     await ensure_schema(database_url)
     async with (
         open_database(
-            database_url, min_size=2, max_size=settings.db_pool_size, role=DAEMON_ROLE
+            database_url,
+            min_size=2,
+            max_size=settings.db_pool_size,
+            role=DAEMON_ROLE,
+            reserved_size=settings.db_settle_pool_size,
         ) as db,
         open_provider(settings) as provider,
         open_downloader(settings) as downloader,

@@ -135,6 +135,11 @@ class Metrics:
             "Webhook deliveries forgotten past the providers' retry window.",
             registry=r,
         )
+        self.settle_retries = Counter(
+            "orchestrator_settle_retries",
+            "Attempts to store a job's ending that failed and were retried.",
+            registry=r,
+        )
         self.upstream_predictions = Counter(
             "orchestrator_upstream_predictions",
             "Predictions reconciliation found delivering nothing, by what it did: canceled "
@@ -249,3 +254,6 @@ class Metrics:
 
     def provider_request(self, operation: str, outcome: str) -> None:
         self.provider_requests.labels(operation=operation, outcome=outcome).inc()
+
+    def settle_retried(self) -> None:
+        self.settle_retries.inc()

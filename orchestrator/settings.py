@@ -115,6 +115,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(default=8080, validator=_port)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
+    db_settle_pool_size: int = attrs.field(default=4, validator=_positive)
     log_level: str = attrs.field(
         default="info",
         converter=_lower,
@@ -193,6 +194,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_HTTP_HOST": ("http_host", str),
     "ORCHESTRATOR_HTTP_PORT": ("http_port", int),
     "ORCHESTRATOR_DB_POOL_SIZE": ("db_pool_size", int),
+    "ORCHESTRATOR_DB_SETTLE_POOL_SIZE": ("db_settle_pool_size", int),
     "ORCHESTRATOR_LOG_LEVEL": ("log_level", str),
     "ORCHESTRATOR_LOG_FORMAT": ("log_format", str),
 }

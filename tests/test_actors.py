@@ -7,6 +7,7 @@ behaviour here also has an end-to-end test on real Postgres and the simulator.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import attrs
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from actors import ActorConfig, Cancel, Offer, Registry, Resume, Submit
+from orchestrator.db import DbUnavailable
 from orchestrator.db.testing import InMemoryStore
 from orchestrator.lifecycle import ErrorCode, JobStatus, Plan
 from orchestrator.providers import (
@@ -385,3 +387,51 @@ async def test_an_unusable_prediction_id_cannot_take_the_daemon_down(autojump_cl
     await rig.settled(healthy)
     assert rig.status(healthy) is JobStatus.SUCCEEDED
     assert rig.store.balance("lin") == 4
+
+
+def _failing_finish(store: InMemoryStore, error: Exception, times: int) -> list[float]:
+    """Make the store's finish raise `error` `times` times; returns when each attempt came."""
+    attempts: list[float] = []
+    original = store.finish
+
+    async def finish(job_id: uuid.UUID, *args: object, **kwargs: object):
+        attempts.append(trio.current_time())
+        if len(attempts) <= times:
+            raise error
+        return await original(job_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    store.finish = finish  # type: ignore[method-assign]
+    return attempts
+
+
+async def test_a_settle_is_retried_with_backoff_until_stored_long_past_its_timeout(
+    autojump_clock, nursery
+):
+    """A database away for two minutes delays the refund; it never abandons it."""
+    rig = await make_rig(nursery)
+    rig.store.grant("liv", 5, plan="pro")
+    attempts = _failing_finish(rig.store, DbUnavailable("the database is restarting"), 20)
+    job_id = rig.submit("liv", params={"simulate": "fail"})
+    await rig.settled(job_id)
+    assert len(attempts) == 21
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert all(later >= earlier - 1e-9 for earlier, later in itertools.pairwise(gaps))
+    assert max(gaps) == pytest.approx(10.0)
+    assert attempts[-1] - attempts[0] > 120
+    assert rig.status(job_id) is JobStatus.FAILED
+    assert rig.store.balance("liv") == 5
+
+
+async def test_a_settle_failing_on_a_bug_is_given_up_after_three_tries_for_recovery(
+    autojump_clock, nursery
+):
+    """Retrying cannot fix an unexpected error: the job stays in flight for the orphan scan."""
+    rig = await make_rig(nursery)
+    rig.store.grant("max", 5, plan="pro")
+    attempts = _failing_finish(rig.store, RuntimeError("a bug"), 99)
+    job_id = rig.submit("max", params={"simulate": "fail"})
+    with trio.fail_after(600):
+        while rig.registry.running_jobs or len(attempts) < 3:
+            await trio.sleep(1)
+    assert len(attempts) == 3
+    assert rig.status(job_id).in_flight

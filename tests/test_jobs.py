@@ -7,8 +7,15 @@ import uuid
 import pytest
 import trio
 
-from orchestrator.db import Database, IdempotencyConflict, InvalidRequest, UnknownJob, UnknownUser
-from orchestrator.lifecycle import JobStatus
+from orchestrator.db import (
+    Database,
+    IdempotencyConflict,
+    InvalidRequest,
+    UnknownJob,
+    UnknownUser,
+    open_database,
+)
+from orchestrator.lifecycle import ErrorCode, JobStatus
 
 from . import pg
 
@@ -100,3 +107,29 @@ async def test_bad_arguments_become_invalid_request(db: Database):
     await db.grant("gina", 5)
     with pytest.raises(InvalidRequest):
         await db.submit_job("gina", "x", idempotency_key="")
+
+
+async def _hold_connection(pool, seconds: float) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_sleep($1)", seconds)
+
+
+async def test_a_finish_never_waits_behind_admissions_holding_every_pooled_connection(
+    db_url: str,
+):
+    """Settles have their own connections: a saturated main pool cannot delay them."""
+    async with open_database(db_url, min_size=1, max_size=2, reserved_size=1) as db:
+        await db.grant("nia", 5, plan="pro")
+        job_id = await db.submit_job("nia", "a reef")
+        assert (await db.admit(job_id, deadline_s=30)).outcome == "admitted"
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # two hold the main pool, the third waits for one
+                nursery.start_soon(db._connector.run, _hold_connection, 3.0)
+            await trio.sleep(0.3)
+            started = trio.current_time()
+            finish = await db.finish(
+                job_id, JobStatus.FAILED, code=ErrorCode.TIMEOUT, message="timed out"
+            )
+            assert trio.current_time() - started < 1.0
+            assert finish.refunded == 1
+            nursery.cancel_scope.cancel()

@@ -44,12 +44,23 @@ OPERATOR_ROLE: Final[Role] = "orchestrator_operator"
 
 
 class Connector:
-    """Runs asyncio operations against one pool, mapping driver errors once."""
+    """Runs asyncio operations against a pool, mapping driver errors once.
+
+    A second, smaller pool (`reserved`) serves the writes that end work already paid
+    for (finishing a job, recording a prediction, recovery): a burst of admissions
+    holding every connection of the main pool can then never make a finish wait.
+    """
 
     def __init__(
-        self, pool: Pool, url: str, loop: trio_asyncio.TrioEventLoop, role: Role | None = None
+        self,
+        pool: Pool,
+        url: str,
+        loop: trio_asyncio.TrioEventLoop,
+        role: Role | None = None,
+        reserved: Pool | None = None,
     ) -> None:
         self._pool = pool
+        self._reserved = reserved or pool
         self._loop = loop
         self.url = url
         self.role = role
@@ -70,8 +81,23 @@ class Connector:
         Raises:
             DbError: any failure of the driver or the server, mapped.
         """
+        return await self._run_on(self._pool, operation, *args, **kwargs)
+
+    async def run_reserved(
+        self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`run` on the reserved pool: for settles and recovery, never behind admissions.
+
+        Raises:
+            DbError: any failure of the driver or the server, mapped.
+        """
+        return await self._run_on(self._reserved, operation, *args, **kwargs)
+
+    async def _run_on(
+        self, pool: Pool, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         try:
-            return await self.call(operation(self._pool, *args, **kwargs))
+            return await self.call(operation(pool, *args, **kwargs))
         except DbError:
             raise
         except Exception as exc:
@@ -90,7 +116,10 @@ class Connector:
 
     @property
     def pool_in_use(self) -> int:
-        return self._pool.get_size() - self._pool.get_idle_size()
+        in_use = self._pool.get_size() - self._pool.get_idle_size()
+        if self._reserved is not self._pool:
+            in_use += self._reserved.get_size() - self._reserved.get_idle_size()
+        return in_use
 
 
 @attrs.frozen
@@ -163,48 +192,66 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 @asynccontextmanager
 async def open_connector(
-    url: str, *, min_size: int = 2, max_size: int = 10, role: Role | None = None
+    url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    role: Role | None = None,
+    reserved_size: int = 0,
 ) -> AsyncIterator[Connector]:
     """Open a trio-asyncio loop and a pool on it, for the lifetime of the block.
 
-    With `role`, every connection acts as that role from its first statement.
+    With `role`, every connection acts as that role from its first statement. With
+    `reserved_size`, a second pool of that many connections serves `run_reserved`.
 
     Raises:
         DbUnavailable: the server cannot be reached.
         RoleUnavailable: the login may not act as `role`.
     """
     try:
-        async with _loop_and_pool(url, min_size, max_size, role) as connector:
+        async with _loop_and_pools(url, min_size, max_size, role, reserved_size) as connector:
             yield connector
     except BaseExceptionGroup as group:
         raise sole_exception(group) from None
 
 
 @asynccontextmanager
-async def _loop_and_pool(
-    url: str, min_size: int, max_size: int, role: Role | None
+async def _loop_and_pools(
+    url: str, min_size: int, max_size: int, role: Role | None, reserved_size: int
 ) -> AsyncIterator[Connector]:
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(log_loop_error)
-        try:
-            pool = await loop.run_aio_coroutine(
-                asyncpg.create_pool(
-                    url,
-                    min_size=min_size,
-                    max_size=max_size,
-                    init=functools.partial(_init_connection, role=role),
-                    reset=_no_reset,
-                    max_inactive_connection_lifetime=0,  # keep warm connections; 0 disables expiry
-                )
+        async with _pool(loop, url, min_size, max_size, role) as pool:
+            if not reserved_size:
+                yield Connector(pool, url, loop, role)
+                return
+            async with _pool(loop, url, reserved_size, reserved_size, role) as reserved:
+                yield Connector(pool, url, loop, role, reserved)
+
+
+@asynccontextmanager
+async def _pool(
+    loop: trio_asyncio.TrioEventLoop, url: str, min_size: int, max_size: int, role: Role | None
+) -> AsyncIterator[Pool]:
+    try:
+        pool = await loop.run_aio_coroutine(
+            asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=functools.partial(_init_connection, role=role),
+                reset=_no_reset,
+                max_inactive_connection_lifetime=0,  # keep warm connections; 0 disables expiry
             )
-        except DbError:
-            raise
-        except Exception as exc:
-            raise (map_error(exc) or DbUnavailable(str(exc))) from exc
-        try:
-            yield Connector(pool, url, loop, role)
-        finally:
-            with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True) as scope:
-                await loop.run_aio_coroutine(pool.close())
-            if scope.cancelled_caught:
-                pool.terminate()
+        )
+    except DbError:
+        raise
+    except Exception as exc:
+        raise (map_error(exc) or DbUnavailable(str(exc))) from exc
+    try:
+        yield pool
+    finally:
+        with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True) as scope:
+            await loop.run_aio_coroutine(pool.close())
+        if scope.cancelled_caught:
+            pool.terminate()

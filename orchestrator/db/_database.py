@@ -206,7 +206,7 @@ class Database:
             UnknownJob: no such job.
             IntegrityViolation: the job was never admitted.
         """
-        return await self._connector.run(
+        return await self._connector.run_reserved(
             _transitions.finish, job_id, status, code, message, outputs
         )
 
@@ -214,7 +214,7 @@ class Database:
         self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
     ) -> bool:
         """Store output `idx`'s prediction id the moment it is known; False if the job ended."""
-        return await self._connector.run(
+        return await self._connector.run_reserved(
             _transitions.mark_processing, job_id, provider, prediction_id, idx
         )
 
@@ -229,7 +229,7 @@ class Database:
         return await self._connector.run(_routing.in_flight)
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None:
-        return await self._connector.run(_routing.in_flight_job, job_id)
+        return await self._connector.run_reserved(_routing.in_flight_job, job_id)
 
     async def orphaned(self, *, grace_s: float, limit: int = 1000) -> list[JobRef]:
         """In-flight jobs more than `grace_s` past their deadline: nobody is running them."""
@@ -256,7 +256,7 @@ class Database:
         cancel_sent: bool = False,
     ) -> str | None:
         """Store what was seen of `ref` upstream; returns the status seen before, if any."""
-        return await self._connector.run(
+        return await self._connector.run_reserved(
             _upstream.note,
             ref.provider,
             ref.prediction_id,
@@ -278,13 +278,23 @@ class Database:
 
 @asynccontextmanager
 async def open_database(
-    url: str, *, min_size: int = 2, max_size: int = 10, role: Role | None = None
+    url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    role: Role | None = None,
+    reserved_size: int = 0,
 ) -> AsyncIterator[Database]:
     """Connect for the lifetime of the block, acting as `role` when given.
+
+    `reserved_size` connections are kept apart for finishing jobs, recording
+    predictions and recovery, so a burst of admissions never delays them.
 
     Raises:
         DbUnavailable: the server cannot be reached.
         RoleUnavailable: the login may not act as `role`.
     """
-    async with open_connector(url, min_size=min_size, max_size=max_size, role=role) as connector:
+    async with open_connector(
+        url, min_size=min_size, max_size=max_size, role=role, reserved_size=reserved_size
+    ) as connector:
         yield Database(connector)
