@@ -44,7 +44,7 @@ def expected_faults_on_one_line(
     failure instead of thousands of tracebacks, and a real bug still shows its stack.
     """
     exc = _exception(event_dict.get("exc_info"))
-    if exc is None or not is_expected(exc):
+    if exc is None or not (is_expected(exc) or _server_unavailable(exc)):
         return event_dict
     del event_dict["exc_info"]
     event_dict.setdefault("error", f"{type(exc).__name__}: {clean_text(str(exc), 300)}")
