@@ -12,6 +12,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +33,7 @@ from orchestrator.db import (
     stop_embedded_server,
 )
 from orchestrator.exceptions import sole_exception
-from orchestrator.lifecycle import JobStatus
+from orchestrator.lifecycle import MAX_OUTPUTS, JobStatus
 from orchestrator.settings import Settings, SettingsError, environment_variables, from_env
 
 EXIT_OK: Final = 0
@@ -59,21 +60,29 @@ def _job_id(text: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a UUID)") from None
 
 
+_WHOLE: Final = re.compile(r"[+-]?[0-9]+")
+_MAX_WHOLE: Final = 2**63 - 1  # a bigint, as the ledger stores it
+_USER_ID: Final = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")  # the rule jobs.user_id is held to
+
+
+def _whole(text: str, what: str) -> int:
+    """ASCII digits only: ``int()`` also reads Arabic-Indic, fullwidth and ``1_000``."""
+    if _WHOLE.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number of {what}")
+    if len(text.lstrip("+-")) > len(str(_MAX_WHOLE)) or abs(int(text)) > _MAX_WHOLE:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is too large a number of {what}")
+    return int(text)
+
+
 def _credits(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits") from None
+    value = _whole(text, "credits")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"credits must be positive, got {value}")
     return value
 
 
 def _nonzero(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits") from None
+    value = _whole(text, "credits")
     if value == 0:
         raise argparse.ArgumentTypeError("an adjustment must not be zero")
     return value
@@ -81,9 +90,27 @@ def _nonzero(text: str) -> int:
 
 def _outputs(text: str) -> int:
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of outputs") from None
+        value = _whole(text, "outputs")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of outputs") from None
+    if not 1 <= value <= MAX_OUTPUTS:
+        raise argparse.ArgumentTypeError(f"outputs must be 1 to {MAX_OUTPUTS}, got {value}")
+    return value
+
+
+def _new_user_id(text: str) -> str:
+    """A grant creates the account: refuse an id no job could ever be submitted for."""
+    if _USER_ID.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            "a user id must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : + -"
+        )
+    return text
+
+
+def _note(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the note must say why, for the audit trail")
+    return text
 
 
 def _positive_count(text: str) -> int:
@@ -111,6 +138,8 @@ def _params(text: str) -> dict[str, object]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"--params is not valid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError):  # a number too long or nesting too deep for Python
+        raise argparse.ArgumentTypeError("--params cannot be read: too deep or too long") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--params must be a JSON object")
     return value
@@ -378,7 +407,7 @@ def _add_ledger_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     sub.add_parser("migrate", help="apply schema.sql (idempotent)").set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("grant", help="grant credits, creating the account if needed")
-    p.add_argument("user")
+    p.add_argument("user", type=_new_user_id)
     p.add_argument("credits", type=_credits)
     p.add_argument("--plan", help="move the account to this plan")
     p.add_argument("--ref", help="idempotency reference: a repeated grant pays once")
@@ -387,7 +416,7 @@ def _add_ledger_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("adjust", help="correct a balance by hand, as an `adjust` ledger row")
     p.add_argument("user")
     p.add_argument("amount", type=_nonzero, help="credits to add (negative to remove)")
-    p.add_argument("--note", required=True, help="why, for the audit trail")
+    p.add_argument("--note", type=_note, required=True, help="why, for the audit trail")
     p.add_argument("--ref", help="idempotency reference")
     p.set_defaults(func=cmd_adjust)
 

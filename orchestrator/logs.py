@@ -14,8 +14,10 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, Final, TextIO
 
+import asyncpg
 import structlog
 
+from orchestrator.db import DbUnavailable, map_error
 from orchestrator.exceptions import is_expected
 from orchestrator.text import clean_text
 
@@ -42,7 +44,7 @@ def expected_faults_on_one_line(
     failure instead of thousands of tracebacks, and a real bug still shows its stack.
     """
     exc = _exception(event_dict.get("exc_info"))
-    if exc is None or not is_expected(exc):
+    if exc is None or not (is_expected(exc) or _server_unavailable(exc)):
         return event_dict
     del event_dict["exc_info"]
     event_dict.setdefault("error", f"{type(exc).__name__}: {clean_text(str(exc), 300)}")
@@ -82,10 +84,15 @@ def _caused_by_expected(exc: BaseException) -> bool:
     for _ in range(10):
         if seen is None:
             return False
-        if is_expected(seen):
+        if is_expected(seen) or _server_unavailable(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _server_unavailable(exc: BaseException) -> bool:
+    """A Postgres error a library logs raw that we map to DbUnavailable (57P03 at a restart)."""
+    return isinstance(exc, asyncpg.PostgresError) and isinstance(map_error(exc), DbUnavailable)
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -6,11 +6,12 @@ import io
 import json
 import logging
 
+import asyncpg
 import structlog
 import trio
 
 from orchestrator import logs
-from orchestrator.db import DbUnavailable, IntegrityViolation
+from orchestrator.db import DbUnavailable, IntegrityViolation, map_error
 from orchestrator.providers import ProviderUnavailable
 
 
@@ -109,3 +110,28 @@ def test_a_librarys_stdlib_warning_about_a_reset_connection_is_one_line():
         " (RuntimeError: connection was closed in the middle of operation)"
     )
     assert second == "WARNING:asyncpg.pool:a bug\nKeyError: 'seat'\n"  # formatted, not flattened
+
+
+def test_postgres_starting_up_logged_by_the_asyncpg_pool_is_one_warning_line():
+    """57P03 while Postgres restarts: the pool's reconnect warning is one line, no traceback."""
+    stream = io.StringIO()
+    logs.configure("info", "json", stream)
+    handler = logging.getLogger().handlers[0]
+    structlog.reset_defaults()
+    starting = asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+    assert isinstance(map_error(starting), DbUnavailable)
+
+    handler.handle(_record(starting, "Failed to reconnect"))
+
+    assert stream.getvalue() == (
+        "WARNING:asyncpg.pool:Failed to reconnect"
+        " (CannotConnectNowError: the database system is starting up)\n"
+    )
+
+
+def test_postgres_starting_up_is_an_expected_fault_wrapped_or_raw():
+    starting = asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+    for fault in (map_error(starting) or starting, starting):
+        (line,) = _lines_logged_for(fault)
+        assert line["level"] == "warning", fault
+        assert "exception" not in line, fault

@@ -26,6 +26,7 @@ from ._errors import RoleUnavailable as RoleUnavailable
 from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
+from ._errors import map_error as map_error
 from ._ledger import AccountSummary as AccountSummary
 from ._ledger import Refund as Refund
 from ._listener import Listener as Listener
@@ -54,6 +55,7 @@ __all__ = [
     "UnknownUser",
     "embedded_server_running",
     "ensure_embedded_server",
+    "map_error",
     "open_database",
     "schema_text",
     "stop_embedded_server",

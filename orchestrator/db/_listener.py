@@ -84,7 +84,12 @@ async def listen(
         with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True) as scope:
             try:
                 await connector.call(conn.close())
-            except (OSError, asyncpg.InterfaceError):
+            except (
+                OSError,
+                asyncpg.InterfaceError,
+                asyncpg.PostgresConnectionError,  # 08xxx
+                asyncpg.OperatorInterventionError,  # 57xxx: shutting down, starting up (57P03)
+            ):
                 conn.terminate()
         if scope.cancelled_caught:
             conn.terminate()

@@ -91,7 +91,7 @@ def body_detail(response: httpx.Response, *, secrets: Iterable[str]) -> str:
     """The provider's own words about an error (``detail``, ``title`` or ``msg``), redacted."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # an error body nested thousands deep says nothing
         return ""
     if not isinstance(body, dict):
         return ""

@@ -221,7 +221,7 @@ def _original_request(param: object) -> Mapping[str, object]:
         return {}
     try:
         decoded = json.loads(param)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return decoded if isinstance(decoded, dict) else {}
 

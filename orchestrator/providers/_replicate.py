@@ -236,6 +236,10 @@ def _parse_prediction(body: object, secrets: tuple[str, ...]) -> Prediction:
         raise ProviderProtocolError("replicate: webhook is not a string")
     raw_error = data.get("error")
     error = raw_error if isinstance(raw_error, str) or raw_error is None else json.dumps(raw_error)
+    original_input = data.get("input")
+    prompt = original_input.get("prompt") if isinstance(original_input, dict) else None
+    if isinstance(prompt, str):  # a poll knows the prompt only from Replicate's echo of it
+        secrets = (*secrets, prompt)
     return Prediction(
         id=prediction_id,
         status=status,
