@@ -5,6 +5,9 @@ builds a `Registry` with a `JobStore`, a `Provider` and an `ActorConfig`,
 runs it in a nursery, and delivers `Submit`, `Cancel` and `Resume` messages.
 """
 
+from ._capacity import Capacity as Capacity
+from ._capacity import InFlightGate as InFlightGate
+from ._capacity import RateBudget as RateBudget
 from ._config import ActorConfig as ActorConfig
 from ._job import JobTask as JobTask
 from ._mailbox import Mailbox as Mailbox
@@ -25,6 +28,8 @@ from ._user import UserActor as UserActor
 __all__ = [
     "ActorConfig",
     "Cancel",
+    "Capacity",
+    "InFlightGate",
     "JobStore",
     "JobTask",
     "Mailbox",
@@ -34,6 +39,7 @@ __all__ = [
     "Offer",
     "OutputStore",
     "OutputUnavailable",
+    "RateBudget",
     "Registry",
     "Resume",
     "Submit",

@@ -48,6 +48,7 @@ from orchestrator.providers import (
     ProviderUnavailable,
 )
 
+from ._capacity import Capacity
 from ._config import ActorConfig
 from ._ports import JobStore, Observer, OutputStore, OutputUnavailable
 
@@ -107,9 +108,13 @@ class JobTask:
         queued_s: float | None = None,
         on_done: Callable[[Job], None] | None = None,
         resumed: bool = False,
+        capacity: Capacity | None = None,
     ) -> None:
         self.job = in_flight.job
         self._resumed = resumed
+        self._capacity = capacity or Capacity()
+        # Admission took the create tokens for a fresh job's outputs already.
+        self._prepaid_creates = 0 if resumed else in_flight.job.num_outputs
         self._remaining_s = in_flight.remaining_s
         self._progress = _Progress(dict(in_flight.predictions))
         self._store = store
@@ -278,6 +283,7 @@ class JobTask:
         )
         delays = self._delays()
         while True:
+            await self._create_token()
             try:
                 with self._observed("submit"):
                     return await self._provider.submit(request)
@@ -292,6 +298,12 @@ class JobTask:
             except ProviderError as exc:
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 return UpstreamFailed(exc.summary)
+
+    async def _create_token(self) -> None:
+        if self._prepaid_creates:
+            self._prepaid_creates -= 1
+        elif self._capacity.creates is not None:
+            await self._capacity.creates.take()
 
     async def _find_lost_prediction(self, idx: int) -> Prediction | None:
         """Look the output's prediction up by its tag; only webhook URLs carry one."""
@@ -326,6 +338,8 @@ class JobTask:
             if self._poke.is_set():
                 self._poke = trio.Event()
             self._polls += 1
+            if self._capacity.polls is not None:
+                await self._capacity.polls.take()
             try:
                 with self._observed("get"):
                     prediction = await self._provider.get(prediction.id)

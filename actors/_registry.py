@@ -15,9 +15,10 @@ import trio
 
 from orchestrator.providers import Provider
 
+from ._capacity import Capacity
 from ._config import ActorConfig
 from ._mailbox import Offer
-from ._messages import Message
+from ._messages import Cancel, Message
 from ._ports import JobStore, NullObserver, Observer, OutputStore, UrlOnlyOutputs
 from ._user import UserActor
 
@@ -33,7 +34,9 @@ class Registry:
         config: ActorConfig,
         observer: Observer | None = None,
         outputs: OutputStore | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
+        self.capacity = capacity or Capacity()
         self._observer: Observer = observer or NullObserver()
         self._outputs: OutputStore = outputs or UrlOnlyOutputs()
         self._store = store
@@ -67,6 +70,13 @@ class Registry:
         if self._draining:
             return Offer.CLOSED
         actor = self._actors.get(user_id)
+        if (
+            isinstance(message, Cancel)
+            and actor is not None
+            and actor.cancel_running(message.job_id)
+        ):
+            # A running job's cancel never queues behind admissions waiting for capacity.
+            return Offer.ACCEPTED
         if actor is None:
             if self._nursery is None:
                 raise RuntimeError("the registry is not running")
@@ -78,6 +88,7 @@ class Registry:
                 config=self._config,
                 observer=self._observer,
                 outputs=self._outputs,
+                capacity=self.capacity,
             )
             self._actors[user_id] = actor
             self.started += 1

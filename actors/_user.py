@@ -16,7 +16,6 @@ import structlog
 import trio
 
 from orchestrator.lifecycle import (
-    Admit,
     ErrorCode,
     InFlight,
     Job,
@@ -26,6 +25,7 @@ from orchestrator.lifecycle import (
 )
 from orchestrator.providers import Provider
 
+from ._capacity import Capacity
 from ._config import ActorConfig
 from ._job import JobTask
 from ._mailbox import Mailbox
@@ -60,7 +60,9 @@ class UserActor:
         config: ActorConfig,
         observer: Observer,
         outputs: OutputStore,
+        capacity: Capacity,
     ) -> None:
+        self._capacity = capacity
         self._observer = observer
         self._outputs = outputs
         self.user_id = user_id
@@ -112,11 +114,7 @@ class UserActor:
                 except trio.EndOfChannel:
                     return
             if message is not None:
-                # Neither the idle timer nor a drain may interrupt a message half
-                # handled: an admission cancelled after its commit would leave a
-                # charged job with no task. The handling is bounded on its own.
-                with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
-                    await self._handle(message)
+                await self._handle(message)
                 # A user with no account gets no actor kept for them: a flood of
                 # strangers would otherwise hold one per id for the idle time.
                 if self._stranger and not self._running and self._registry.retire(self):
@@ -130,14 +128,23 @@ class UserActor:
                 return
 
     async def _handle(self, message: Message) -> None:
+        """Handle one message. Only a drain interrupts it, and never past a commit.
+
+        The reads and refusals are bounded; waiting for capacity is not (the job stays
+        queued meanwhile); the admission's commit and the start of its task are shielded,
+        since an admission cancelled after its commit would leave a charged job with no
+        task.
+        """
         try:
             match message:
                 case Submit(job_id=job_id):
                     await self._admit(job_id)
                 case Cancel(job_id=job_id):
-                    await self._cancel(job_id)
+                    with trio.move_on_after(_HANDLE_LIMIT_S):
+                        await self._cancel(job_id)
                 case Resume(job_id=job_id):
-                    await self._resume(job_id)
+                    with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
+                        await self._resume(job_id)
         except Exception:
             # The job stays as the store has it; the catch-up scan brings it back.
             log.exception("actor.message_failed", message=type(message).__name__)
@@ -145,37 +152,62 @@ class UserActor:
             self.mailbox.done(message)
 
     async def _admit(self, job_id: uuid.UUID) -> None:
+        decided = None
+        with trio.move_on_after(_HANDLE_LIMIT_S):
+            decided = await self._decide(job_id)
+        if decided is None:
+            return
+        job, lag_s = decided
+        await self._capacity.gate.enter()
+        started = False
+        try:
+            if self._capacity.creates is not None:
+                await self._capacity.creates.take(job.num_outputs)
+            with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
+                started = await self._commit(job, lag_s)
+        finally:
+            if not started:
+                self._capacity.gate.leave()
+
+    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None] | None:
+        """Read and decide; a job to admit comes back, a refusal is stored here."""
         context = await self._store.admission_context(job_id)
         if context is not None:
             self._stranger = context.usage.balance is None
         if context is None or context.job.status is not JobStatus.QUEUED:
-            return
+            return None
         job = context.job
         lag_s = (context.now - job.created_at).total_seconds() if job.created_at else None
-        with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-            decision = decide_admission(
-                job, context.usage, context.now, allowed_params=self._config.allowed_params
+        decision = decide_admission(
+            job, context.usage, context.now, allowed_params=self._config.allowed_params
+        )
+        if isinstance(decision, Reject):
+            with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
+                await self._reject(job_id, decision.code, decision.message, lag_s)
+            return None
+        return job, lag_s
+
+    async def _commit(self, job: Job, lag_s: float | None) -> bool:
+        """The atomic admit, then the job's task; True when a task now runs it."""
+        with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
+            admission = await self._store.admit(
+                job.id, deadline_s=self._config.deadline_s, epoch=self._registry.epoch
             )
-            match decision:
-                case Reject(code=code, message=message):
-                    await self._reject(job_id, code, message, lag_s)
-                case Admit():
-                    admission = await self._store.admit(
-                        job_id, deadline_s=self._config.deadline_s, epoch=self._registry.epoch
-                    )
-                    if admission.outcome == "admitted":
-                        cost = admission.cost or 0
-                        log.info("job.admitted", cost=cost, balance=admission.balance)
-                        self._observer.job_admitted(cost, lag_s)
-                        started = InFlight(
-                            job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
-                        )
-                        self._start(started, lag_s)
-                    elif admission.outcome == "not_leader":
-                        log.warning("job.not_admitted", reason="this daemon lost intake leadership")
-                    elif admission.outcome in _REFUSAL_FOR_OUTCOME:
-                        code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
-                        await self._reject(job_id, code, message, lag_s)
+            if admission.outcome == "admitted":
+                cost = admission.cost or 0
+                log.info("job.admitted", cost=cost, balance=admission.balance)
+                self._observer.job_admitted(cost, lag_s)
+                started = InFlight(
+                    job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
+                )
+                self._start(started, lag_s)
+                return True
+            if admission.outcome == "not_leader":
+                log.warning("job.not_admitted", reason="this daemon lost intake leadership")
+            elif admission.outcome in _REFUSAL_FOR_OUTCOME:
+                code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
+                await self._reject(job.id, code, message, lag_s)
+            return False
 
     async def _reject(
         self, job_id: uuid.UUID, code: ErrorCode, message: str, lag_s: float | None
@@ -198,6 +230,7 @@ class UserActor:
             queued_s=lag_s,
             on_done=self._job_done,
             resumed=resumed,
+            capacity=self._capacity,
         )
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)
@@ -205,6 +238,7 @@ class UserActor:
 
     def _job_done(self, job: Job) -> None:
         self._running.pop(job.id, None)
+        self._capacity.gate.leave()
         self._registry.job_finished()
 
     async def _cancel(self, job_id: uuid.UUID) -> None:
@@ -230,6 +264,7 @@ class UserActor:
                 remaining_s=round(in_flight.remaining_s, 3),
                 recorded=len(in_flight.predictions),
             )
+            self._capacity.gate.enter_now()
             task = self._start(in_flight, resumed=True)
             if job.cancel_requested_at is not None:
                 task.cancel()

@@ -25,7 +25,7 @@ import hypercorn.trio
 import structlog
 import trio
 
-from actors import ActorConfig, Registry
+from actors import ActorConfig, Capacity, InFlightGate, RateBudget, Registry
 from orchestrator.auditor import run_auditor
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
@@ -94,6 +94,15 @@ def webhook_base(settings: Settings) -> str | None:
             "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS=1 to accept forgeable ones"
         )
     return f"{settings.public_url.rstrip('/')}/webhooks/{settings.provider}"
+
+
+def capacity(settings: Settings) -> Capacity:
+    """The daemon's limits: jobs in flight, and the provider account's rates (0 = off)."""
+    return Capacity(
+        gate=InFlightGate(settings.max_in_flight),
+        creates=RateBudget(settings.create_rate) if settings.create_rate else None,
+        polls=RateBudget(settings.poll_rate) if settings.poll_rate else None,
+    )
 
 
 def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
@@ -215,7 +224,12 @@ async def serve(
         config = actor_config(settings, webhooks_at)
         metrics = Metrics()
         registry = Registry(
-            store=db, provider=provider, config=config, observer=metrics, outputs=downloader
+            store=db,
+            provider=provider,
+            config=config,
+            observer=metrics,
+            outputs=downloader,
+            capacity=capacity(settings),
         )
         intake = Intake(
             db,
@@ -251,6 +265,7 @@ async def serve(
             listener_connected=lambda: float(intake.stats.connected),
             intake_leader=lambda: float(intake.stats.leader),
             db_pool_in_use=lambda: db.pool_in_use,
+            capacity_waiting=lambda: registry.capacity.gate.waiting,
         )
         webhooks = None
         if webhooks_at is not None:

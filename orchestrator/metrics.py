@@ -185,6 +185,11 @@ class Metrics:
             "1 while this daemon leads intake (admits and recovers); 0 on standby.",
             registry=r,
         )
+        self.capacity_waiting = Gauge(
+            "orchestrator_capacity_waiting",
+            "Users whose next job waits, still queued, for a free in-flight place.",
+            registry=r,
+        )
         self.db_pool_in_use = Gauge(
             "orchestrator_db_pool_in_use", "Database connections checked out.", registry=r
         )
@@ -202,6 +207,7 @@ class Metrics:
         listener_connected: Callable[[], float],
         intake_leader: Callable[[], float],
         db_pool_in_use: Callable[[], float],
+        capacity_waiting: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """Gauges read at scrape time from the live objects."""
         self.actors_active.set_function(actors)
@@ -210,6 +216,7 @@ class Metrics:
         self.listener_connected.set_function(listener_connected)
         self.intake_leader.set_function(intake_leader)
         self.db_pool_in_use.set_function(db_pool_in_use)
+        self.capacity_waiting.set_function(capacity_waiting)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

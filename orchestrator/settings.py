@@ -30,6 +30,12 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) 
         raise SettingsError(f"{attribute.name} must be a positive number, got {value!r}")
 
 
+def _rate(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """A rate budget: 0 turns it off, else a positive number per second."""
+    if not (value >= 0 and math.isfinite(value)):
+        raise SettingsError(f"{attribute.name} must be 0 (off) or a positive rate, got {value!r}")
+
+
 def _lower(value: str) -> str:
     return value.lower()
 
@@ -115,6 +121,9 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(default=8080, validator=_port)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
+    max_in_flight: int = attrs.field(default=10_000, validator=_positive)
+    create_rate: float = attrs.field(default=0.0, validator=_rate)
+    poll_rate: float = attrs.field(default=0.0, validator=_rate)
     db_settle_pool_size: int = attrs.field(default=4, validator=_positive)
     log_level: str = attrs.field(
         default="info",
@@ -194,6 +203,9 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_HTTP_HOST": ("http_host", str),
     "ORCHESTRATOR_HTTP_PORT": ("http_port", int),
     "ORCHESTRATOR_DB_POOL_SIZE": ("db_pool_size", int),
+    "ORCHESTRATOR_MAX_IN_FLIGHT": ("max_in_flight", int),
+    "ORCHESTRATOR_CREATE_RATE": ("create_rate", float),
+    "ORCHESTRATOR_POLL_RATE": ("poll_rate", float),
     "ORCHESTRATOR_DB_SETTLE_POOL_SIZE": ("db_settle_pool_size", int),
     "ORCHESTRATOR_LOG_LEVEL": ("log_level", str),
     "ORCHESTRATOR_LOG_FORMAT": ("log_format", str),

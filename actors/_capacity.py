@@ -1,0 +1,107 @@
+"""What one daemon can carry: jobs in flight, and the provider's create and poll rates.
+
+Beyond capacity a job waits *before* admission, still `queued`, so its deadline (set at
+admission) measures the provider's time and never our queueing. Waiters are served in
+arrival order; since each user's actor admits one job at a time, that is round robin over
+the users with work. The rate budgets are GCRA reservations on Trio's clock, so MockClock
+tests drive them, and `reserve` is the pure rule behind them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import trio
+
+
+def reserve(
+    tat: float, now: float, *, interval: float, burst: int, cost: int = 1
+) -> tuple[float, float]:
+    """GCRA: how long to wait for `cost` tokens, and the new theoretical arrival time.
+
+    A full bucket (`tat` in the past) lets `burst` tokens go at once, then one per
+    `interval`. Reserving before sleeping makes waiters line up in call order.
+    """
+    slot = max(now - interval * (burst - 1), tat)
+    return max(0.0, slot + interval * (cost - 1) - now), slot + interval * cost
+
+
+class RateBudget:
+    """At most `per_s` tokens a second on average, `burst` at once; waiters in order.
+
+    A waiter cancelled while it sleeps does not give its slot back: the budget errs on
+    the side of sending less than allowed, never more.
+    """
+
+    def __init__(self, per_s: float, burst: int | None = None) -> None:
+        if not per_s > 0 or not math.isfinite(per_s):
+            raise ValueError("a rate budget needs a positive, finite rate")
+        self.per_s = per_s
+        self._interval = 1.0 / per_s
+        self._burst = burst if burst is not None else max(1, math.ceil(per_s))
+        if self._burst < 1:
+            raise ValueError("burst must be at least 1")
+        self._tat = -math.inf
+        self.waited_s = 0.0
+
+    async def take(self, cost: int = 1) -> float:
+        """Wait for `cost` tokens; returns the seconds waited."""
+        wait, self._tat = reserve(
+            self._tat, trio.current_time(), interval=self._interval, burst=self._burst, cost=cost
+        )
+        if wait > 0:
+            self.waited_s += wait
+            await trio.sleep(wait)
+        return wait
+
+
+class InFlightGate:
+    """At most `limit` jobs in flight in this daemon (None: no limit), admitted in order.
+
+    `enter` waits for a place; `enter_now` takes one at once even past the limit, for a
+    job already admitted by an earlier run (recovery must never wait behind new work);
+    `leave` gives a place back and hands it to the longest waiter.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        self.limit = limit
+        self.in_flight = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._lot)
+
+    def _has_room(self) -> bool:
+        return self.limit is None or self.in_flight < self.limit
+
+    async def enter(self) -> None:
+        """Wait until a place is free; the caller must `leave` once done with it."""
+        if self._has_room() and not self._lot:
+            self.in_flight += 1
+            await trio.lowlevel.checkpoint()
+            return
+        # `leave` counts the place for us before it unparks us, so a place handed over
+        # is never lost; a cancelled waiter is simply removed from the lot.
+        await self._lot.park()
+
+    def enter_now(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        while self._lot and self._has_room():
+            self.in_flight += 1
+            self._lot.unpark()
+
+
+@attrs.frozen
+class Capacity:
+    """The limits one daemon runs under, shared by every actor and job task."""
+
+    gate: InFlightGate = attrs.Factory(InFlightGate)
+    creates: RateBudget | None = None
+    polls: RateBudget | None = None

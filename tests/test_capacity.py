@@ -1,0 +1,197 @@
+"""Capacity: what one daemon carries, decided by pure rules and proven under MockClock.
+
+The end-to-end proof on real Postgres is the last test: a daemon limited to two jobs in
+flight runs a dozen, never more than two at once, and refuses none.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import attrs
+import pytest
+import trio
+import trio.lowlevel
+
+from actors import Cancel, Capacity, InFlightGate, RateBudget, Registry, Submit
+from actors._capacity import reserve
+from orchestrator.db import Database
+from orchestrator.db.testing import InMemoryStore
+from orchestrator.lifecycle import JobStatus, Plan
+
+from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
+from .test_actors import CONFIG, FakeProvider
+
+
+def test_reserve_lets_a_burst_through_then_one_token_per_interval():
+    tat, waits = float("-inf"), []
+    for _ in range(5):
+        wait, tat = reserve(tat, 100.0, interval=0.5, burst=3)
+        waits.append(wait)
+    assert waits == [0.0, 0.0, 0.0, 0.5, 1.0]
+
+
+def test_reserve_charges_a_multi_token_request_its_whole_cost():
+    wait, tat = reserve(float("-inf"), 0.0, interval=1.0, burst=1, cost=4)
+    assert (wait, tat) == (3.0, 4.0)
+    wait, _ = reserve(tat, 0.0, interval=1.0, burst=1)
+    assert wait == 4.0
+
+
+def test_a_rate_budget_refuses_a_rate_it_cannot_keep():
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            RateBudget(bad)
+
+
+async def test_a_rate_budget_spreads_waiters_in_arrival_order(autojump_clock):
+    budget = RateBudget(2.0, burst=2)
+    done: list[tuple[int, float]] = []
+
+    async def one(n: int) -> None:
+        await budget.take()
+        done.append((n, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(6):
+            nursery.start_soon(one, n)
+            await trio.lowlevel.checkpoint()
+    assert [n for n, _ in done] == list(range(6))
+    assert [t for _, t in done] == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+async def test_the_gate_admits_in_arrival_order_and_hands_each_freed_place_over(autojump_clock):
+    gate = InFlightGate(2)
+    order: list[int] = []
+
+    async def job(n: int) -> None:
+        await gate.enter()
+        order.append(n)
+        assert gate.in_flight <= 2
+        await trio.sleep(10)
+        gate.leave()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(5):
+            nursery.start_soon(job, n)
+            await trio.sleep(0.01)
+    assert order == [0, 1, 2, 3, 4]
+    assert trio.current_time() == pytest.approx(30.04, abs=0.05)
+    assert (gate.in_flight, gate.waiting) == (0, 0)
+
+
+async def test_a_cancelled_waiter_takes_no_place_with_it(autojump_clock):
+    gate = InFlightGate(1)
+    await gate.enter()
+    with trio.move_on_after(5):
+        await gate.enter()
+    assert (gate.in_flight, gate.waiting) == (1, 0)
+    gate.leave()
+    await gate.enter()
+    assert gate.in_flight == 1
+
+
+def test_recovery_enters_at_once_even_past_the_limit():
+    gate = InFlightGate(1)
+    gate.enter_now()
+    gate.enter_now()
+    assert gate.in_flight == 2
+    gate.leave()
+    gate.leave()
+    assert gate.in_flight == 0
+
+
+async def _capped_rig(nursery: trio.Nursery, limit: int, latency: float = 20.0):
+    store = InMemoryStore(plans={"pro": Plan("pro", 10_000, 50, 0.0, 1)})
+    provider = FakeProvider(latency=latency)
+    capacity = Capacity(gate=InFlightGate(limit))
+    registry = Registry(store=store, provider=provider, config=CONFIG, capacity=capacity)
+    await nursery.start(registry.run)
+    return store, registry, capacity
+
+
+async def test_beyond_capacity_jobs_stay_queued_then_run_with_their_whole_deadline(
+    autojump_clock, nursery
+):
+    """Waiting for a place is our queueing: it never eats into the provider's 120 s."""
+    store, registry, capacity = await _capped_rig(nursery, limit=1, latency=100.0)
+    store.grant("ann", 10, plan="pro")
+    first = store.submit("ann", "one")
+    second = store.submit("ann", "two")
+    for job_id in (first, second):
+        registry.deliver("ann", Submit(job_id))
+    await trio.sleep(50)
+    assert store.jobs[first].status.in_flight
+    assert store.jobs[second].status is JobStatus.QUEUED
+    assert capacity.gate.in_flight == 1
+    with trio.fail_after(1000):
+        while not store.jobs[second].status.terminal:
+            await trio.sleep(1)
+    # Had the wait for the first job's place counted, 100 s of provider time would not fit.
+    assert store.jobs[second].status is JobStatus.SUCCEEDED
+    assert store.balance("ann") == 8
+
+
+async def test_freed_places_go_round_robin_over_users_not_oldest_first(autojump_clock, nursery):
+    store, registry, _ = await _capped_rig(nursery, limit=1, latency=5.0)
+    admitted: list[str] = []
+    original = store.admit
+
+    async def admit(job_id: uuid.UUID, **kw: object):
+        admitted.append(store.jobs[job_id].user_id)
+        return await original(job_id, **kw)  # type: ignore[arg-type]
+
+    store.admit = admit  # type: ignore[method-assign]
+    for user in ("bo", "cy", "di"):
+        store.grant(user, 10, plan="pro")
+    for job in [store.submit("bo", f"b{n}") for n in range(3)]:
+        registry.deliver("bo", Submit(job))
+    await trio.sleep(0.1)
+    for user in ("cy", "di"):
+        for job in [store.submit(user, f"{user}{n}") for n in range(2)]:
+            registry.deliver(user, Submit(job))
+    with trio.fail_after(1000):
+        while len(admitted) < 7:
+            await trio.sleep(1)
+    # bo's backlog came first; from then on each round serves every user with work once.
+    assert admitted[:2] == ["bo", "bo"]
+    assert sorted(admitted[2:5]) == ["bo", "cy", "di"]
+    assert sorted(admitted[5:]) == ["cy", "di"]
+
+
+async def test_a_running_job_is_cancelled_at_once_while_its_user_waits_for_capacity(
+    autojump_clock, nursery
+):
+    store, registry, _ = await _capped_rig(nursery, limit=1, latency=1000.0)
+    store.grant("eli", 10, plan="pro")
+    running, waiting = store.submit("eli", "one"), store.submit("eli", "two")
+    for job_id in (running, waiting):
+        registry.deliver("eli", Submit(job_id))
+    await trio.sleep(5)
+    registry.deliver("eli", Cancel(running))
+    with trio.fail_after(60):
+        while not store.jobs[running].status.terminal:
+            await trio.sleep(0.5)
+    assert store.jobs[running].status is JobStatus.CANCELED
+
+
+async def test_a_daemon_capped_at_two_in_flight_runs_a_dozen_two_at_a_time(nursery, db: Database):
+    """End to end: the cap holds on real Postgres, and nothing beyond it is refused."""
+    provider = await start_simulator(nursery, latency=(0.3, 0.4))
+    await db.grant("fay", 50, plan="pro")
+    await db.grant("gus", 50, plan="pro")
+    settings = attrs.evolve(settings_for(db.url, provider), max_in_flight=2)
+    await start_daemon(nursery, settings)
+    ids = [await db.submit_job(user, f"{user} {n}") for n in range(6) for user in ("fay", "gus")]
+    peak = 0
+    with trio.fail_after(30):
+        while True:
+            jobs = [await db.job(job_id) for job_id in ids]
+            peak = max(peak, sum(1 for j in jobs if j is not None and j.status.in_flight))
+            if all(j is not None and j.status.terminal for j in jobs):
+                break
+            await trio.sleep(0.02)
+    done = await wait_terminal(db, ids)
+    assert [j.status for j in done] == [JobStatus.SUCCEEDED] * len(ids)
+    assert 1 <= peak <= 2
+    assert (await db.audit()).ok
