@@ -315,6 +315,8 @@ def main() -> None:
                     await asyncio.to_thread(rig.fault, kinds[n % len(kinds)])
                     n += 1
             counts = await traffic
+            for kind in kinds[n:]:  # every kind at least once, however slow recovery was
+                await asyncio.to_thread(rig.fault, kind)
             return counts, await _wait_terminal(url, limit_s=DEADLINE_S * 10 + 30)
 
         counts, drain_s = asyncio.run(run())
