@@ -11,6 +11,7 @@ left in flight for recovery to pick up.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -126,14 +127,29 @@ class JobTask:
         self._on_done = on_done
         self._polls = 0
         self._user_scope = trio.CancelScope()
-        self._poke = trio.Event()
+        # Per prediction id: what wakes its poll loop, and a signed webhook's final word.
+        self._wakes: dict[str, trio.Event] = {}
+        self._told: dict[str, Prediction] = {}
 
     def cancel(self) -> None:
         self._user_scope.cancel()
 
-    def poke(self) -> None:
-        """Poll now rather than at the next backoff step (a webhook arrived)."""
-        self._poke.set()
+    def poke(self, prediction: Prediction | None = None) -> None:
+        """A webhook arrived: poll now, or take a signed webhook's terminal state as is.
+
+        ``prediction`` is passed only for webhooks whose signature was verified; a
+        terminal one ends that output's wait with no poll at all. Without it (an
+        unsigned webhook, a hint only) every output of the job polls now.
+        """
+        if prediction is None:
+            for wake in self._wakes.values():
+                wake.set()
+            return
+        if prediction.status.terminal:
+            self._told[prediction.id] = prediction
+        waiting = self._wakes.get(prediction.id)
+        if waiting is not None:
+            waiting.set()
 
     async def run(self) -> None:
         """Run the job to its settlement; never raises into the actor's nursery."""
@@ -331,12 +347,16 @@ class JobTask:
             log.info("job.processing", prediction_id=prediction_id, idx=idx)
 
     async def _until_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
-        delays = self._delays()
+        """Wait for the prediction's end: polls back off, or with webhooks are a safety net."""
+        delays = self._poll_delays()
         while not prediction.status.terminal:
+            wake = self._wakes[prediction.id] = trio.Event()
             with trio.move_on_after(next(delays)):
-                await self._poke.wait()
-            if self._poke.is_set():
-                self._poke = trio.Event()
+                await wake.wait()
+            told = self._told.pop(prediction.id, None)
+            if told is not None:
+                prediction = told
+                break
             self._polls += 1
             if self._capacity.polls is not None:
                 await self._capacity.polls.take()
@@ -348,6 +368,7 @@ class JobTask:
                 return UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.info("provider.retry", operation="get", error=exc.summary)
+        self._wakes.pop(prediction.id, None)
         if prediction.status is PredictionStatus.SUCCEEDED:
             return prediction
         return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
@@ -441,6 +462,12 @@ class JobTask:
             self._observer.provider_request(operation, _outcome(exc))
             raise
         self._observer.provider_request(operation, "ok")
+
+    def _poll_delays(self) -> Iterator[float]:
+        """With webhooks the webhook is the signal, so polls are a slow, steady safety net."""
+        if self._config.webhook_url is not None:
+            return itertools.repeat(self._config.webhook_poll_s)
+        return self._delays()
 
     def _delays(self) -> Iterator[float]:
         return poll_delays(

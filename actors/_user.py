@@ -23,7 +23,7 @@ from orchestrator.lifecycle import (
     Reject,
     decide_admission,
 )
-from orchestrator.providers import Provider
+from orchestrator.providers import Prediction, Provider
 
 from ._capacity import Capacity
 from ._config import ActorConfig
@@ -91,10 +91,11 @@ class UserActor:
             task.cancel()
         return task is not None
 
-    def poke(self, job_id: uuid.UUID) -> bool:
+    def poke(self, job_id: uuid.UUID, prediction: Prediction | None = None) -> bool:
+        """Wake a running job's task for a webhook; see `JobTask.poke`."""
         task = self._running.get(job_id)
         if task is not None:
-            task.poke()
+            task.poke(prediction)
         return task is not None
 
     async def run(self) -> None:

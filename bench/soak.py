@@ -90,6 +90,7 @@ class Rig:
             "ORCHESTRATOR_JOB_DEADLINE": str(DEADLINE_S),
             "ORCHESTRATOR_POLL_INITIAL": "0.1",
             "ORCHESTRATOR_POLL_MAX": "0.5",
+            "ORCHESTRATOR_WEBHOOK_POLL": "1",
             "ORCHESTRATOR_SCAN_INTERVAL": "1",
             "ORCHESTRATOR_ORPHAN_GRACE": "3",
             # Sweeps (and reconciliation passes) every 2 s.

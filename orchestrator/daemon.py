@@ -111,6 +111,7 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
         poll_initial_s=settings.poll_initial_s,
         poll_multiplier=settings.poll_multiplier,
         poll_max_s=settings.poll_max_s,
+        webhook_poll_s=settings.webhook_poll_s,
         cancel_timeout_s=settings.cancel_timeout_s,
         idle_s=settings.actor_idle_s,
         mailbox_size=settings.mailbox_size,

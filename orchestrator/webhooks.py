@@ -159,7 +159,9 @@ class WebhookHandler:
             return Reply(200, "ignored")
         with structlog.contextvars.bound_contextvars(job_id=str(job_id), user_id=job.user_id):
             actor = self._registry.actor(job.user_id)
-            if actor is not None and actor.poke(job_id):
+            # A verified webhook is the provider's word; an unsigned one only a hint.
+            told = prediction if self._verifier is not None else None
+            if actor is not None and actor.poke(job_id, told):
                 return Reply(200, "accepted")
             if job.prediction_id is None or job.num_outputs > 1:
                 # The crash-between-phases case: the webhook tells us the lost id.

@@ -28,6 +28,7 @@ def settings_for(db_url: str, provider_url: str, **overrides: object) -> Setting
         job_deadline_s=DEADLINE_S,
         poll_initial_s=0.05,
         poll_max_s=0.2,
+        webhook_poll_s=0.5,
         cancel_timeout_s=1.0,
         scan_interval_s=0.5,
         actor_idle_s=5.0,

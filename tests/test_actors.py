@@ -435,3 +435,44 @@ async def test_a_settle_failing_on_a_bug_is_given_up_after_three_tries_for_recov
             await trio.sleep(1)
     assert len(attempts) == 3
     assert rig.status(job_id).in_flight
+
+
+async def test_a_signed_terminal_webhook_ends_the_wait_without_a_single_poll(
+    autojump_clock, nursery
+):
+    """With webhooks the webhook is the signal; the safety-net poll never had to run."""
+    rig = await make_rig(nursery, attrs.evolve(TAGGED, webhook_poll_s=15.0), latency=1.0)
+    rig.store.grant("ola", 5, plan="pro")
+    job_id = rig.submit("ola")
+    await trio.sleep(2.0)
+    actor = rig.registry.actor("ola")
+    assert actor is not None
+    done = Prediction("p0", PredictionStatus.SUCCEEDED, output=("https://cdn.test/p0/0.png",))
+    assert actor.poke(job_id, done)
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert rig.finished_at[job_id] == pytest.approx(2.0, abs=0.01)
+    assert rig.provider.gets == []
+
+
+async def test_an_unsigned_webhook_is_only_a_hint_to_poll_now(autojump_clock, nursery):
+    rig = await make_rig(nursery, attrs.evolve(TAGGED, webhook_poll_s=15.0), latency=1.0)
+    rig.store.grant("pia", 5, plan="pro")
+    job_id = rig.submit("pia")
+    await trio.sleep(2.0)
+    actor = rig.registry.actor("pia")
+    assert actor is not None
+    assert actor.poke(job_id)
+    await rig.settled(job_id)
+    assert rig.provider.gets == [pytest.approx(2.0, abs=0.01)]
+
+
+async def test_with_webhooks_a_lost_webhook_is_caught_by_the_slow_safety_net_poll(
+    autojump_clock, nursery
+):
+    rig = await make_rig(nursery, attrs.evolve(TAGGED, webhook_poll_s=15.0), latency=20.0)
+    rig.store.grant("quin", 5, plan="pro")
+    job_id = rig.submit("quin")
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert rig.provider.gets == pytest.approx([15.0, 30.0], abs=0.05)

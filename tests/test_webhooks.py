@@ -135,7 +135,10 @@ async def test_a_hundred_concurrent_deliveries_of_one_webhook_are_processed_once
 async def test_signed_webhooks_finish_jobs_long_before_the_next_poll(
     nursery, db: Database, db_url: str
 ):
-    """With webhooks on, completion arrives at once; duplicates and stale events change nothing."""
+    """With webhooks on, completion arrives at once, with no poll at all.
+
+    Duplicates and stale events change nothing.
+    """
     provider = await start_simulator(
         nursery,
         latency=(0.2, 0.3),
@@ -144,7 +147,7 @@ async def test_signed_webhooks_finish_jobs_long_before_the_next_poll(
         webhook_reorder_rate=1.0,
     )
     daemon = await start_webhook_daemon(
-        nursery, db_url, provider, poll_initial_s=30.0, poll_max_s=30.0, job_deadline_s=20.0
+        nursery, db_url, provider, webhook_poll_s=30.0, job_deadline_s=20.0
     )
     await db.grant("wendy", 5, plan="pro")
     started = trio.current_time()
@@ -159,6 +162,8 @@ async def test_signed_webhooks_finish_jobs_long_before_the_next_poll(
                 if 'orchestrator_webhooks_total{provider="replicate",result="duplicate"}' in text:
                     break
                 await trio.sleep(0.1)
+        stats = (await client.get(f"{provider}/_sim/stats")).json()
+    assert stats["gets"] == 0
     account = await db.account("wendy")
     assert account is not None
     assert account.balance == 4
