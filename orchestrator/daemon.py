@@ -170,13 +170,15 @@ def download_hosts(settings: Settings) -> tuple[str, ...]:
 @asynccontextmanager
 async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
     """Output downloads on their own client: no provider credentials ever reach a CDN."""
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+    limits = httpx.Limits(max_connections=settings.download_concurrency)
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, limits=limits) as client:
         yield Downloader(
             client,
             FilesystemStorage(storage_root(settings)),
             allowed_hosts=download_hosts(settings),
             max_bytes=settings.download_max_bytes,
             timeout_s=settings.download_timeout_s,
+            concurrency=settings.download_concurrency,
         )
 
 

@@ -18,6 +18,7 @@ from typing import Final
 
 import httpx
 import stamina
+import trio
 
 from actors import OutputUnavailable
 from orchestrator.lifecycle import StoredOutput
@@ -52,7 +53,11 @@ class Downloader:
         max_bytes: int,
         timeout_s: float,
         attempts: int = 3,
+        concurrency: int = 32,
     ) -> None:
+        # Bounded here rather than by the client's pool: a queued download waits for its
+        # turn instead of spending its timeout waiting for a connection.
+        self._limiter = trio.CapacityLimiter(concurrency)
         self._client = client
         self._storage = storage
         self._allowed = frozenset(allowed_host(h) for h in allowed_hosts if h.strip())
@@ -63,7 +68,8 @@ class Downloader:
     async def store(self, job_id: uuid.UUID, idx: int, url: str) -> StoredOutput:
         self._check_url(url)
         try:
-            data, content_type = await self._fetch_with_retries(url)
+            async with self._limiter:
+                data, content_type = await self._fetch_with_retries(url)
         except _Transient as exc:
             raise OutputUnavailable(f"download failed: {exc}") from exc
         key = f"renders/{job_id}/{idx}.{_EXTENSIONS[content_type]}"

@@ -34,6 +34,8 @@ class Files:
 
     def __init__(self) -> None:
         self.flaky_calls = 0
+        self.slow_now = 0
+        self.slow_peak = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -52,6 +54,11 @@ class Files:
                 status, body = 503, b""
         elif path == "/hang":
             await trio.sleep_forever()
+        elif path == "/slow":
+            self.slow_now += 1
+            self.slow_peak = max(self.slow_peak, self.slow_now)
+            await trio.sleep(0.1)
+            self.slow_now -= 1
         elif path == "/missing":
             status, body = 404, b""
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -142,6 +149,26 @@ async def test_transient_server_errors_are_retried(downloader):
     stored = await download.store(uuid.uuid4(), 0, f"{base}/flaky")
     assert files.flaky_calls == 3
     assert stored.size_bytes == len(PNG)
+
+
+async def test_downloads_run_at_most_their_concurrency_at_once(nursery, tmp_path: Path):
+    """A burst of outputs queues for the downloader, not for the HTTP pool's timeout."""
+    base, files = await serve_files(nursery)
+    async with httpx.AsyncClient(trust_env=False) as client:
+        downloader = Downloader(
+            client,
+            FilesystemStorage(tmp_path),
+            allowed_hosts=[base.removeprefix("http://")],
+            max_bytes=1024,
+            timeout_s=0.5,
+            concurrency=3,
+        )
+        job_id = uuid.uuid4()
+        async with trio.open_nursery() as burst:
+            for idx in range(12):
+                burst.start_soon(downloader.store, job_id, idx, f"{base}/slow")
+    assert files.slow_peak == 3
+    assert len(list((tmp_path / "renders" / str(job_id)).iterdir())) == 12
 
 
 async def test_storage_is_idempotent_and_stays_under_its_root(tmp_path: Path):
