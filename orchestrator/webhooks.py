@@ -118,12 +118,13 @@ class WebhookHandler:
         idx = _checked_delivery(idx_param, event_id)
         if isinstance(idx, Reply):
             return idx
-        job = await self._db.job(job_id)
-        if job is None:
+        delivery = await self._db.webhook_delivery(job_id, provider_name, event_id, idx)
+        if delivery is None:
             return Reply(200, "unknown_job")
+        job, fresh = delivery
         if idx >= job.num_outputs:
             return Reply(400, "bad_output_index")
-        if not await self._db.record_webhook_event(provider_name, event_id):
+        if not fresh:
             return Reply(200, "duplicate")
         return await self._wake(provider_name, job, prediction, idx)
 

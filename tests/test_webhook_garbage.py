@@ -146,7 +146,7 @@ def test_an_output_index_is_a_short_ascii_number_or_refused(raw):
 
 
 class _DatabaseDown:
-    async def job(self, _job_id):
+    async def webhook_delivery(self, *_args):
         raise DbUnavailable("database unavailable: FileNotFoundError")
 
 

@@ -64,6 +64,16 @@ class Database:
         """True the first time a webhook delivery id is seen; False for a duplicate."""
         return await self._connector.run(_jobs.record_webhook_event, provider, event_id)
 
+    async def webhook_delivery(
+        self, job_id: uuid.UUID, provider: str, event_id: str, idx: int
+    ) -> tuple[Job, bool] | None:
+        """The job a webhook names and whether the delivery is new, in one round trip.
+
+        None for an unknown job. The delivery is remembered (so a repeat reads as not
+        new) only when `idx` is one of the job's outputs.
+        """
+        return await self._connector.run(_jobs.webhook_delivery, job_id, provider, event_id, idx)
+
     async def prune_webhook_events(self, *, older_than_s: float, limit: int = 10_000) -> int:
         """Forget deliveries older than `older_than_s`, at most `limit`; how many went.
 

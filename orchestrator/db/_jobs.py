@@ -50,6 +50,13 @@ async def record_webhook_event(pool: Pool, provider: str, event_id: str) -> bool
     return await pool.fetchval(queries()["record_webhook_event"], provider, event_id) is not None
 
 
+async def webhook_delivery(
+    pool: Pool, job_id: uuid.UUID, provider: str, event_id: str, idx: int
+) -> tuple[Job, bool] | None:
+    row = await pool.fetchrow(queries()["webhook_delivery"], job_id, provider, event_id, idx)
+    return None if row is None else (_rows.job(row), row["fresh"])
+
+
 async def prune_webhook_events(pool: Pool, older_than_s: float, limit: int) -> int:
     return int(await pool.fetchval(queries()["prune_webhook_events"], older_than_s, limit))
 

@@ -183,6 +183,24 @@ INSERT INTO orchestrator.webhook_events (provider, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING
 RETURNING event_id;
 
+-- name: webhook_delivery
+-- A webhook in one round trip: the job it names ($1), and whether this delivery
+-- (provider $2, event $3) is new. It is remembered only when the job has the
+-- output ($4) it is for, so a bad index can be refused and resent.
+WITH job AS (
+    SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
+           error_message, idempotency_key, prediction_id, deadline_at,
+           cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at
+      FROM orchestrator.jobs
+     WHERE id = $1
+), fresh AS (
+    INSERT INTO orchestrator.webhook_events (provider, event_id)
+    SELECT $2, $3 FROM job WHERE $4 < job.num_outputs
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT job.*, EXISTS (SELECT 1 FROM fresh) AS fresh FROM job;
+
 -- name: prune_webhook_events
 -- Forget deliveries past the providers' retry window (see prune_webhook_events_v1).
 SELECT orchestrator.prune_webhook_events_v1($1, $2);
