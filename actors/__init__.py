@@ -24,6 +24,7 @@ from ._ports import OutputUnavailable as OutputUnavailable
 from ._ports import UrlOnlyOutputs as UrlOnlyOutputs
 from ._registry import Registry as Registry
 from ._user import UserActor as UserActor
+from ._watch import ListingWatch as ListingWatch
 
 __all__ = [
     "ActorConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "InFlightGate",
     "JobStore",
     "JobTask",
+    "ListingWatch",
     "Mailbox",
     "Message",
     "NullObserver",

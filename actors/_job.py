@@ -52,6 +52,7 @@ from orchestrator.providers import (
 from ._capacity import Capacity
 from ._config import ActorConfig
 from ._ports import JobStore, Observer, OutputStore, OutputUnavailable
+from ._watch import ListingWatch
 
 log = structlog.get_logger("actors.job")
 
@@ -110,7 +111,9 @@ class JobTask:
         on_done: Callable[[Job], None] | None = None,
         resumed: bool = False,
         capacity: Capacity | None = None,
+        watch: ListingWatch | None = None,
     ) -> None:
+        self._watch = watch
         self.job = in_flight.job
         self._resumed = resumed
         self._capacity = capacity or Capacity()
@@ -348,13 +351,24 @@ class JobTask:
 
     async def _until_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
         """Wait for the prediction's end: polls back off, or with webhooks are a safety net."""
+        if self._watch is not None and not prediction.status.terminal:
+            self._watch.watch(prediction.id, self.poke)
+        try:
+            return await self._wait_terminal(prediction)
+        finally:
+            self._wakes.pop(prediction.id, None)
+            if self._watch is not None:
+                self._watch.unwatch(prediction.id)
+
+    async def _wait_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
         delays = self._poll_delays()
         while not prediction.status.terminal:
             wake = self._wakes[prediction.id] = trio.Event()
             with trio.move_on_after(next(delays)):
                 await wake.wait()
             told = self._told.pop(prediction.id, None)
-            if told is not None:
+            # A success seen in a listing may come without its output: then read it once.
+            if told is not None and (told.output or told.status is not PredictionStatus.SUCCEEDED):
                 prediction = told
                 break
             self._polls += 1
@@ -368,7 +382,6 @@ class JobTask:
                 return UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.info("provider.retry", operation="get", error=exc.summary)
-        self._wakes.pop(prediction.id, None)
         if prediction.status is PredictionStatus.SUCCEEDED:
             return prediction
         return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
@@ -464,8 +477,8 @@ class JobTask:
         self._observer.provider_request(operation, "ok")
 
     def _poll_delays(self) -> Iterator[float]:
-        """With webhooks the webhook is the signal, so polls are a slow, steady safety net."""
-        if self._config.webhook_url is not None:
+        """With webhooks or a listing watch, polls are only a slow, steady safety net."""
+        if self._config.webhook_url is not None or self._watch is not None:
             return itertools.repeat(self._config.webhook_poll_s)
         return self._delays()
 

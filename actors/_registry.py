@@ -21,6 +21,7 @@ from ._mailbox import Offer
 from ._messages import Cancel, Message
 from ._ports import JobStore, NullObserver, Observer, OutputStore, UrlOnlyOutputs
 from ._user import UserActor
+from ._watch import ListingWatch
 
 log = structlog.get_logger("actors.registry")
 
@@ -35,8 +36,10 @@ class Registry:
         observer: Observer | None = None,
         outputs: OutputStore | None = None,
         capacity: Capacity | None = None,
+        watch: ListingWatch | None = None,
     ) -> None:
         self.capacity = capacity or Capacity()
+        self.watch = watch
         self._observer: Observer = observer or NullObserver()
         self._outputs: OutputStore = outputs or UrlOnlyOutputs()
         self._store = store
@@ -62,6 +65,8 @@ class Registry:
         """Own every actor's task until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.watch is not None:
+                nursery.start_soon(self.watch.run)
             task_status.started(self)
             await trio.sleep_forever()
 
@@ -89,6 +94,7 @@ class Registry:
                 observer=self._observer,
                 outputs=self._outputs,
                 capacity=self.capacity,
+                watch=self.watch,
             )
             self._actors[user_id] = actor
             self.started += 1

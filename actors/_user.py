@@ -31,6 +31,7 @@ from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
 from ._ports import JobStore, Observer, OutputStore
+from ._watch import ListingWatch
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -61,7 +62,9 @@ class UserActor:
         observer: Observer,
         outputs: OutputStore,
         capacity: Capacity,
+        watch: ListingWatch | None = None,
     ) -> None:
+        self._watch = watch
         self._capacity = capacity
         self._observer = observer
         self._outputs = outputs
@@ -232,6 +235,7 @@ class UserActor:
             on_done=self._job_done,
             resumed=resumed,
             capacity=self._capacity,
+            watch=self._watch,
         )
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)

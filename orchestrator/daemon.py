@@ -25,7 +25,7 @@ import hypercorn.trio
 import structlog
 import trio
 
-from actors import ActorConfig, Capacity, InFlightGate, RateBudget, Registry
+from actors import ActorConfig, Capacity, InFlightGate, ListingWatch, RateBudget, Registry
 from orchestrator.auditor import run_auditor
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
@@ -103,6 +103,15 @@ def capacity(settings: Settings) -> Capacity:
         creates=RateBudget(settings.create_rate) if settings.create_rate else None,
         polls=RateBudget(settings.poll_rate) if settings.poll_rate else None,
     )
+
+
+def listing_watch(
+    settings: Settings, provider: Provider, limits: Capacity, webhooks_at: str | None
+) -> ListingWatch | None:
+    """Coalesced polling through Replicate's listing, when webhooks are off and it is on."""
+    if webhooks_at is not None or settings.provider != "replicate" or not settings.list_poll_s:
+        return None
+    return ListingWatch(provider, interval_s=settings.list_poll_s, polls=limits.polls)
 
 
 def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
@@ -226,13 +235,15 @@ async def serve(
         webhooks_at = webhook_base(settings)
         config = actor_config(settings, webhooks_at)
         metrics = Metrics()
+        limits = capacity(settings)
         registry = Registry(
             store=db,
             provider=provider,
             config=config,
             observer=metrics,
             outputs=downloader,
-            capacity=capacity(settings),
+            capacity=limits,
+            watch=listing_watch(settings, provider, limits, webhooks_at),
         )
         intake = Intake(
             db,

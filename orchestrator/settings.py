@@ -122,6 +122,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(default=8080, validator=_port)
     webhook_poll_s: float = attrs.field(default=15.0, validator=_positive)
+    list_poll_s: float = attrs.field(default=2.0, validator=_rate)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
     max_in_flight: int = attrs.field(default=10_000, validator=_positive)
     create_rate: float = attrs.field(default=0.0, validator=_rate)
@@ -207,6 +208,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_HTTP_PORT": ("http_port", int),
     "ORCHESTRATOR_DB_POOL_SIZE": ("db_pool_size", int),
     "ORCHESTRATOR_WEBHOOK_POLL": ("webhook_poll_s", float),
+    "ORCHESTRATOR_LIST_POLL": ("list_poll_s", float),
     "ORCHESTRATOR_MAX_IN_FLIGHT": ("max_in_flight", int),
     "ORCHESTRATOR_CREATE_RATE": ("create_rate", float),
     "ORCHESTRATOR_POLL_RATE": ("poll_rate", float),

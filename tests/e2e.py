@@ -29,6 +29,7 @@ def settings_for(db_url: str, provider_url: str, **overrides: object) -> Setting
         poll_initial_s=0.05,
         poll_max_s=0.2,
         webhook_poll_s=0.5,
+        list_poll_s=0.1,
         cancel_timeout_s=1.0,
         scan_interval_s=0.5,
         actor_idle_s=5.0,

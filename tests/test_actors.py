@@ -49,6 +49,9 @@ class FakeProvider:
     canceled: list[str] = attrs.Factory(list)
     found: list[uuid.UUID] = attrs.Factory(list)
     unusable_ids: set[str] = attrs.Factory(set)
+    lists: list[float] = attrs.Factory(list)
+    page_size: int = 100
+    list_without_output: bool = False
 
     async def submit(self, request: PredictionRequest) -> Prediction:
         if self.rate_limited_submits:
@@ -92,6 +95,21 @@ class FakeProvider:
 
     async def recent(self) -> tuple[TaggedPrediction, ...]:
         return ()
+
+    async def list_page(
+        self, cursor: str | None = None
+    ) -> tuple[tuple[Prediction, ...], str | None]:
+        self.lists.append(trio.current_time())
+        ids = list(reversed(self.predictions))
+        start = int(cursor or 0)
+        page = ids[start : start + self.page_size]
+        listed = []
+        for prediction_id in page:
+            seen = await self.get(prediction_id)
+            self.gets.pop()  # a listing is not a poll
+            listed.append(attrs.evolve(seen, output=()) if self.list_without_output else seen)
+        more = start + self.page_size < len(ids)
+        return tuple(listed), str(start + self.page_size) if more else None
 
 
 @attrs.define

@@ -135,6 +135,17 @@ class Provider(Protocol):
         """
         ...
 
+    async def list_page(
+        self, cursor: str | None = None
+    ) -> tuple[tuple[Prediction, ...], str | None]:
+        """One page of the account's predictions, newest first, and the next cursor.
+
+        One request instead of one poll per prediction: the daemon's listing watch reads
+        it to see many predictions end at once. A provider without a listing returns an
+        empty last page, and its predictions are polled one by one.
+        """
+        ...
+
     async def recent(self) -> tuple[TaggedPrediction, ...]:
         """The recent predictions the provider can list that carry a job tag, newest first.
 

@@ -144,6 +144,13 @@ class KieProvider:
         """Always empty: KIE lists no tasks (and cannot cancel one either)."""
         return ()
 
+    async def list_page(
+        self,
+        cursor: str | None = None,  # noqa: ARG002 -- the protocol fixes the signature
+    ) -> tuple[tuple[Prediction, ...], str | None]:
+        """Always an empty last page: KIE lists no tasks, so each one is polled."""
+        return (), None
+
     def _url(self, path: str) -> str:
         return self._base_url + path
 

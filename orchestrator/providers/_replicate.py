@@ -160,33 +160,57 @@ class ReplicateProvider:
         with self._mapped_errors("list"):
             return tuple([tagged async for tagged in self._tagged(strict=False)])
 
+    async def list_page(
+        self, cursor: str | None = None
+    ) -> tuple[tuple[Prediction, ...], str | None]:
+        """One page of the account's predictions, newest first, and the next page's cursor.
+
+        Entries this adapter cannot read (other models' outputs) are left out: a listing
+        serves to spot our own predictions, never to judge someone else's.
+
+        Raises:
+            ProviderError: The page could not be fetched or is not a listing.
+        """
+        with self._mapped_errors("list"):
+            entries, cursor = await self._raw_page(cursor)
+            return tuple(p for p in map(self._lenient, entries) if p is not None), cursor
+
+    async def _raw_page(self, cursor: str | None) -> tuple[list[object], str | None]:
+        url = self._url("/v1/predictions") if cursor is None else self._next_page(cursor)
+        assert url is not None  # noqa: S101  (a cursor is never None here)
+        response = await self._client.get(url, headers=self._headers())
+        page = _expect_object(self._json(response, ()), "listing")
+        results = page["results"]
+        if not isinstance(results, list):
+            raise ProviderProtocolError("replicate list: results is not a list")
+        return results, self._next_page(page.get("next"))
+
+    def _lenient(self, entry: object) -> Prediction | None:
+        try:
+            return _parse_prediction(entry, (self._token,))
+        except (ProviderProtocolError, KeyError, TypeError, ValueError):
+            return None
+
     async def _tagged(self, *, strict: bool) -> AsyncGenerator[TaggedPrediction]:
         """Tagged entries, newest first, over at most ``find_max_pages`` pages.
 
         The listing holds every prediction of the account, including other models' with
         outputs we cannot parse, so entries are only fully parsed once they carry our tag.
         """
-        url: str | None = self._url("/v1/predictions")
+        cursor: str | None = None
         for _ in range(self._find_max_pages):
-            if url is None:
-                return
-            response = await self._client.get(url, headers=self._headers())
-            page = _expect_object(self._json(response, ()), "listing")
-            results = page["results"]
-            if not isinstance(results, list):
-                raise ProviderProtocolError("replicate list: results is not a list")
-            for entry in results:
+            entries, cursor = await self._raw_page(cursor)
+            for entry in entries:
                 tag = webhook_tag(entry.get("webhook")) if isinstance(entry, Mapping) else None
                 if tag is None:
                     continue
-                try:
-                    prediction = _parse_prediction(entry, (self._token,))
-                except (ProviderProtocolError, KeyError, TypeError, ValueError):
-                    if strict:
-                        raise
-                    continue
-                yield TaggedPrediction(tag[0], tag[1], prediction)
-            url = self._next_page(page.get("next"))
+                prediction = (
+                    _parse_prediction(entry, (self._token,)) if strict else self._lenient(entry)
+                )
+                if prediction is not None:
+                    yield TaggedPrediction(tag[0], tag[1], prediction)
+            if cursor is None:
+                return
 
     def _url(self, path: str) -> str:
         return self._base_url + path
