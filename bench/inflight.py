@@ -22,8 +22,9 @@ It prints jobs by final status, timeouts (the target is 0), settles retried
 (`job.settle_failed`) and abandoned (`job.settle_abandoned`, from the daemon's
 JSON log), peak in flight, daemon CPU per in-flight job per second, CPU per job
 of each process, peak RSS, and the wall time from the first submission to the
-last terminal job against the ideal (the admission span plus the highest
-latency). It never raises on a shortfall: it reports the jobs that did not end.
+last terminal job (of those that ended) against the ideal (the admission span
+plus the highest latency). It never raises on a shortfall: it reports the jobs
+that did not end, and always stops the processes and the embedded server.
 """
 
 from __future__ import annotations
@@ -491,6 +492,7 @@ def _figures(args: argparse.Namespace, run: dict[str, Any], rig: Rig) -> dict[st
         ),
         "cpu ms per job": {k: per_job_ms(v) for k, v in spent.items()},
         "peak daemon RSS (MiB)": round(sampler.peak_rss, 1),
+        "every job ended": last["open"] == 0,
         "wall first submit to last terminal (s)": (
             round(final["wall_s"], 1) if final["wall_s"] is not None else None
         ),
