@@ -194,9 +194,8 @@ class Rig:
         ]  # fmt: skip
         if self.args.mode == "webhook":
             sim_args += ["--webhook-secret", SECRET]
-        self.sim = subprocess.Popen(
-            sim_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with (self.home / "simulator.log").open("ab") as sim_log:
+            self.sim = subprocess.Popen(sim_args, cwd=ROOT, stdout=sim_log, stderr=sim_log)
         with self.log_path.open("ab") as log:
             self.daemon = subprocess.Popen(
                 [*CLI, "run"], env=self.daemon_env(), cwd=ROOT, stdout=log, stderr=log
