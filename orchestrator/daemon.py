@@ -38,6 +38,7 @@ from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.storage import FilesystemStorage
 from orchestrator.sweeper import Sweeper
+from orchestrator.transport import queued_client
 from orchestrator.webhooks import WebhookHandler
 
 log = structlog.get_logger("orchestrator.daemon")
@@ -139,8 +140,7 @@ async def open_provider(settings: Settings) -> AsyncIterator[Provider]:
         SettingsError: a real provider without its token.
     """
     timeout = httpx.Timeout(10.0, connect=5.0)
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+    async with queued_client(limit=settings.provider_connections, timeout=timeout) as client:
         if settings.provider == "kie":
             if settings.kie_api_token is None and _PUBLIC_KIE in settings.kie_api_base:
                 raise SettingsError("KIE_API_TOKEN is required to use KIE")

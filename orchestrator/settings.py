@@ -101,6 +101,7 @@ class Settings:
     download_max_bytes: int = attrs.field(default=20 * 1024 * 1024, validator=_positive)
     download_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     download_concurrency: int = attrs.field(default=32, validator=_positive)
+    provider_connections: int = attrs.field(default=100, validator=_positive)
     job_deadline_s: float = attrs.field(default=120.0, validator=_positive)
     poll_initial_s: float = attrs.field(default=0.5, validator=_positive)
     poll_max_s: float = attrs.field(default=5.0, validator=_positive)
@@ -187,6 +188,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_DOWNLOAD_MAX_BYTES": ("download_max_bytes", int),
     "ORCHESTRATOR_DOWNLOAD_TIMEOUT": ("download_timeout_s", float),
     "ORCHESTRATOR_DOWNLOAD_CONCURRENCY": ("download_concurrency", int),
+    "ORCHESTRATOR_PROVIDER_CONNECTIONS": ("provider_connections", int),
     "ORCHESTRATOR_JOB_DEADLINE": ("job_deadline_s", float),
     "ORCHESTRATOR_POLL_INITIAL": ("poll_initial_s", float),
     "ORCHESTRATOR_POLL_MAX": ("poll_max_s", float),

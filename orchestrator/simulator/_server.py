@@ -7,10 +7,11 @@ import time
 from functools import partial
 from typing import Final
 
-import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
+
+from orchestrator.transport import queued_client
 
 from ._app import SimulatorApp
 from ._config import SimulatorConfig
@@ -19,6 +20,7 @@ from ._webhooks import WebhookSender
 
 _LOGGER: Final = "orchestrator.simulator"
 _WEBHOOK_TIMEOUT: Final = 2.0
+_WEBHOOK_CONNECTIONS: Final = 64
 
 
 async def serve_simulator(
@@ -50,7 +52,7 @@ async def serve_simulator(
     server_config.errorlog = logging.getLogger(_LOGGER)
     server_config.graceful_timeout = 0.5
     async with (
-        httpx.AsyncClient(trust_env=False, timeout=_WEBHOOK_TIMEOUT) as client,
+        queued_client(limit=_WEBHOOK_CONNECTIONS, timeout=_WEBHOOK_TIMEOUT) as client,
         trio.open_nursery() as nursery,
     ):
         sender = WebhookSender(

@@ -12,6 +12,7 @@ the I/O.
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 import string
 import types
@@ -267,6 +268,9 @@ class SimulatorState:
             None if config.seed is None else f"webhooks-{config.seed}"
         )
         self._webhook_pending: dict[str, _Record] = {}
+        # (due, seq, id) for every owed webhook with a known time; entries a cancel
+        # made stale are dropped when they surface. Keeps each wake O(log n).
+        self._webhook_heap: list[tuple[float, int, str]] = []
         self._webhook_counters: dict[str, int] = dict.fromkeys(_WEBHOOK_COUNTERS, 0)
         self._records: dict[str, _Record] = {}
         self._order: list[_Record] = []
@@ -364,6 +368,7 @@ class SimulatorState:
         self._counters["created"] += 1
         if webhook is not None and self._owed_webhooks(record):
             self._webhook_pending[prediction_id] = record
+            self._schedule(record)
             self._on_change()
         return _snapshot(record, now)
 
@@ -382,6 +387,8 @@ class SimulatorState:
         if not record.status(now).terminal:
             record.canceled_at = now
             self._counters["canceled"] += 1
+            if record.id in self._webhook_pending:
+                self._schedule(record)
             self._on_change()
         return _snapshot(record, now)
 
@@ -427,13 +434,12 @@ class SimulatorState:
 
     def next_webhook_at(self) -> float | None:
         """When the earliest owed webhook falls due, or ``None`` if none has a known time."""
-        dues = [
-            due
-            for record in self._webhook_pending.values()
-            for due, _ in self._owed_webhooks(record)
-            if due is not None
-        ]
-        return min(dues, default=None)
+        while self._webhook_heap:
+            due, _, prediction_id = self._webhook_heap[0]
+            if self._still_owed(prediction_id, due):
+                return due
+            heapq.heappop(self._webhook_heap)
+        return None
 
     def take_due_webhooks(self) -> list[tuple[WebhookDelivery, ...]]:
         """Every webhook due now, grouped per prediction in the order it must be sent.
@@ -442,20 +448,34 @@ class SimulatorState:
         duplicate and a stale ``processing`` event that must arrive after the final one.
         """
         now = self._clock()
-        due = sorted(
+        records: dict[str, _Record] = {}
+        while self._webhook_heap and self._webhook_heap[0][0] <= now:
+            due, _, prediction_id = heapq.heappop(self._webhook_heap)
+            if self._still_owed(prediction_id, due):
+                records[prediction_id] = self._webhook_pending[prediction_id]
+        due_now = sorted(
             (at, record.seq, kind, record)
-            for record in self._webhook_pending.values()
+            for record in records.values()
             for at, kind in self._owed_webhooks(record)
             if at is not None and at <= now
         )
         groups: dict[str, list[WebhookDelivery]] = {}
-        for at, _, kind, record in due:
+        for at, _, kind, record in due_now:
             record.webhooks_sent.add(kind)
             groups.setdefault(record.id, []).extend(self._messages(record, kind, at, now))
         for prediction_id in groups:
             if not self._owed_webhooks(self._records[prediction_id]):
                 del self._webhook_pending[prediction_id]
         return [tuple(messages) for messages in groups.values()]
+
+    def _schedule(self, record: _Record) -> None:
+        for due, _ in self._owed_webhooks(record):
+            if due is not None:
+                heapq.heappush(self._webhook_heap, (due, record.seq, record.id))
+
+    def _still_owed(self, prediction_id: str, due: float) -> bool:
+        record = self._webhook_pending.get(prediction_id)
+        return record is not None and any(at == due for at, _ in self._owed_webhooks(record))
 
     def _owed_webhooks(self, record: _Record) -> list[tuple[float | None, WebhookKind]]:
         """Events still to send and when; ``None`` for an end that has not been decided yet."""
