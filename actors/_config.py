@@ -12,7 +12,7 @@ class ActorConfig:
     poll_multiplier: float = 1.6
     poll_max_s: float = 5.0
     # With webhooks on, the interval of the safety-net poll.
-    webhook_poll_s: float = 15.0
+    webhook_poll_s: float = 30.0
     cancel_timeout_s: float = 5.0
     settle_timeout_s: float = 10.0
     idle_s: float = 60.0

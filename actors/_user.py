@@ -167,7 +167,9 @@ class UserActor:
         try:
             if self._capacity.creates is not None:
                 await self._capacity.creates.take(job.num_outputs)
-            with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
+            # Shielded and unbounded: a timeout here could land after the commit and
+            # leave a charged job without a task until the orphan scan.
+            with trio.CancelScope(shield=True):
                 started = await self._commit(job, lag_s)
         finally:
             if not started:

@@ -122,7 +122,7 @@ class Settings:
     accept_unsigned_webhooks: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(default=8080, validator=_port)
-    webhook_poll_s: float = attrs.field(default=15.0, validator=_positive)
+    webhook_poll_s: float = attrs.field(default=30.0, validator=_positive)
     list_poll_s: float = attrs.field(default=2.0, validator=_rate)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
     max_in_flight: int = attrs.field(default=10_000, validator=_positive)
