@@ -7,6 +7,7 @@ runs it in a nursery, and delivers `Submit`, `Cancel` and `Resume` messages.
 
 from ._capacity import Capacity as Capacity
 from ._capacity import InFlightGate as InFlightGate
+from ._capacity import LoadMonitor as LoadMonitor
 from ._capacity import RateBudget as RateBudget
 from ._config import ActorConfig as ActorConfig
 from ._job import JobTask as JobTask
@@ -34,6 +35,7 @@ __all__ = [
     "JobStore",
     "JobTask",
     "ListingWatch",
+    "LoadMonitor",
     "Mailbox",
     "Message",
     "NullObserver",

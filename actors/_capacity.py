@@ -93,9 +93,76 @@ class InFlightGate:
 
     def leave(self) -> None:
         self.in_flight -= 1
+        self._admit_waiters()
+
+    def set_limit(self, limit: int | None) -> None:
+        """Move the limit; raising it lets waiters in at once, lowering it drains."""
+        if limit is not None and limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        self.limit = limit
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
         while self._lot and self._has_room():
             self.in_flight += 1
             self._lot.unpark()
+
+
+def next_limit(
+    limit: int,
+    in_flight: int,
+    lag_s: float,
+    *,
+    target_s: float,
+    ceiling: int,
+    floor: int = 16,
+) -> int:
+    """AIMD on the event loop's lag: what the daemon admits up to next.
+
+    A loop that falls behind (`lag_s` over `target_s`) runs every job's polls, webhooks
+    and settles late, so jobs would time out for our own slowness: the limit drops to
+    nine tenths of what is in flight now. A loop with time to spare (under half the
+    target) lets a twentieth more in. Never below `floor` nor above `ceiling`.
+    """
+    if lag_s > target_s:
+        proposed = int(min(limit, in_flight) * 0.9)
+    elif lag_s < target_s / 2:
+        proposed = limit + max(1, limit // 20)
+    else:
+        proposed = limit
+    return max(min(floor, ceiling), min(ceiling, proposed))
+
+
+class LoadMonitor:
+    """Measures the loop's lag and steers the gate's limit with `next_limit`.
+
+    The lag is how late a short sleep wakes: a loop with a long run queue wakes it late.
+    """
+
+    def __init__(
+        self, gate: InFlightGate, *, ceiling: int, target_s: float, interval_s: float = 0.25
+    ) -> None:
+        self._gate = gate
+        self._ceiling = ceiling
+        self._target_s = target_s
+        self._interval_s = interval_s
+        self.lag_s = 0.0
+
+    async def run(self) -> None:
+        while True:
+            started = trio.current_time()
+            await trio.sleep(self._interval_s)
+            self.lag_s = max(0.0, trio.current_time() - started - self._interval_s)
+            limit = self._gate.limit if self._gate.limit is not None else self._ceiling
+            self._gate.set_limit(
+                next_limit(
+                    limit,
+                    self._gate.in_flight,
+                    self.lag_s,
+                    target_s=self._target_s,
+                    ceiling=self._ceiling,
+                )
+            )
 
 
 @attrs.frozen

@@ -70,7 +70,8 @@ def _get_json(url: str) -> dict[str, object] | None:
 class Rig:
     """The processes under test and the faults done to them."""
 
-    def __init__(self, home: Path, url: str, logs: Path) -> None:
+    def __init__(self, home: Path, url: str, logs: Path, *, calm: bool = False) -> None:
+        self.calm = calm
         self.home = home
         self.url = url
         self.logs = logs
@@ -104,12 +105,17 @@ class Rig:
         }
 
     def start_simulator(self) -> None:
-        args = [
-            *CLI, "simulate-provider", "--port", str(self.sim_port), "--latency", "0.2", "2.0",
+        faults = [
+            "--latency", "0.2", "2.0",
             "--failure-rate", "0.05", "--hang-rate", "0.03", "--rate-limit-rate", "0.05",
-            "--server-error-rate", "0.05", "--malformed-rate", "0.02", "--seed", "5",
-            "--webhook-secret", SECRET, "--webhook-duplicate-rate", "0.2",
+            "--server-error-rate", "0.05", "--malformed-rate", "0.02",
+            "--webhook-duplicate-rate", "0.2",
             "--webhook-reorder-rate", "0.2", "--webhook-failure-rate", "0.1",
+        ]  # fmt: skip
+        behaved = ["--latency", "0.05", "0.8"]
+        args = [
+            *CLI, "simulate-provider", "--port", str(self.sim_port), "--seed", "5",
+            "--webhook-secret", SECRET, *(behaved if self.calm else faults),
         ]  # fmt: skip
         self.sim = subprocess.Popen(
             args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -292,6 +298,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=25.0, help="submissions per second")
     parser.add_argument("--fault-every", type=float, default=8.0)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument(
+        "--calm",
+        action="store_true",
+        help="no faults: a well-behaved simulator and no kills (the mixed load of issue 10)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="orch-soak-", dir="/tmp"))
@@ -299,18 +310,18 @@ def main() -> None:
     subprocess.run([*CLI, "migrate"], env={**os.environ, "DATABASE_URL": url}, check=True)
     users = [f"soak-{n}" for n in range(args.users)]
     asyncio.run(_setup(url, users))
-    rig = Rig(home, url, home)
+    rig = Rig(home, url, home, calm=args.calm)
     rig.start_simulator()
     rig.start_daemon()
     rig.wait_ready("start", time.monotonic())
-    kinds = ["daemon SIGKILL", "postgres crash", "daemon SIGTERM"]
+    kinds = [] if args.calm else ["daemon SIGKILL", "postgres crash", "daemon SIGTERM"]
     started = time.monotonic()
     try:
 
         async def run() -> tuple[dict[str, int], float]:
             traffic = asyncio.create_task(_traffic(url, users, args.seconds, args.rate))
             n = 0
-            while not traffic.done():
+            while kinds and not traffic.done():
                 await asyncio.sleep(args.fault_every)
                 if not traffic.done():
                     await asyncio.to_thread(rig.fault, kinds[n % len(kinds)])
@@ -379,6 +390,7 @@ def _figures(
         "upstream successes never delivered": max(
             int(upstream.get("succeeded", 0)) - verdict["outputs stored"], 0
         ),
+        "upstream succeeded": int(upstream.get("succeeded", 0)),
         "faults": dict(rig.faults),
         "ready after (s, worst)": {k: round(max(v), 1) for k, v in rig.recoveries.items()},
         "warnings": warnings,

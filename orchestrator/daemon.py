@@ -25,7 +25,15 @@ import hypercorn.trio
 import structlog
 import trio
 
-from actors import ActorConfig, Capacity, InFlightGate, ListingWatch, RateBudget, Registry
+from actors import (
+    ActorConfig,
+    Capacity,
+    InFlightGate,
+    ListingWatch,
+    LoadMonitor,
+    RateBudget,
+    Registry,
+)
 from orchestrator.auditor import run_auditor
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
@@ -236,6 +244,9 @@ async def serve(
         config = actor_config(settings, webhooks_at)
         metrics = Metrics()
         limits = capacity(settings)
+        monitor = LoadMonitor(
+            limits.gate, ceiling=settings.max_in_flight, target_s=settings.lag_target_s or 1.0
+        )
         registry = Registry(
             store=db,
             provider=provider,
@@ -280,6 +291,8 @@ async def serve(
             intake_leader=lambda: float(intake.stats.leader),
             db_pool_in_use=lambda: db.pool_in_use,
             capacity_waiting=lambda: registry.capacity.gate.waiting,
+            capacity_limit=lambda: float(registry.capacity.gate.limit or 0),
+            loop_lag=lambda: monitor.lag_s,
         )
         webhooks = None
         if webhooks_at is not None:
@@ -302,6 +315,8 @@ async def serve(
             async def run_services(*, task_status: trio.TaskStatus[None]) -> None:
                 with services:
                     async with trio.open_nursery() as nursery:
+                        if settings.lag_target_s:
+                            nursery.start_soon(monitor.run)
                         await nursery.start(intake.run)
                         nursery.start_soon(sweeper.run)
                         nursery.start_soon(

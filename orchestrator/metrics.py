@@ -190,6 +190,16 @@ class Metrics:
             "Users whose next job waits, still queued, for a free in-flight place.",
             registry=r,
         )
+        self.capacity_limit = Gauge(
+            "orchestrator_capacity_limit",
+            "Jobs this daemon admits up to now (steered by the loop's lag).",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "orchestrator_loop_lag_seconds",
+            "How late the event loop last woke a short sleep.",
+            registry=r,
+        )
         self.db_pool_in_use = Gauge(
             "orchestrator_db_pool_in_use", "Database connections checked out.", registry=r
         )
@@ -208,6 +218,8 @@ class Metrics:
         intake_leader: Callable[[], float],
         db_pool_in_use: Callable[[], float],
         capacity_waiting: Callable[[], float] = lambda: 0.0,
+        capacity_limit: Callable[[], float] = lambda: 0.0,
+        loop_lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """Gauges read at scrape time from the live objects."""
         self.actors_active.set_function(actors)
@@ -217,6 +229,8 @@ class Metrics:
         self.intake_leader.set_function(intake_leader)
         self.db_pool_in_use.set_function(db_pool_in_use)
         self.capacity_waiting.set_function(capacity_waiting)
+        self.capacity_limit.set_function(capacity_limit)
+        self.loop_lag.set_function(loop_lag)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

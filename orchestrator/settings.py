@@ -126,6 +126,7 @@ class Settings:
     list_poll_s: float = attrs.field(default=2.0, validator=_rate)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
     max_in_flight: int = attrs.field(default=10_000, validator=_positive)
+    lag_target_s: float = attrs.field(default=0.25, validator=_rate)
     create_rate: float = attrs.field(default=0.0, validator=_rate)
     poll_rate: float = attrs.field(default=0.0, validator=_rate)
     db_settle_pool_size: int = attrs.field(default=4, validator=_positive)
@@ -212,6 +213,7 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_WEBHOOK_POLL": ("webhook_poll_s", float),
     "ORCHESTRATOR_LIST_POLL": ("list_poll_s", float),
     "ORCHESTRATOR_MAX_IN_FLIGHT": ("max_in_flight", int),
+    "ORCHESTRATOR_LAG_TARGET": ("lag_target_s", float),
     "ORCHESTRATOR_CREATE_RATE": ("create_rate", float),
     "ORCHESTRATOR_POLL_RATE": ("poll_rate", float),
     "ORCHESTRATOR_DB_SETTLE_POOL_SIZE": ("db_settle_pool_size", int),

@@ -12,9 +12,10 @@ import attrs
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
-from actors import Cancel, Capacity, InFlightGate, RateBudget, Registry, Submit
-from actors._capacity import reserve
+from actors import Cancel, Capacity, InFlightGate, LoadMonitor, RateBudget, Registry, Submit
+from actors._capacity import next_limit, reserve
 from orchestrator.db import Database
 from orchestrator.db.testing import InMemoryStore
 from orchestrator.lifecycle import JobStatus, Plan
@@ -195,3 +196,68 @@ async def test_a_daemon_capped_at_two_in_flight_runs_a_dozen_two_at_a_time(nurse
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * len(ids)
     assert 1 <= peak <= 2
     assert (await db.audit()).ok
+
+
+@pytest.mark.parametrize(
+    ("limit", "in_flight", "lag", "expected"),
+    [
+        (1000, 800, 0.5, 720),  # behind: nine tenths of what runs now
+        (1000, 1000, 0.2, 1000),  # near the target: hold
+        (1000, 600, 0.01, 1050),  # time to spare: a twentieth more
+        (9990, 100, 0.0, 10_000),  # never past the ceiling
+        (20, 10, 5.0, 16),  # never below the floor
+    ],
+)
+def test_the_limit_backs_off_when_the_loop_lags_and_grows_when_it_has_time(
+    limit, in_flight, lag, expected
+):
+    assert next_limit(limit, in_flight, lag, target_s=0.25, ceiling=10_000) == expected
+
+
+def test_the_floor_never_lifts_the_limit_past_a_small_ceiling():
+    assert next_limit(2, 2, 5.0, target_s=0.25, ceiling=2) == 2
+
+
+async def test_raising_the_limit_lets_waiters_in_and_lowering_it_drains(autojump_clock):
+    gate = InFlightGate(1)
+    await gate.enter()
+    entered: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await gate.enter()
+        entered.append(n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(waiter, n)
+        await trio.sleep(1)
+        assert entered == []
+        gate.set_limit(3)
+        await trio.sleep(1)
+        assert len(entered) == 2
+        gate.set_limit(1)
+        gate.leave()
+        gate.leave()
+        await trio.sleep(1)
+        assert len(entered) == 2  # one still in flight: at the new limit of one
+        gate.leave()
+        await trio.sleep(1)
+    assert sorted(entered) == [0, 1, 2]
+
+
+async def test_a_lagging_loop_stops_admissions_until_it_catches_up(autojump_clock, nursery):
+    """A loop blocked for a second reads as lag; the limit falls to what runs, then recovers."""
+    gate = InFlightGate(1000)
+    for _ in range(100):
+        gate.enter_now()
+    monitor = LoadMonitor(gate, ceiling=1000, target_s=0.25, interval_s=0.25)
+    nursery.start_soon(monitor.run)
+    await trio.sleep(1)
+    assert gate.limit == 1000
+    # The loop is blocked for two seconds: virtual time moves under the sleeping monitor.
+    autojump_clock.jump(2.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert monitor.lag_s > 0.25
+    assert gate.limit == 90
+    await trio.sleep(30)
+    assert gate.limit > 90
