@@ -137,11 +137,22 @@ class LoadMonitor:
     """Measures the loop's lag and steers the gate's limit with `next_limit`.
 
     The lag is how late a short sleep wakes: a loop with a long run queue wakes it late.
+    The limit starts at `start` and grows while the loop keeps up (about a fifth a
+    second), so it finds what this machine carries instead of being told.
     """
 
     def __init__(
-        self, gate: InFlightGate, *, ceiling: int, target_s: float, interval_s: float = 0.25
+        self,
+        gate: InFlightGate,
+        *,
+        ceiling: int,
+        target_s: float,
+        interval_s: float = 0.25,
+        start: int = 64,
     ) -> None:
+        # Slow start: a burst at start-up would otherwise be admitted whole before the
+        # first lag is ever measured.
+        gate.set_limit(max(1, min(start, ceiling)))
         self._gate = gate
         self._ceiling = ceiling
         self._target_s = target_s

@@ -244,8 +244,10 @@ async def serve(
         config = actor_config(settings, webhooks_at)
         metrics = Metrics()
         limits = capacity(settings)
-        monitor = LoadMonitor(
-            limits.gate, ceiling=settings.max_in_flight, target_s=settings.lag_target_s or 1.0
+        monitor = (
+            LoadMonitor(limits.gate, ceiling=settings.max_in_flight, target_s=settings.lag_target_s)
+            if settings.lag_target_s
+            else None
         )
         registry = Registry(
             store=db,
@@ -292,7 +294,7 @@ async def serve(
             db_pool_in_use=lambda: db.pool_in_use,
             capacity_waiting=lambda: registry.capacity.gate.waiting,
             capacity_limit=lambda: float(registry.capacity.gate.limit or 0),
-            loop_lag=lambda: monitor.lag_s,
+            loop_lag=lambda: 0.0 if monitor is None else monitor.lag_s,
         )
         webhooks = None
         if webhooks_at is not None:
@@ -315,7 +317,7 @@ async def serve(
             async def run_services(*, task_status: trio.TaskStatus[None]) -> None:
                 with services:
                     async with trio.open_nursery() as nursery:
-                        if settings.lag_target_s:
+                        if monitor is not None:
                             nursery.start_soon(monitor.run)
                         await nursery.start(intake.run)
                         nursery.start_soon(sweeper.run)

@@ -126,7 +126,7 @@ class Settings:
     list_poll_s: float = attrs.field(default=2.0, validator=_rate)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
     max_in_flight: int = attrs.field(default=10_000, validator=_positive)
-    lag_target_s: float = attrs.field(default=0.25, validator=_rate)
+    lag_target_s: float = attrs.field(default=0.1, validator=_rate)
     create_rate: float = attrs.field(default=0.0, validator=_rate)
     poll_rate: float = attrs.field(default=0.0, validator=_rate)
     db_settle_pool_size: int = attrs.field(default=4, validator=_positive)

@@ -6,6 +6,7 @@ flight runs a dozen, never more than two at once, and refuses none.
 
 from __future__ import annotations
 
+import time as wall_time
 import uuid
 
 import attrs
@@ -250,10 +251,11 @@ async def test_a_lagging_loop_stops_admissions_until_it_catches_up(autojump_cloc
     gate = InFlightGate(1000)
     for _ in range(100):
         gate.enter_now()
-    monitor = LoadMonitor(gate, ceiling=1000, target_s=0.25, interval_s=0.25)
+    monitor = LoadMonitor(gate, ceiling=1000, target_s=0.25, interval_s=0.25, start=64)
+    assert gate.limit == 64  # slow start
     nursery.start_soon(monitor.run)
-    await trio.sleep(1)
-    assert gate.limit == 1000
+    await trio.sleep(60)
+    assert gate.limit == 1000  # grown while the loop kept up
     # The loop is blocked for two seconds: virtual time moves under the sleeping monitor.
     autojump_clock.jump(2.0)
     await trio.testing.wait_all_tasks_blocked()
@@ -261,3 +263,28 @@ async def test_a_lagging_loop_stops_admissions_until_it_catches_up(autojump_cloc
     assert gate.limit == 90
     await trio.sleep(30)
     assert gate.limit > 90
+
+
+async def test_a_daemon_whose_loop_stalls_lowers_its_limit_and_still_finishes_every_job(
+    nursery, db: Database
+):
+    """End to end: the loop blocked for a second reads as lag, and admission backs off."""
+    provider = await start_simulator(nursery, latency=(0.2, 0.3))
+    await db.grant("hal", 50, plan="pro")
+    settings = attrs.evolve(settings_for(db.url, provider), max_in_flight=500)
+    daemon = await start_daemon(nursery, settings)
+    ids = [await db.submit_job("hal", f"hal {n}") for n in range(5)]
+    await trio.sleep(0.5)
+    wall_time.sleep(1.0)  # noqa: ASYNC251 -- a stall of the whole loop, as a CPU burst causes
+    await trio.sleep(0.5)
+    gate = daemon.registry.capacity.gate
+    assert gate.limit is not None
+    assert gate.limit < 500
+    exported = {
+        line.split()[0]: float(line.split()[1])
+        for line in daemon.metrics.render().decode().splitlines()
+        if line.startswith("orchestrator_capacity_limit ")
+    }
+    assert exported["orchestrator_capacity_limit"] == gate.limit
+    done = await wait_terminal(db, ids)
+    assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 5
