@@ -10,6 +10,7 @@ tests drive them, and `reserve` is the pure rule behind them.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -136,7 +137,9 @@ def next_limit(
 class LoadMonitor:
     """Measures the loop's lag and steers the gate's limit with `next_limit`.
 
-    The lag is how late a short sleep wakes: a loop with a long run queue wakes it late.
+    The lag is how late a short sleep wakes (a loop with a long run queue wakes it late),
+    or, with `probe`, the longer of that and what the probe measures: the daemon probes
+    the trio-asyncio bridge, where every database call waits when the loop is busy.
     The limit starts at `start` and grows while the loop keeps up (about a fifth a
     second), so it finds what this machine carries instead of being told.
     """
@@ -149,7 +152,9 @@ class LoadMonitor:
         target_s: float,
         interval_s: float = 0.25,
         start: int = 64,
+        probe: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
+        self._probe = probe
         # Slow start: a burst at start-up would otherwise be admitted whole before the
         # first lag is ever measured.
         gate.set_limit(max(1, min(start, ceiling)))
@@ -163,7 +168,10 @@ class LoadMonitor:
         while True:
             started = trio.current_time()
             await trio.sleep(self._interval_s)
-            self.lag_s = max(0.0, trio.current_time() - started - self._interval_s)
+            lag = max(0.0, trio.current_time() - started - self._interval_s)
+            if self._probe is not None:
+                lag = max(lag, await self._probe())
+            self.lag_s = lag
             limit = self._gate.limit if self._gate.limit is not None else self._ceiling
             self._gate.set_limit(
                 next_limit(

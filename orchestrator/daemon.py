@@ -245,7 +245,12 @@ async def serve(
         metrics = Metrics()
         limits = capacity(settings)
         monitor = (
-            LoadMonitor(limits.gate, ceiling=settings.max_in_flight, target_s=settings.lag_target_s)
+            LoadMonitor(
+                limits.gate,
+                ceiling=settings.max_in_flight,
+                target_s=settings.lag_target_s,
+                probe=db.bridge_lag,
+            )
             if settings.lag_target_s
             else None
         )

@@ -9,6 +9,7 @@ transaction about nothing.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,6 +114,12 @@ class Connector:
         context variable, so tasks of nurseries opened elsewhere can use it.
         """
         return await self._loop.run_aio_coroutine(coroutine)  # type: ignore[no-any-return]
+
+    async def bridge_lag(self) -> float:
+        """Seconds a no-op takes across the bridge and back: how long DB calls queue."""
+        started = trio.current_time()
+        await self.call(asyncio.sleep(0))
+        return trio.current_time() - started
 
     @property
     def pool_in_use(self) -> int:

@@ -57,6 +57,10 @@ class Database:
     async def soft_delete_outputs(self, job_id: uuid.UUID) -> int:
         return await self._connector.run(_jobs.soft_delete_outputs, job_id)
 
+    async def bridge_lag(self) -> float:
+        """How long a call waits to cross into asyncio and back, with no database work."""
+        return await self._connector.bridge_lag()
+
     async def ping(self) -> bool:
         return await self._connector.run(_jobs.ping)
 
