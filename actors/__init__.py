@@ -9,6 +9,7 @@ from ._capacity import Capacity as Capacity
 from ._capacity import InFlightGate as InFlightGate
 from ._capacity import LoadMonitor as LoadMonitor
 from ._capacity import RateBudget as RateBudget
+from ._capacity import ServicePacer as ServicePacer
 from ._config import ActorConfig as ActorConfig
 from ._job import JobTask as JobTask
 from ._mailbox import Mailbox as Mailbox
@@ -46,6 +47,7 @@ __all__ = [
     "RateBudget",
     "Registry",
     "Resume",
+    "ServicePacer",
     "Submit",
     "UrlOnlyOutputs",
     "UserActor",

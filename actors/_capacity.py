@@ -46,6 +46,13 @@ class RateBudget:
         self._tat = -math.inf
         self.waited_s = 0.0
 
+    def set_rate(self, per_s: float) -> None:
+        """Change the rate from now on; reservations already made keep their slots."""
+        if not per_s > 0 or not math.isfinite(per_s):
+            raise ValueError("a rate budget needs a positive, finite rate")
+        self.per_s = per_s
+        self._interval = 1.0 / per_s
+
     async def take(self, cost: int = 1) -> float:
         """Wait for `cost` tokens; returns the seconds waited."""
         wait, self._tat = reserve(
@@ -184,6 +191,63 @@ class LoadMonitor:
             )
 
 
+def sustainable_rate(
+    cpu_s: float, finished: int, *, utilisation: float, floor: float, min_jobs: int = 20
+) -> float | None:
+    """Jobs a second this process can finish at `utilisation` of one core, or None.
+
+    Estimated from the CPU the last window took over the jobs it finished; a window with
+    fewer than `min_jobs` is mostly fixed costs (scans, sweeps) and says nothing.
+    """
+    if finished < min_jobs or cpu_s <= 0:
+        return None
+    return max(floor, utilisation * finished / cpu_s)
+
+
+class ServicePacer:
+    """Paces admissions to the rate this daemon has shown it can finish jobs.
+
+    Little's law: admitting faster than jobs can be finished only lengthens the line
+    inside the daemon, where it eats deadlines (the work of a job comes when its
+    prediction ends, a latency after its admission, so a lag signal comes too late for a
+    burst). Waiting outside, `queued`, costs nothing. The rate starts at the budget's
+    own and follows the CPU each finished job cost, a window at a time.
+    """
+
+    def __init__(
+        self,
+        budget: RateBudget,
+        *,
+        cpu_clock: Callable[[], float],
+        finished: Callable[[], int],
+        window_s: float = 5.0,
+        utilisation: float = 0.7,
+        floor: float = 5.0,
+    ) -> None:
+        self._budget = budget
+        self._cpu_clock = cpu_clock
+        self._finished = finished
+        self._window_s = window_s
+        self._utilisation = utilisation
+        self._floor = floor
+
+    @property
+    def rate(self) -> float:
+        return self._budget.per_s
+
+    async def run(self) -> None:
+        cpu, done = self._cpu_clock(), self._finished()
+        while True:
+            await trio.sleep(self._window_s)
+            now_cpu, now_done = self._cpu_clock(), self._finished()
+            rate = sustainable_rate(
+                now_cpu - cpu, now_done - done, utilisation=self._utilisation, floor=self._floor
+            )
+            if rate is not None:
+                self._budget.set_rate(rate)
+            cpu, done = now_cpu, now_done
+
+
 @attrs.frozen
 class Capacity:
     """The limits one daemon runs under, shared by every actor and job task."""
@@ -191,3 +255,4 @@ class Capacity:
     gate: InFlightGate = attrs.Factory(InFlightGate)
     creates: RateBudget | None = None
     polls: RateBudget | None = None
+    admissions: RateBudget | None = None

@@ -165,6 +165,8 @@ class UserActor:
         await self._capacity.gate.enter()
         started = False
         try:
+            if self._capacity.admissions is not None:
+                await self._capacity.admissions.take()
             if self._capacity.creates is not None:
                 await self._capacity.creates.take(job.num_outputs)
             # Shielded and unbounded: a timeout here could land after the commit and

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from actors import (
     LoadMonitor,
     RateBudget,
     Registry,
+    ServicePacer,
 )
 from orchestrator.auditor import run_auditor
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
@@ -53,6 +55,8 @@ log = structlog.get_logger("orchestrator.daemon")
 
 _PUBLIC_REPLICATE: Final = "api.replicate.com"
 _PUBLIC_KIE: Final = "api.kie.ai"
+# Admissions a second before the daemon has measured what it can finish.
+_FIRST_ADMISSION_RATE: Final = 50.0
 _REPLICATE_DELIVERY: Final = ("replicate.delivery", "pbxt.replicate.delivery")
 
 
@@ -106,11 +110,15 @@ def webhook_base(settings: Settings) -> str | None:
 
 
 def capacity(settings: Settings) -> Capacity:
-    """The daemon's limits: jobs in flight, and the provider account's rates (0 = off)."""
+    """The daemon's limits: jobs in flight, provider rates (0 = off), an admission pace.
+
+    The pace exists when the daemon steers itself (`ORCHESTRATOR_LAG_TARGET`).
+    """
     return Capacity(
         gate=InFlightGate(settings.max_in_flight),
         creates=RateBudget(settings.create_rate) if settings.create_rate else None,
         polls=RateBudget(settings.poll_rate) if settings.poll_rate else None,
+        admissions=RateBudget(_FIRST_ADMISSION_RATE) if settings.lag_target_s else None,
     )
 
 
@@ -324,6 +332,13 @@ async def serve(
                     async with trio.open_nursery() as nursery:
                         if monitor is not None:
                             nursery.start_soon(monitor.run)
+                        if limits.admissions is not None:
+                            pacer = ServicePacer(
+                                limits.admissions,
+                                cpu_clock=time.process_time,
+                                finished=metrics.finished_count,
+                            )
+                            nursery.start_soon(pacer.run)
                         await nursery.start(intake.run)
                         nursery.start_soon(sweeper.run)
                         nursery.start_soon(

@@ -35,6 +35,7 @@ def _version() -> str:
 
 class Metrics:
     def __init__(self) -> None:
+        self._finished = 0
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs_submitted = Counter(
@@ -252,6 +253,10 @@ class Metrics:
         if intake_lag_s is not None:
             self.intake_lag.observe(max(intake_lag_s, 0.0))
 
+    def finished_count(self) -> int:
+        """Jobs finished so far, for pacing admissions to what the daemon can finish."""
+        return self._finished
+
     def job_finished(
         self,
         status: JobStatus,
@@ -262,6 +267,7 @@ class Metrics:
         total_s: float | None,
         polls: int,
     ) -> None:
+        self._finished += 1
         self.jobs_finished.labels(status=status.value, code=code.value if code else "").inc()
         self.credits_refunded.inc(refunded)
         self.provider_time.observe(provider_s)

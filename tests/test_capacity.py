@@ -15,8 +15,17 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from actors import Cancel, Capacity, InFlightGate, LoadMonitor, RateBudget, Registry, Submit
-from actors._capacity import next_limit, reserve
+from actors import (
+    Cancel,
+    Capacity,
+    InFlightGate,
+    LoadMonitor,
+    RateBudget,
+    Registry,
+    ServicePacer,
+    Submit,
+)
+from actors._capacity import next_limit, reserve, sustainable_rate
 from orchestrator.db import Database
 from orchestrator.db.testing import InMemoryStore
 from orchestrator.lifecycle import JobStatus, Plan
@@ -271,7 +280,7 @@ async def test_a_daemon_whose_loop_stalls_lowers_its_limit_and_still_finishes_ev
     """End to end: the loop blocked for a second reads as lag, and admission backs off."""
     provider = await start_simulator(nursery, latency=(0.2, 0.3))
     await db.grant("hal", 50, plan="pro")
-    settings = attrs.evolve(settings_for(db.url, provider), max_in_flight=500)
+    settings = attrs.evolve(settings_for(db.url, provider), max_in_flight=500, lag_target_s=0.1)
     daemon = await start_daemon(nursery, settings)
     ids = [await db.submit_job("hal", f"hal {n}") for n in range(5)]
     await trio.sleep(0.5)
@@ -288,3 +297,31 @@ async def test_a_daemon_whose_loop_stalls_lowers_its_limit_and_still_finishes_ev
     assert exported["orchestrator_capacity_limit"] == gate.limit
     done = await wait_terminal(db, ids)
     assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 5
+
+
+@pytest.mark.parametrize(
+    ("cpu_s", "finished", "expected"),
+    [
+        (1.0, 100, 70.0),  # 10 ms a job: 70 a second at 70% of a core
+        (5.0, 10, None),  # too few jobs to say
+        (0.0, 100, None),
+        (100.0, 100, 5.0),  # never below the floor
+    ],
+)
+def test_the_sustainable_rate_follows_the_cpu_each_finished_job_cost(cpu_s, finished, expected):
+    assert sustainable_rate(cpu_s, finished, utilisation=0.7, floor=5.0) == expected
+
+
+async def test_the_pacer_sets_the_admission_rate_from_what_a_window_cost(autojump_clock, nursery):
+    budget = RateBudget(50.0)
+    cpu = [0.0]
+    done = [0]
+    pacer = ServicePacer(budget, cpu_clock=lambda: cpu[0], finished=lambda: done[0], window_s=5.0)
+    nursery.start_soon(pacer.run)
+    await trio.sleep(1)
+    cpu[0], done[0] = 2.0, 100  # 20 ms a job
+    await trio.sleep(5)
+    assert pacer.rate == pytest.approx(35.0)
+    cpu[0], done[0] = 2.1, 105  # an idle window: too few jobs, the rate stays
+    await trio.sleep(5)
+    assert pacer.rate == pytest.approx(35.0)
