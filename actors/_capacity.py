@@ -221,7 +221,7 @@ class ServicePacer:
         cpu_clock: Callable[[], float],
         finished: Callable[[], int],
         window_s: float = 5.0,
-        utilisation: float = 0.7,
+        utilisation: float = 0.85,
         floor: float = 5.0,
     ) -> None:
         self._budget = budget
