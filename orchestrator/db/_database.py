@@ -27,6 +27,7 @@ from orchestrator.lifecycle import (
 
 from . import _audit, _jobs, _ledger, _routing, _schema, _transitions, _upstream
 from ._connector import Connector, Role, open_connector
+from ._group import GroupCommit
 from ._listener import Listener, listen
 
 JOBS_CHANNEL = "orchestrator_jobs"
@@ -35,6 +36,15 @@ JOBS_CHANNEL = "orchestrator_jobs"
 class Database:
     def __init__(self, connector: Connector) -> None:
         self._connector = connector
+        self._finishes: GroupCommit[_transitions.FinishItem, Finish] = GroupCommit(
+            self._finish_many, self._finish_one
+        )
+
+    async def _finish_many(self, items: Sequence[_transitions.FinishItem]) -> list[Finish]:
+        return await self._connector.run_reserved(_transitions.finish_many, items)
+
+    async def _finish_one(self, item: _transitions.FinishItem) -> Finish:
+        return await self._connector.run_reserved(_transitions.finish, *item)
 
     @property
     def url(self) -> str:
@@ -220,9 +230,7 @@ class Database:
             UnknownJob: no such job.
             IntegrityViolation: the job was never admitted.
         """
-        return await self._connector.run_reserved(
-            _transitions.finish, job_id, status, code, message, outputs
-        )
+        return await self._finishes.submit((job_id, status, code, message, outputs))
 
     async def mark_processing(
         self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0

@@ -8,6 +8,7 @@ status, so no crash can separate a charge from the state that justifies it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 import attrs
@@ -105,6 +106,25 @@ async def finish(
     )
     assert row is not None  # noqa: S101  (the function always returns one row)
     return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])
+
+
+FinishItem = tuple[uuid.UUID, JobStatus, ErrorCode | None, str | None, tuple[StoredOutput, ...]]
+
+
+async def finish_many(pool: Pool, items: Sequence[FinishItem]) -> list[Finish]:
+    """`finish` for several jobs in one statement, hence one transaction: all or none."""
+    payload = [
+        {
+            "id": str(job_id),
+            "status": status.value,
+            "code": code.value if code else None,
+            "message": None if message is None else clean_text(message),
+            "outputs": [attrs.asdict(output) for output in outputs] if outputs else None,
+        }
+        for job_id, status, code, message, outputs in items
+    ]
+    rows = await pool.fetch(queries()["finish_jobs"], payload)
+    return [Finish(JobStatus(row["status"]), row["refunded"], row["balance"]) for row in rows]
 
 
 async def take_intake_epoch(pool: Pool) -> int:

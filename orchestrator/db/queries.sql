@@ -99,6 +99,18 @@ SELECT orchestrator.reject_job_v1($1, $2, $3);
 -- from what was stored, in one transaction (see finish_job_v2).
 SELECT status, refunded, balance FROM orchestrator.finish_job_v2($1, $2, $3, $4, $5);
 
+-- name: finish_jobs
+-- Several finishes in one statement (group commit): $1 is a JSON array of
+-- {id, status, code, message, outputs}; one row back per item, in order.
+SELECT f.status, f.refunded, f.balance
+  FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a (item, n)
+ CROSS JOIN LATERAL orchestrator.finish_job_v2(
+           (a.item ->> 'id')::uuid, a.item ->> 'status', a.item ->> 'code',
+           a.item ->> 'message',
+           CASE WHEN jsonb_typeof(a.item -> 'outputs') = 'array' THEN a.item -> 'outputs' END
+       ) AS f
+ ORDER BY a.n;
+
 -- name: mark_processing
 -- Record a prediction the moment the provider names it (see record_prediction_v1).
 SELECT orchestrator.record_prediction_v1($1, $2, $3, $4);
