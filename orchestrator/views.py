@@ -124,13 +124,15 @@ def accounts(items: Sequence[AccountSummary], *, as_json: bool) -> None:
                         "debited": item.debited,
                         "refunded": item.refunded,
                         "jobs_by_status": dict(item.jobs_by_status),
+                        "oldest_queued_s": item.oldest_queued_s,
                     }
                 )
                 + "\n"
             )
         return
     table = Table(title="accounts", title_justify="left")
-    for column in ("user", "plan", "balance", "debited", "refunded", "jobs by status"):
+    columns = ("user", "plan", "balance", "debited", "refunded", "jobs by status", "queued for")
+    for column in columns:
         table.add_column(column)
     for item in items:
         by_status = ", ".join(f"{k} {v}" for k, v in sorted(item.jobs_by_status.items()))
@@ -141,6 +143,7 @@ def accounts(items: Sequence[AccountSummary], *, as_json: bool) -> None:
             str(item.debited),
             str(item.refunded),
             by_status,
+            "" if item.oldest_queued_s is None else f"{item.oldest_queued_s:.0f} s",
         )
     _out.print(table)
 

@@ -65,6 +65,10 @@ def test_grant_submit_status_jobs_and_audit_work_end_to_end(db_url: str):
     accounts = json.loads(run(db_url, "accounts", "--user", "alice", "--json").stdout)
     assert accounts["balance"] == 8
     assert accounts["plan"] == "pro"
+    # No daemon runs here: both jobs wait, and the account says for how long.
+    assert accounts["jobs_by_status"] == {"queued": 2}
+    assert 0 < accounts["oldest_queued_s"] < 60
+    assert "queued for" in run(db_url, "accounts").stdout
     audit = run(db_url, "audit")
     assert "audit clean" in audit.stdout
     assert json.loads(run(db_url, "audit", "--json").stdout)["ok"] is True

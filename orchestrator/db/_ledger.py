@@ -34,6 +34,8 @@ class AccountSummary:
     debited: int
     refunded: int
     jobs_by_status: Mapping[str, int]
+    # Seconds the user's oldest queued job has waited (for capacity, a seat, a scan).
+    oldest_queued_s: float | None = None
 
 
 async def grant(pool: Pool, user_id: str, amount: int, ref: str | None, plan: str | None) -> int:
@@ -86,6 +88,7 @@ async def summaries(pool: Pool, user_id: str | None) -> list[AccountSummary]:
             debited=int(row["debited"]),
             refunded=int(row["refunded"]),
             jobs_by_status=dict(row["jobs_by_status"]),
+            oldest_queued_s=row["oldest_queued_s"],
         )
         for row in rows
     ]

@@ -271,11 +271,13 @@ SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
  LIMIT $2;
 
 -- name: account_summaries
--- Per user: balance, plan, credits debited and refunded, and jobs by status.
+-- Per user: balance, plan, credits debited and refunded, jobs by status, and
+-- how long the oldest queued job has waited (the queue, shown honestly).
 SELECT a.user_id, a.balance, a.plan,
        coalesce(l.debited, 0) AS debited,
        coalesce(l.refunded, 0) AS refunded,
-       coalesce(j.by_status, '{}'::jsonb) AS jobs_by_status
+       coalesce(j.by_status, '{}'::jsonb) AS jobs_by_status,
+       q.oldest_queued_s
   FROM orchestrator.accounts a
   LEFT JOIN LATERAL (
       SELECT (-sum(amount) FILTER (WHERE kind = 'debit'))::bigint AS debited,
@@ -287,6 +289,11 @@ SELECT a.user_id, a.balance, a.plan,
         FROM (SELECT status, count(*) AS n FROM orchestrator.jobs
                WHERE user_id = a.user_id GROUP BY status) s
   ) j ON true
+  LEFT JOIN LATERAL (
+      SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8
+             AS oldest_queued_s
+        FROM orchestrator.jobs WHERE user_id = a.user_id AND status = 'queued'
+  ) q ON true
  WHERE $1::text IS NULL OR a.user_id = $1
  ORDER BY a.user_id;
 
