@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -334,6 +335,7 @@ def main() -> None:
         counts, drain_s = asyncio.run(run())
         upstream_s = _wait_upstream_settled(rig, limit_s=30.0)
         verdict = asyncio.run(_verdict(url))
+        stray = asyncio.run(_as_we_knew_them(url, _listed_running(rig)))
         audit = subprocess.run(
             [*CLI, "audit"],
             env={**os.environ, "DATABASE_URL": url},
@@ -347,10 +349,66 @@ def main() -> None:
         rig.stop()
         stop_embedded_server(home)
     figures = _figures(args, counts, drain_s, upstream_s, verdict, audit.returncode, upstream, rig)
+    figures["still running upstream, as we knew them"] = stray
     if args.json:
         print(json.dumps(figures | {"wall time (s)": round(time.monotonic() - started, 1)}))
     else:
         _report(args, counts, drain_s, verdict, audit.returncode, upstream, rig, started)
+
+
+def _listed_running(rig: Rig) -> list[dict[str, object]]:
+    """The simulator's predictions still starting or processing, from its listing."""
+    listed: list[dict[str, object]] = []
+    page: object = f"http://127.0.0.1:{rig.sim_port}/v1/predictions"
+    while isinstance(page, str) and len(listed) < 5000:
+        request = urllib.request.Request(page, headers={"Authorization": "Bearer soak"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
+                body = json.loads(response.read())
+        except (OSError, ValueError):
+            break
+        running = {"starting", "processing"}
+        listed += [e for e in body.get("results", []) if e.get("status") in running]
+        page = body.get("next")
+    return listed
+
+
+async def _as_we_knew_them(url: str, listed: list[dict[str, object]]) -> list[dict[str, object]]:
+    """For a few predictions still running upstream: their job, and what we knew of them."""
+    if not listed:
+        return []
+    conn = await asyncpg.connect(url)
+    try:
+        found = []
+        for entry in listed[:5]:
+            query = urllib.parse.parse_qs(
+                urllib.parse.urlsplit(str(entry.get("webhook") or "")).query
+            )
+            job_id = (query.get("job_id") or [None])[0]
+            row = (
+                await conn.fetchrow(
+                    "SELECT j.status, j.error_code, j.num_outputs, $2 AS idx,"
+                    " j.finished_at IS NOT NULL AS finished,"
+                    " EXISTS (SELECT 1 FROM orchestrator.outputs o"
+                    "   WHERE o.job_id = j.id AND o.idx = $2) AS delivered,"
+                    " (SELECT prediction_id FROM orchestrator.predictions p"
+                    "   WHERE p.job_id = j.id AND p.idx = $2) AS recorded,"
+                    " (SELECT found_by || ':' || coalesce(status, '-') || ':' ||"
+                    "         (cancel_sent_at IS NOT NULL)::text"
+                    "    FROM orchestrator.upstream_predictions u"
+                    "   WHERE u.prediction_id = $3) AS noted"
+                    " FROM orchestrator.jobs j WHERE j.id = $1::uuid",
+                    job_id,
+                    int((query.get("idx") or ["0"])[0]),
+                    entry["id"],
+                )
+                if job_id
+                else None
+            )
+            found.append({"prediction": entry["id"], "job": job_id, **(dict(row) if row else {})})
+        return found
+    finally:
+        await conn.close()
 
 
 def _running(upstream: dict[str, object]) -> int:

@@ -41,15 +41,21 @@ def verdict(status: PredictionStatus) -> Verdict:
     return "ended"
 
 
-def is_stray(claim: ListedClaim) -> bool:
-    """Whether a listed prediction runs for one of our jobs without being the one it follows.
+def is_stray(claim: ListedClaim, *, running: bool = False) -> bool:
+    """Whether a listed prediction bills for one of our jobs without delivering to it.
 
-    Never one we cannot attribute (no such job: another deployment sharing the account),
-    one we already track, or the recorded one (the database side checks those). For a
-    job still in flight with nothing recorded for that output, the id may be on its way
-    to the database, so it is left for a later pass.
+    Never one we cannot attribute (no such job: another deployment sharing the account).
+    A prediction still running for a job that has ended always is, whatever we recorded:
+    nothing will ever read it. Otherwise: not one we already track, nor the recorded one
+    (the database side checks those); and for a job still in flight with nothing
+    recorded for that output, the id may be on its way to the database, so it is left
+    for a later pass.
     """
-    if claim.job_status is None or claim.noted or claim.recorded == claim.prediction_id:
+    if claim.job_status is None:
+        return False
+    if running and claim.job_status.terminal:
+        return True
+    if claim.noted or claim.recorded == claim.prediction_id:
         return False
     return claim.job_status.terminal or claim.recorded is not None
 
@@ -74,6 +80,7 @@ class ReconcileReport:
 
 @attrs.define
 class _Tally:
+    seen: set[str] = attrs.Factory(set)
     checked: int = 0
     canceled: int = 0
     cancel_failed: int = 0
@@ -132,9 +139,12 @@ class Reconciler:
             for ref in refs:
                 nursery.start_soon(self._check, ref, tally, limiter)
         for ref, prediction in await self._listed_strays():
+            if ref.prediction_id in tally.seen:
+                continue  # already looked at through the database this pass
             tally.listed += 1
             await self._act(ref, prediction.status, tally)
-        report = ReconcileReport(**attrs.asdict(tally), dry_run=self._dry_run)
+        counts = attrs.asdict(tally, filter=lambda a, _: a.name != "seen")
+        report = ReconcileReport(**counts, dry_run=self._dry_run)
         self._observe(report)
         return report
 
@@ -181,10 +191,11 @@ class Reconciler:
                 by_id[c.prediction_id].prediction,
             )
             for c in claims
-            if is_stray(c)
+            if is_stray(c, running=not by_id[c.prediction_id].prediction.status.terminal)
         ]
 
     async def _act(self, ref: UpstreamRef, status: PredictionStatus, tally: _Tally) -> None:
+        tally.seen.add(ref.prediction_id)
         tally.checked += 1
         action = verdict(status)
         with structlog.contextvars.bound_contextvars(

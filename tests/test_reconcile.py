@@ -271,3 +271,19 @@ def _claim(status: JobStatus | None, recorded: str | None, *, noted: bool = Fals
 )
 def test_which_listed_predictions_are_strays(claim, stray):
     assert is_stray(claim) is stray
+
+
+@pytest.mark.parametrize(
+    ("claim", "stray"),
+    [
+        (_claim(JobStatus.SUCCEEDED, "p1"), True),
+        (_claim(JobStatus.FAILED, None, noted=True), True),
+        (_claim(JobStatus.PROCESSING, "p1"), False),
+        (_claim(None, None), False),
+    ],
+    ids=["recorded-for-an-ended-job", "tracked-for-an-ended-job", "in-flight", "unknown-job"],
+)
+def test_a_prediction_still_running_for_an_ended_job_is_always_a_stray(claim, stray):
+    """Seen in the soak: a job delivered output 0 from one prediction while another, later
+    recorded for the same output, ran on; the database side skips delivered outputs."""
+    assert is_stray(claim, running=True) is stray
