@@ -47,6 +47,7 @@ from orchestrator.providers import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    cancel_within,
 )
 
 from ._capacity import Capacity
@@ -388,18 +389,18 @@ class JobTask:
 
     async def _cancel_one(self, prediction_id: str) -> None:
         """Stop paying for a prediction nobody will use, within the cancel timeout."""
-        with trio.move_on_after(self._config.cancel_timeout_s) as scope:
-            try:
-                with self._observed("cancel"):
-                    await self._provider.cancel(prediction_id)
-            except ProviderError as exc:
-                log.warning("provider.cancel_failed", error=exc.summary)
-                return
-            except Exception:
-                log.warning("provider.cancel_failed", exc_info=True)
-                return
-        if scope.cancelled_caught:
-            log.warning("provider.cancel_failed", error="timed out")
+
+        async def counted() -> None:
+            with self._observed("cancel"):
+                await self._provider.cancel(prediction_id)
+
+        try:
+            reason = await cancel_within(counted, self._config.cancel_timeout_s)
+        except Exception:
+            log.warning("provider.cancel_failed", exc_info=True)
+            return
+        if reason is not None:
+            log.warning("provider.cancel_failed", error=reason)
         else:
             log.info("provider.canceled", prediction_id=prediction_id)
 

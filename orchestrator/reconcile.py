@@ -13,6 +13,7 @@ demand (``--dry-run`` only looks).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Final, Literal
 
@@ -23,7 +24,13 @@ import trio
 from orchestrator.db import Database
 from orchestrator.lifecycle import ListedClaim, UpstreamRef
 from orchestrator.metrics import Metrics
-from orchestrator.providers import Prediction, PredictionStatus, Provider, ProviderError
+from orchestrator.providers import (
+    Prediction,
+    PredictionStatus,
+    Provider,
+    ProviderError,
+    cancel_within,
+)
 
 log = structlog.get_logger("orchestrator.reconcile")
 
@@ -220,18 +227,12 @@ class Reconciler:
                 log.warning("reconcile.succeeded_undelivered", found_by=ref.found_by)
 
     async def _cancel(self, ref: UpstreamRef) -> bool:
-        with trio.move_on_after(self._timeout_s):
-            try:
-                await self._provider.cancel(ref.prediction_id)
-            except ProviderError as exc:
-                log.warning("provider.cancel_failed", error=exc.summary)
-                return False
-            except ValueError:
-                log.warning("provider.cancel_failed", error="unusable prediction id")
-                return False
-            return True
-        log.warning("provider.cancel_failed", error="timed out")
-        return False
+        reason = await cancel_within(
+            functools.partial(self._provider.cancel, ref.prediction_id), self._timeout_s
+        )
+        if reason is not None:
+            log.warning("provider.cancel_failed", error=reason)
+        return reason is None
 
     def _observe(self, report: ReconcileReport) -> None:
         if self._metrics is None or report.dry_run:

@@ -13,6 +13,7 @@ prediction keeps billing for a job that ended.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 import structlog
@@ -22,7 +23,7 @@ from actors import Registry
 from orchestrator.db import Database, DbError
 from orchestrator.lifecycle import ErrorCode, JobRef, JobStatus
 from orchestrator.metrics import Metrics
-from orchestrator.providers import Provider, ProviderError
+from orchestrator.providers import Provider, cancel_within
 from orchestrator.reconcile import Reconciler
 
 log = structlog.get_logger("orchestrator.sweeper")
@@ -109,10 +110,8 @@ class Sweeper:
                 actor.cancel_running(ref.id)
 
     async def _cancel_upstream(self, prediction_id: str) -> None:
-        with trio.move_on_after(self._cancel_timeout_s):
-            try:
-                await self._provider.cancel(prediction_id)
-            except ProviderError as exc:
-                log.warning("provider.cancel_failed", error=exc.summary)
-            except ValueError:
-                log.warning("provider.cancel_failed", error="unusable prediction id")
+        reason = await cancel_within(
+            functools.partial(self._provider.cancel, prediction_id), self._cancel_timeout_s
+        )
+        if reason is not None:
+            log.warning("provider.cancel_failed", error=reason)

@@ -1,8 +1,8 @@
 """The provider edge: one `Provider` protocol, its values and errors, and its adapters.
 
 Code lives in private modules (``_base`` for the values and the protocol, ``_errors`` for the
-exception tree, ``_http`` for what the HTTP adapters share, ``_replicate`` and ``_kie`` for
-the adapters); import from here only.
+exception tree, ``_cancel`` for cancelling within a timeout, ``_http`` for what the HTTP
+adapters share, ``_replicate`` and ``_kie`` for the adapters); import from here only.
 """
 
 from ._base import Prediction as Prediction
@@ -10,6 +10,7 @@ from ._base import PredictionRequest as PredictionRequest
 from ._base import PredictionStatus as PredictionStatus
 from ._base import Provider as Provider
 from ._base import TaggedPrediction as TaggedPrediction
+from ._cancel import cancel_within as cancel_within
 from ._errors import ProviderError as ProviderError
 from ._errors import ProviderProtocolError as ProviderProtocolError
 from ._errors import ProviderRateLimited as ProviderRateLimited
@@ -31,4 +32,5 @@ __all__ = [
     "ProviderUnavailable",
     "ReplicateProvider",
     "TaggedPrediction",
+    "cancel_within",
 ]
