@@ -44,7 +44,6 @@ class RateBudget:
         if self._burst < 1:
             raise ValueError("burst must be at least 1")
         self._tat = -math.inf
-        self.waited_s = 0.0
 
     def set_rate(self, per_s: float) -> None:
         """Change the rate from now on; reservations already made keep their slots."""
@@ -59,7 +58,6 @@ class RateBudget:
             self._tat, trio.current_time(), interval=self._interval, burst=self._burst, cost=cost
         )
         if wait > 0:
-            self.waited_s += wait
             await trio.sleep(wait)
         return wait
 

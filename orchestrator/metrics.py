@@ -35,7 +35,6 @@ def _version() -> str:
 
 class Metrics:
     def __init__(self) -> None:
-        self._finished = 0
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs_submitted = Counter(
@@ -255,7 +254,14 @@ class Metrics:
 
     def finished_count(self) -> int:
         """Jobs finished so far, for pacing admissions to what the daemon can finish."""
-        return self._finished
+        return int(
+            sum(
+                sample.value
+                for metric in self.jobs_finished.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total")
+            )
+        )
 
     def job_finished(
         self,
@@ -267,7 +273,6 @@ class Metrics:
         total_s: float | None,
         polls: int,
     ) -> None:
-        self._finished += 1
         self.jobs_finished.labels(status=status.value, code=code.value if code else "").inc()
         self.credits_refunded.inc(refunded)
         self.provider_time.observe(provider_s)

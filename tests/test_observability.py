@@ -11,7 +11,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.db import Database
-from orchestrator.lifecycle import JobStatus
+from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.metrics import Metrics
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
@@ -151,3 +152,10 @@ async def test_the_periodic_audit_exports_violations_for_the_alert(
     with trio.fail_after(5):
         while samples(await scrape(daemon.http_url))[("orchestrator_audit_violations", ())] == 0:
             await trio.sleep(0.05)
+
+
+def test_the_finished_count_the_pacer_reads_is_the_sum_of_the_finished_counter():
+    metrics = Metrics()
+    for status, code in ((JobStatus.SUCCEEDED, None), (JobStatus.FAILED, ErrorCode.TIMEOUT)):
+        metrics.job_finished(status, code, refunded=0, provider_s=1.0, total_s=1.0, polls=1)
+    assert metrics.finished_count() == 2

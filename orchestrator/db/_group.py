@@ -54,7 +54,6 @@ class GroupCommit(Generic[Item, Result]):
         self._queue: list[_Slot[Item, Result]] = []
         self._leading = False
         self.batches = 0
-        self.items = 0
 
     async def submit(self, item: Item) -> Result:
         slot: _Slot[Item, Result] = _Slot(item)
@@ -87,7 +86,6 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _run(self, slots: list[_Slot[Item, Result]]) -> None:
         self.batches += 1
-        self.items += len(slots)
         results: Sequence[Result] = ()
         if len(slots) > 1:
             try:
