@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import structlog
 import trio
+from _setup import cpu_seconds, free_port
 
 from orchestrator.db import ensure_embedded_server, open_database, stop_embedded_server
 from orchestrator.logs import configure
@@ -54,17 +53,6 @@ async def _cpu_per_op(n: int, op: Callable[[], Awaitable[object]], concurrency: 
     return statistics.median(runs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _wait_listening(port: int) -> None:
     with trio.fail_after(20):
         while True:
@@ -86,7 +74,7 @@ async def _measure(n: int, home: Path) -> dict[str, float]:
         await db.grant("floor", 10)
         job_id = await db.submit_job("floor", "a lighthouse")
         figures["database read of a job row"] = await _cpu_per_op(n, lambda: db.job(job_id))
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     sim = await trio.lowlevel.open_process(
         [sys.executable, "-m", "orchestrator.cli", "simulate-provider", "--port", str(port)],
@@ -111,9 +99,9 @@ async def _measure(n: int, home: Path) -> dict[str, float]:
                 ("provider get", lambda: provider.get(made.id)),
                 ("download of one PNG", lambda: client.get(file_url)),
             ):
-                before = _cpu_s(sim.pid)
+                before = cpu_seconds(sim.pid)
                 figures[f"{name} (client)"] = await _cpu_per_op(n, op)
-                figures[f"{name} (simulator)"] = (_cpu_s(sim.pid) - before) / (3 * n) * 1e6
+                figures[f"{name} (simulator)"] = (cpu_seconds(sim.pid) - before) / (3 * n) * 1e6
     finally:
         sim.terminate()
         with trio.move_on_after(10):

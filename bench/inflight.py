@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from _setup import free_port
 
 from orchestrator.db import ensure_embedded_server, stop_embedded_server
 from orchestrator.db._embedded import data_dir
@@ -62,12 +62,6 @@ TERMINAL = ("succeeded", "failed", "timed_out", "canceled", "rejected")
 IN_FLIGHT = ("starting", "processing")
 PLAN = "bench_inflight"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -158,8 +152,8 @@ class Rig:
         self.args = args
         self.home = home
         self.url = url
-        self.sim_port = _free_port()
-        self.http_port = _free_port()
+        self.sim_port = free_port()
+        self.http_port = free_port()
         self.log_path = home / "daemon.log"
         self.sim: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None

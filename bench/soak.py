@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+from _setup import free_port
 
 from orchestrator.db import ensure_embedded_server, stop_embedded_server
 from orchestrator.db._embedded import data_dir
@@ -42,12 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 SECRET = "whsec_" + base64.b64encode(b"soak-webhook-secret-of-32-bytes!").decode()
 DEADLINE_S = 4.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_gone(pid: int, limit_s: float = 15.0) -> None:
@@ -76,8 +70,8 @@ class Rig:
         self.home = home
         self.url = url
         self.logs = logs
-        self.sim_port = _free_port()
-        self.http_port = _free_port()
+        self.sim_port = free_port()
+        self.http_port = free_port()
         self.daemon: subprocess.Popen[bytes] | None = None
         self.sim: subprocess.Popen[bytes] | None = None
         self.faults: dict[str, int] = {}

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,20 +31,9 @@ import time
 from pathlib import Path
 
 import asyncpg
-from _setup import admin, fresh_database
+from _setup import admin, cpu_seconds, free_port, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _postgres_cpu_s() -> float:
@@ -54,10 +42,15 @@ def _postgres_cpu_s() -> float:
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    total += _cpu_s(int(entry.name))
+                    total += cpu_seconds(int(entry.name))
             except OSError:
                 continue
     return total
+
+
+def _cpu_now(daemon: int, sim: int) -> tuple[float, float, float, float]:
+    """CPU so far of the daemon, the simulator, Postgres and this submitter."""
+    return cpu_seconds(daemon), cpu_seconds(sim), _postgres_cpu_s(), time.process_time()
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -172,7 +165,7 @@ def main() -> None:
         "--profile", type=Path, help="record the daemon with py-spy (collapsed stacks) to this file"
     )
     args = parser.parse_args()
-    sim_port = _free_port()
+    sim_port = free_port()
     with fresh_database() as url:
         users = asyncio.run(_prepare(url, args.users))
         asyncio.run(admin(url, "CREATE TABLE bench_seen (job_id uuid PRIMARY KEY)"))
@@ -184,7 +177,7 @@ def main() -> None:
             "ORCHESTRATOR_POLL_INITIAL": "0.05",
             "ORCHESTRATOR_DB_POOL_SIZE": "20",
             "ORCHESTRATOR_LOG_LEVEL": "warning",
-            "ORCHESTRATOR_HTTP_PORT": str(_free_port()),
+            "ORCHESTRATOR_HTTP_PORT": str(free_port()),
         }
         cli = [sys.executable, "-m", "orchestrator.cli"]
         sim = subprocess.Popen(
@@ -207,9 +200,19 @@ def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
                 time.sleep(1.0)
-            before = (_cpu_s(daemon.pid), _cpu_s(sim.pid), _postgres_cpu_s(), time.process_time())
+            before = (
+                cpu_seconds(daemon.pid),
+                cpu_seconds(sim.pid),
+                _postgres_cpu_s(),
+                time.process_time(),
+            )
             asyncio.run(_phase(url, users, args.jobs, None, "throughput"))
-            after = (_cpu_s(daemon.pid), _cpu_s(sim.pid), _postgres_cpu_s(), time.process_time())
+            after = (
+                cpu_seconds(daemon.pid),
+                cpu_seconds(sim.pid),
+                _postgres_cpu_s(),
+                time.process_time(),
+            )
             spent = [b - a for a, b in zip(before, after, strict=True)]
             per_k = [1000 * x / args.jobs for x in spent]
             print(
