@@ -44,6 +44,14 @@ $$;
 
 CREATE SCHEMA IF NOT EXISTS orchestrator;
 
+-- A user's partition slot, out of a fixed 1024: every job of a user lands in one
+-- slot, and each slot has one owning daemon (see partition_leases). Defined
+-- before the tables because `jobs.slot` is generated from it. Never change it:
+-- the slots stored with existing jobs would no longer match.
+CREATE OR REPLACE FUNCTION orchestrator.slot_of(p_user_id text) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN ((pg_catalog.hashtextextended(p_user_id, 0) % 1024 + 1024) % 1024)::integer;
+
 -- ---------------------------------------------------------------------------
 -- Reference tables
 -- ---------------------------------------------------------------------------
@@ -147,6 +155,10 @@ CREATE TABLE IF NOT EXISTS orchestrator.jobs (
     updated_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     admitted_at         timestamptz,
     finished_at         timestamptz,
+    slot                integer GENERATED ALWAYS AS (orchestrator.slot_of(user_id)) STORED,
+    -- The lease epochs of the slot under which the job was admitted and ended.
+    admit_epoch         bigint,
+    finish_epoch        bigint,
     CONSTRAINT jobs_user_idempotency_key_key UNIQUE (user_id, idempotency_key),
     CONSTRAINT jobs_id_num_outputs_key UNIQUE (id, num_outputs),
     -- A seat is held exactly while the job is in flight.
@@ -160,6 +172,13 @@ CREATE TABLE IF NOT EXISTS orchestrator.jobs (
         status NOT IN ('failed', 'timed_out', 'canceled', 'rejected')
         OR error_code IS NOT NULL)
 );
+
+-- Columns added after the first release, for databases created before them.
+ALTER TABLE orchestrator.jobs
+    ADD COLUMN IF NOT EXISTS slot integer
+        GENERATED ALWAYS AS (orchestrator.slot_of(user_id)) STORED,
+    ADD COLUMN IF NOT EXISTS admit_epoch bigint,
+    ADD COLUMN IF NOT EXISTS finish_epoch bigint;
 
 CREATE TABLE IF NOT EXISTS orchestrator.ledger (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -208,9 +227,12 @@ CREATE TABLE IF NOT EXISTS orchestrator.predictions (
     provider      text NOT NULL,
     prediction_id text NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The lease epoch of the job's slot under which it was recorded.
+    epoch         bigint,
     PRIMARY KEY (job_id, idx),
     UNIQUE (provider, prediction_id)
 );
+ALTER TABLE orchestrator.predictions ADD COLUMN IF NOT EXISTS epoch bigint;
 
 -- Provider money: predictions that ran for a job without delivering to it, and
 -- what reconciliation last saw of them upstream. Rows come from reconciliation
@@ -247,6 +269,43 @@ CREATE TABLE IF NOT EXISTS orchestrator.meta (
     value text NOT NULL
 );
 
+-- Daemons alive now: each heartbeats in its lease round. A member whose
+-- `expires_at` passed (on the database's clock) is gone, and the slots it held
+-- go to the others.
+CREATE TABLE IF NOT EXISTS orchestrator.members (
+    member_id    text PRIMARY KEY CHECK (length(member_id) BETWEEN 1 AND 200),
+    info         jsonb NOT NULL DEFAULT '{}',
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at   timestamptz NOT NULL
+);
+
+-- One row per partition slot: its owner and fencing epoch. Taking a slot bumps
+-- its epoch; every write a daemon makes to a job checks, in the same
+-- transaction, that the job's slot is still its own under the epoch it holds.
+-- Logged, so epochs survive a crash and never repeat.
+CREATE TABLE IF NOT EXISTS orchestrator.partition_leases (
+    slot       integer PRIMARY KEY CHECK (slot BETWEEN 0 AND 1023),
+    owner      text,
+    epoch      bigint NOT NULL DEFAULT 0 CHECK (epoch >= 0),
+    taken_at   timestamptz,
+    expires_at timestamptz,
+    CONSTRAINT partition_leases_owner_iff_expiry CHECK ((owner IS NULL) = (expires_at IS NULL))
+);
+INSERT INTO orchestrator.partition_leases (slot)
+SELECT s FROM pg_catalog.generate_series(0, 1023) s
+ON CONFLICT (slot) DO NOTHING;
+
+-- Who held each (slot, epoch), from when: with the epochs stored on jobs and
+-- predictions, it shows which daemon made each write.
+CREATE TABLE IF NOT EXISTS orchestrator.lease_history (
+    slot     integer NOT NULL,
+    epoch    bigint NOT NULL,
+    owner    text NOT NULL,
+    taken_at timestamptz NOT NULL,
+    PRIMARY KEY (slot, epoch)
+);
+
 -- ---------------------------------------------------------------------------
 -- Constraints and indices
 -- ---------------------------------------------------------------------------
@@ -267,6 +326,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_job_per_seat
 CREATE INDEX IF NOT EXISTS jobs_active_idx
     ON orchestrator.jobs (created_at, id)
     WHERE status IN ('queued', 'starting', 'processing');
+-- Serves the scans of a daemon's own slots: queued and in-flight jobs by slot.
+CREATE INDEX IF NOT EXISTS jobs_slot_active_idx
+    ON orchestrator.jobs (slot, status, created_at)
+    WHERE status IN ('queued', 'starting', 'processing');
+-- Serves pruning of the lease history.
+CREATE INDEX IF NOT EXISTS lease_history_taken_idx
+    ON orchestrator.lease_history (taken_at);
 -- Serves the duplicate check: identical jobs of one user still alive.
 CREATE INDEX IF NOT EXISTS jobs_alive_fingerprint_idx
     ON orchestrator.jobs (user_id, fingerprint)
@@ -484,8 +550,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_status text;
+    v_slot integer;
 BEGIN
-    SELECT status INTO v_status FROM orchestrator.jobs WHERE id = p_job_id;
+    SELECT status, slot INTO v_status, v_slot FROM orchestrator.jobs WHERE id = p_job_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
     END IF;
@@ -496,162 +563,148 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM pg_notify('orchestrator_jobs', p_job_id::text);
+    PERFORM pg_notify('orchestrator_jobs_' || v_slot::text, p_job_id::text);
     RETURN true;
 END
 $$;
 
--- Admit a queued job: take the lowest free seat, debit its cost if the
--- balance covers it (the row count is checked, seed 001), write the ledger row
--- and move the job to `starting`, all in one transaction. The outcome is
--- 'admitted', 'no_seat', 'insufficient_credits', 'canceled' (a cancel was
--- requested before admission: nothing is charged), 'not_queued' or
--- 'not_leader' (a stale intake epoch, see below); a seat taken
--- by a concurrent daemon raises unique_violation on jobs_one_job_per_seat.
-DROP FUNCTION IF EXISTS orchestrator.admit_job_v1(uuid, bigint, integer, double precision);
-CREATE OR REPLACE FUNCTION orchestrator.admit_job_v1(
-    p_job_id uuid, p_cost bigint, p_max_inflight integer, p_deadline_s double precision,
-    p_epoch bigint DEFAULT NULL
-) RETURNS TABLE (outcome text, seat integer, balance bigint, deadline_at timestamptz)
+-- Fencing: raise 'fenced' (OR008) unless `p_member` holds `p_slot` under
+-- `p_epoch` with an unexpired lease. FOR KEY SHARE holds the lease row until
+-- the caller's transaction ends: a takeover locks the row FOR UPDATE before it
+-- bumps the epoch, so it waits for this write and cannot overlap it, while a
+-- renewal (a plain UPDATE of `expires_at`) does not conflict and never waits
+-- behind the writes. Both NULL means an unfenced caller (an operator's tool
+-- or a test); the daemon always passes its lease.
+CREATE OR REPLACE FUNCTION orchestrator.check_fence_v1(
+    p_slot integer, p_member text, p_epoch bigint
+) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_user text;
-    v_status text;
-    v_cancel_requested timestamptz;
-    v_seat integer;
-    v_balance bigint;
-    v_deadline timestamptz;
 BEGIN
-    IF p_cost IS NULL OR p_cost <= 0 OR p_max_inflight IS NULL OR p_deadline_s IS NULL
-       OR p_deadline_s <= 0 THEN
-        RAISE EXCEPTION 'cost, seats and deadline must be positive' USING ERRCODE = 'OR004';
+    IF p_member IS NULL AND p_epoch IS NULL THEN
+        RETURN;
     END IF;
-    SELECT j.user_id, j.status, j.cancel_requested_at
-      INTO v_user, v_status, v_cancel_requested
-      FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
+    PERFORM 1 FROM orchestrator.partition_leases l
+     WHERE l.slot = p_slot AND l.owner = p_member AND l.epoch = p_epoch
+       AND l.expires_at > pg_catalog.clock_timestamp()
+       FOR KEY SHARE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+        RAISE EXCEPTION 'slot % is not held by % under epoch %', p_slot, p_member, p_epoch
+            USING ERRCODE = 'OR008';
     END IF;
-    IF v_status <> 'queued' THEN
-        RETURN QUERY SELECT 'not_queued'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
-        RETURN;
-    END IF;
-    -- The row lock orders this against request_cancel: a cancel that committed
-    -- first is seen here, however late the caller read the job.
-    IF v_cancel_requested IS NOT NULL THEN
-        RETURN QUERY SELECT 'canceled'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
-        RETURN;
-    END IF;
-    -- Fencing: a daemon that lost intake leadership (its epoch is no longer the
-    -- current one) admits nothing more; the job stays queued for the leader.
-    IF p_epoch IS NOT NULL AND p_epoch IS DISTINCT FROM (
-        SELECT m.value::bigint FROM orchestrator.meta m WHERE m.key = 'intake_epoch') THEN
-        RETURN QUERY SELECT 'not_leader'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
-        RETURN;
-    END IF;
-    -- Admissions of one user queue here, whichever daemon runs them, so the
-    -- seat search below sees every seat taken before it.
-    PERFORM 1 FROM orchestrator.accounts a WHERE a.user_id = v_user FOR UPDATE;
-    SELECT s INTO v_seat FROM generate_series(1, p_max_inflight) s
-     WHERE NOT EXISTS (SELECT 1 FROM orchestrator.jobs j WHERE j.user_id = v_user AND j.inflight_seat = s)
-     ORDER BY s LIMIT 1;
-    IF v_seat IS NULL THEN
-        RETURN QUERY SELECT 'no_seat'::text, NULL::integer, NULL::bigint, NULL::timestamptz;
-        RETURN;
-    END IF;
-    UPDATE orchestrator.accounts a
-       SET balance = a.balance - p_cost, last_admitted_at = clock_timestamp(), updated_at = now()
-     WHERE a.user_id = v_user AND a.balance >= p_cost
-    RETURNING a.balance INTO v_balance;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'insufficient_credits'::text, NULL::integer, NULL::bigint,
-                            NULL::timestamptz;
-        RETURN;
-    END IF;
-    INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
-    VALUES (v_user, p_job_id, 'debit', -p_cost, 'debit:' || p_job_id::text);
-    UPDATE orchestrator.jobs j
-       SET status = 'starting', cost = p_cost, inflight_seat = v_seat,
-           admitted_at = clock_timestamp(),
-           deadline_at = clock_timestamp() + make_interval(secs => p_deadline_s),
-           updated_at = clock_timestamp()
-     WHERE j.id = p_job_id
-    RETURNING j.deadline_at INTO v_deadline;
-    RETURN QUERY SELECT 'admitted'::text, v_seat, v_balance, v_deadline;
 END
 $$;
 
--- End an admitted job: delivered outputs recorded, terminal status, seat
--- released and the refund it is owed, in one transaction and one round trip.
--- A job that did not succeed gets its whole debit back; a succeeded one gets
--- `p_refund` back (outputs that were paid for but not delivered). Outputs
--- past num_outputs are never stored. Finishing a job twice is a no-op.
-DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint);
-DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint, text[]);
-CREATE OR REPLACE FUNCTION orchestrator.finish_job_v1(
-    p_job_id uuid, p_status text, p_error_code text, p_message text, p_refund bigint,
-    p_outputs jsonb DEFAULT NULL
-) RETURNS TABLE (status text, refunded bigint, balance bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+-- One member's lease round, in one statement: heartbeat, give up every slot it
+-- holds but no longer keeps (and any whose lease ran out), renew the kept ones,
+-- and take those of `p_take` that are free or expired, each under a new epoch.
+-- Expiry is judged on this server's clock only. Returns every slot the member
+-- holds afterwards, whether it was taken now, and how long its lease is valid.
+CREATE OR REPLACE FUNCTION orchestrator.lease_round_v1(
+    p_member text, p_ttl_s double precision, p_keep integer[], p_take integer[],
+    p_info jsonb
+) RETURNS TABLE (slot integer, epoch bigint, taken boolean, valid_s double precision)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_user text;
-    v_status text;
-    v_debited bigint;
-    v_refund bigint;
-    v_balance bigint;
+    v_now timestamptz := pg_catalog.clock_timestamp();
+    v_until timestamptz;
 BEGIN
-    SELECT j.user_id, j.status INTO v_user, v_status
-      FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    IF p_member IS NULL OR p_ttl_s IS NULL OR p_ttl_s <= 0 OR p_ttl_s > 3600 THEN
+        RAISE EXCEPTION 'a member id and a lease of up to an hour are required'
+            USING ERRCODE = 'OR004';
     END IF;
-    IF v_status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected') THEN
-        RETURN QUERY SELECT v_status, 0::bigint, NULL::bigint;
-        RETURN;
-    END IF;
-    IF v_status = 'queued' THEN
-        RAISE EXCEPTION 'job % was never admitted; reject it instead', p_job_id
-            USING ERRCODE = 'OR007';
-    END IF;
-    IF p_status NOT IN ('succeeded', 'failed', 'timed_out', 'canceled') THEN
-        RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
-    END IF;
-    IF p_outputs IS NOT NULL THEN
-        INSERT INTO orchestrator.outputs (job_id, idx, num_outputs, url, path, size_bytes, sha256,
-                             content_type)
-        SELECT p_job_id, o.idx - 1, j.num_outputs, o.item ->> 'url', o.item ->> 'path',
-               (o.item ->> 'size_bytes')::bigint, o.item ->> 'sha256',
-               o.item ->> 'content_type'
-          FROM orchestrator.jobs j, jsonb_array_elements(p_outputs) WITH ORDINALITY AS o(item, idx)
-         WHERE j.id = p_job_id AND o.idx <= j.num_outputs
-        ON CONFLICT (job_id, idx) DO NOTHING;
-    END IF;
-    SELECT -l.amount INTO v_debited FROM orchestrator.ledger l
-     WHERE l.job_id = p_job_id AND l.kind = 'debit';
-    v_refund := CASE WHEN p_status = 'succeeded' THEN coalesce(p_refund, 0)
-                     ELSE coalesce(v_debited, 0) END;
-    IF v_refund > 0 THEN
-        INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
-        VALUES (v_user, p_job_id, 'refund', v_refund, 'refund:' || p_job_id::text)
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            UPDATE orchestrator.accounts a SET balance = a.balance + v_refund, updated_at = now()
-             WHERE a.user_id = v_user
-            RETURNING a.balance INTO v_balance;
-        ELSE
-            v_refund := 0;
-        END IF;
-    END IF;
-    UPDATE orchestrator.jobs j
-       SET status = p_status, error_code = p_error_code, error_message = p_message,
-           inflight_seat = NULL, partial = (p_status = 'succeeded' AND v_refund > 0),
-           finished_at = clock_timestamp(), updated_at = clock_timestamp()
-     WHERE j.id = p_job_id;
-    RETURN QUERY SELECT p_status, v_refund, v_balance;
+    v_until := v_now + pg_catalog.make_interval(secs => p_ttl_s);
+    -- Rows are locked in slot order. The member's own rows FOR NO KEY UPDATE,
+    -- which its fenced writes (FOR KEY SHARE) never wait for nor block; the slots
+    -- to take FOR UPDATE, which waits out the old owner's writes still running.
+    PERFORM 1 FROM orchestrator.partition_leases l
+     WHERE l.owner = p_member
+     ORDER BY l.slot
+       FOR NO KEY UPDATE;
+    PERFORM 1 FROM orchestrator.partition_leases l
+     WHERE l.slot = ANY (coalesce(p_take, '{}')) AND (l.owner IS NULL OR l.expires_at <= v_now)
+     ORDER BY l.slot
+       FOR UPDATE;
+    INSERT INTO orchestrator.members AS m (member_id, info, started_at, heartbeat_at, expires_at)
+    VALUES (p_member, coalesce(p_info, '{}'), v_now, v_now, v_until)
+    ON CONFLICT (member_id) DO UPDATE
+       SET heartbeat_at = v_now, expires_at = v_until, info = coalesce(p_info, m.info);
+    UPDATE orchestrator.partition_leases l
+       SET owner = NULL, expires_at = NULL
+     WHERE l.owner = p_member
+       AND (l.expires_at <= v_now OR NOT l.slot = ANY (coalesce(p_keep, '{}')));
+    UPDATE orchestrator.partition_leases l
+       SET expires_at = v_until
+     WHERE l.owner = p_member;
+    WITH taken AS (
+        UPDATE orchestrator.partition_leases l
+           SET owner = p_member, epoch = l.epoch + 1, taken_at = v_now, expires_at = v_until
+         WHERE l.slot = ANY (coalesce(p_take, '{}'))
+           AND (l.owner IS NULL OR l.expires_at <= v_now)
+        RETURNING l.slot, l.epoch
+    )
+    INSERT INTO orchestrator.lease_history (slot, epoch, owner, taken_at)
+    SELECT t.slot, t.epoch, p_member, v_now FROM taken t;
+    RETURN QUERY
+        SELECT l.slot, l.epoch, l.taken_at = v_now,
+               pg_catalog.date_part('epoch', l.expires_at - pg_catalog.clock_timestamp())
+          FROM orchestrator.partition_leases l
+         WHERE l.owner = p_member
+         ORDER BY l.slot;
 END
 $$;
+
+-- A member leaving on purpose: its slots are free at once and the others are
+-- told, so they take them within a second instead of after the lease's TTL.
+CREATE OR REPLACE FUNCTION orchestrator.leave_cluster_v1(p_member text) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_released integer;
+BEGIN
+    UPDATE orchestrator.partition_leases l SET owner = NULL, expires_at = NULL
+     WHERE l.owner = p_member;
+    GET DIAGNOSTICS v_released = ROW_COUNT;
+    DELETE FROM orchestrator.members m WHERE m.member_id = p_member;
+    PERFORM pg_catalog.pg_notify('orchestrator_members', p_member);
+    RETURN v_released;
+END
+$$;
+
+-- Forget lease history and departed members older than `p_older_than_s`.
+CREATE OR REPLACE FUNCTION orchestrator.prune_lease_history_v1(p_older_than_s double precision)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cutoff timestamptz;
+    v_pruned integer;
+BEGIN
+    IF p_older_than_s IS NULL OR p_older_than_s < 60 THEN
+        RAISE EXCEPTION 'keep at least a minute of lease history' USING ERRCODE = 'OR004';
+    END IF;
+    v_cutoff := pg_catalog.clock_timestamp() - pg_catalog.make_interval(secs => p_older_than_s);
+    DELETE FROM orchestrator.lease_history h
+     WHERE h.taken_at < v_cutoff
+       AND h.epoch < (SELECT l.epoch FROM orchestrator.partition_leases l WHERE l.slot = h.slot);
+    GET DIAGNOSTICS v_pruned = ROW_COUNT;
+    DELETE FROM orchestrator.members m WHERE m.expires_at < v_cutoff;
+    RETURN v_pruned;
+END
+$$;
+
+-- Superseded shapes of the money functions, dropped so no role can reach them.
+DROP FUNCTION IF EXISTS orchestrator.admit_job_v1(uuid, bigint, integer, double precision);
+DROP FUNCTION IF EXISTS orchestrator.admit_job_v1(uuid, bigint, integer, double precision, bigint);
+DROP FUNCTION IF EXISTS orchestrator.admit_job_v2(uuid, double precision, bigint);
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint);
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint, text[]);
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint, jsonb);
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v2(uuid, text, text, text, jsonb);
+DROP FUNCTION IF EXISTS orchestrator.reject_job_v1(uuid, text, text);
+DROP FUNCTION IF EXISTS orchestrator.record_prediction_v1(uuid, text, text, integer);
+DROP FUNCTION IF EXISTS orchestrator.take_intake_epoch_v1();
 
 -- Forget webhook deliveries older than the providers' retry window, oldest
 -- first, at most `p_limit` a call; returns how many went. A definer function
@@ -687,8 +740,8 @@ $$;
 -- stored. Callers pass ids, a status and a deadline, never credits. These,
 -- and the small writes below them, are the only ways the daemon's role
 -- changes a job, a balance or the ledger.
-CREATE OR REPLACE FUNCTION orchestrator.admit_job_v2(
-    p_job_id uuid, p_deadline_s double precision, p_epoch bigint DEFAULT NULL
+CREATE OR REPLACE FUNCTION orchestrator.admit_job_v3(
+    p_job_id uuid, p_deadline_s double precision, p_member text, p_epoch bigint
 ) RETURNS TABLE (outcome text, seat integer, cost bigint, balance bigint,
                  deadline_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -704,7 +757,7 @@ BEGIN
     IF p_deadline_s IS NULL OR p_deadline_s <= 0 THEN
         RAISE EXCEPTION 'the deadline must be positive' USING ERRCODE = 'OR004';
     END IF;
-    SELECT j.user_id, j.status, j.num_outputs, j.cancel_requested_at INTO v_job
+    SELECT j.user_id, j.slot, j.status, j.num_outputs, j.cancel_requested_at INTO v_job
       FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
@@ -719,12 +772,7 @@ BEGIN
                             NULL::timestamptz;
         RETURN;
     END IF;
-    IF p_epoch IS NOT NULL AND p_epoch IS DISTINCT FROM (
-        SELECT m.value::bigint FROM orchestrator.meta m WHERE m.key = 'intake_epoch') THEN
-        RETURN QUERY SELECT 'not_leader'::text, NULL::integer, NULL::bigint, NULL::bigint,
-                            NULL::timestamptz;
-        RETURN;
-    END IF;
+    PERFORM orchestrator.check_fence_v1(v_job.slot, p_member, p_epoch);
     SELECT p.cost_per_output, p.max_inflight INTO v_plan
       FROM orchestrator.accounts a JOIN orchestrator.plans p ON p.name = a.plan
      WHERE a.user_id = v_job.user_id
@@ -759,7 +807,7 @@ BEGIN
     INSERT INTO orchestrator.ledger (user_id, job_id, kind, amount, ref)
     VALUES (v_job.user_id, p_job_id, 'debit', -v_cost, 'debit:' || p_job_id::text);
     UPDATE orchestrator.jobs j
-       SET status = 'starting', cost = v_cost, inflight_seat = v_seat,
+       SET status = 'starting', cost = v_cost, inflight_seat = v_seat, admit_epoch = p_epoch,
            admitted_at = pg_catalog.clock_timestamp(),
            deadline_at = pg_catalog.clock_timestamp()
                          + pg_catalog.make_interval(secs => p_deadline_s),
@@ -774,9 +822,9 @@ $$;
 -- of the outputs it asked for and did not store (the unit is the job's own
 -- cost over its num_outputs, the price it was admitted at). Any other ending
 -- gets the whole debit back. Finishing a finished job is a no-op.
-CREATE OR REPLACE FUNCTION orchestrator.finish_job_v2(
+CREATE OR REPLACE FUNCTION orchestrator.finish_job_v3(
     p_job_id uuid, p_status text, p_error_code text, p_message text,
-    p_outputs jsonb DEFAULT NULL
+    p_outputs jsonb, p_member text, p_epoch bigint
 ) RETURNS TABLE (status text, refunded bigint, balance bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -786,7 +834,7 @@ DECLARE
     v_refund bigint;
     v_balance bigint;
 BEGIN
-    SELECT j.user_id, j.status, j.cost, j.num_outputs INTO v_job
+    SELECT j.user_id, j.slot, j.status, j.cost, j.num_outputs INTO v_job
       FROM orchestrator.jobs j WHERE j.id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
@@ -795,6 +843,7 @@ BEGIN
         RETURN QUERY SELECT v_job.status, 0::bigint, NULL::bigint;
         RETURN;
     END IF;
+    PERFORM orchestrator.check_fence_v1(v_job.slot, p_member, p_epoch);
     IF v_job.status = 'queued' THEN
         RAISE EXCEPTION 'job % was never admitted; reject it instead', p_job_id
             USING ERRCODE = 'OR007';
@@ -837,7 +886,7 @@ BEGIN
     UPDATE orchestrator.jobs j
        SET status = p_status, error_code = p_error_code, error_message = p_message,
            inflight_seat = NULL, partial = (p_status = 'succeeded' AND v_refund > 0),
-           finished_at = pg_catalog.clock_timestamp(),
+           finish_epoch = p_epoch, finished_at = pg_catalog.clock_timestamp(),
            updated_at = pg_catalog.clock_timestamp()
      WHERE j.id = p_job_id;
     IF v_balance IS NULL THEN
@@ -850,8 +899,8 @@ $$;
 
 -- Refuse a queued job at admission, never charged: `rejected` with its code,
 -- or `canceled` at cost 0 when a cancel came first. False when no longer queued.
-CREATE OR REPLACE FUNCTION orchestrator.reject_job_v1(
-    p_job_id uuid, p_error_code text, p_message text
+CREATE OR REPLACE FUNCTION orchestrator.reject_job_v2(
+    p_job_id uuid, p_error_code text, p_message text, p_member text, p_epoch bigint
 ) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -859,10 +908,12 @@ BEGIN
     IF p_error_code IS NULL THEN
         RAISE EXCEPTION 'a refused job needs an error code' USING ERRCODE = 'OR004';
     END IF;
+    PERFORM orchestrator.check_fence_v1(j.slot, p_member, p_epoch)
+       FROM orchestrator.jobs j WHERE j.id = p_job_id AND j.status = 'queued' FOR UPDATE;
     UPDATE orchestrator.jobs
        SET status = CASE WHEN p_error_code = 'CANCELED' THEN 'canceled' ELSE 'rejected' END,
            cost = CASE WHEN p_error_code = 'CANCELED' THEN 0 END,
-           error_code = p_error_code, error_message = p_message,
+           error_code = p_error_code, error_message = p_message, finish_epoch = p_epoch,
            finished_at = pg_catalog.clock_timestamp(),
            updated_at = pg_catalog.clock_timestamp()
      WHERE id = p_job_id AND status = 'queued';
@@ -873,8 +924,9 @@ $$;
 -- Record output `p_idx`'s prediction the moment the provider names it
 -- (Brandur's atomic phase): the job is `processing` and a restart can
 -- re-attach. False when the job is no longer in flight.
-CREATE OR REPLACE FUNCTION orchestrator.record_prediction_v1(
-    p_job_id uuid, p_provider text, p_prediction_id text, p_idx integer
+CREATE OR REPLACE FUNCTION orchestrator.record_prediction_v2(
+    p_job_id uuid, p_provider text, p_prediction_id text, p_idx integer,
+    p_member text, p_epoch bigint
 ) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -882,6 +934,9 @@ DECLARE
     v_outputs integer;
     v_replaced text;
 BEGIN
+    PERFORM orchestrator.check_fence_v1(j.slot, p_member, p_epoch)
+       FROM orchestrator.jobs j
+      WHERE j.id = p_job_id AND j.status IN ('starting', 'processing') FOR UPDATE;
     UPDATE orchestrator.jobs
        SET status = 'processing', provider = p_provider,
            prediction_id = coalesce(prediction_id, p_prediction_id),
@@ -904,9 +959,11 @@ BEGIN
         VALUES (p_provider, v_replaced, p_job_id, p_idx, 'replaced')
         ON CONFLICT (provider, prediction_id) DO NOTHING;
     END IF;
-    INSERT INTO orchestrator.predictions (job_id, idx, provider, prediction_id)
-    VALUES (p_job_id, p_idx, p_provider, p_prediction_id)
-    ON CONFLICT (job_id, idx) DO UPDATE SET prediction_id = excluded.prediction_id;
+    INSERT INTO orchestrator.predictions (job_id, idx, provider, prediction_id, epoch)
+    VALUES (p_job_id, p_idx, p_provider, p_prediction_id, p_epoch)
+    ON CONFLICT (job_id, idx) DO UPDATE
+       SET prediction_id = excluded.prediction_id, epoch = excluded.epoch,
+           created_at = excluded.created_at;
     RETURN true;
 END
 $$;
@@ -938,19 +995,10 @@ BEGIN
 END
 $$;
 
--- A new intake leader's fencing token: admissions carrying an older one are refused.
-CREATE OR REPLACE FUNCTION orchestrator.take_intake_epoch_v1() RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO orchestrator.meta (key, value) VALUES ('intake_epoch', '1')
-    ON CONFLICT (key) DO UPDATE SET value = (orchestrator.meta.value::bigint + 1)::text
-    RETURNING value::bigint;
-$$;
-
 CREATE OR REPLACE FUNCTION orchestrator.notify_job_inserted() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM pg_catalog.pg_notify('orchestrator_jobs', NEW.id::text);
+    PERFORM pg_catalog.pg_notify('orchestrator_jobs_' || NEW.slot::text, NEW.id::text);
     RETURN NULL;
 END
 $$;
@@ -1065,6 +1113,9 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.request_cancel(uuid),
     orchestrator.check_submission_v1(text, text, jsonb)
     TO submitter;
+-- A job's slot is generated at INSERT from the user id; every role may compute it.
+GRANT EXECUTE ON FUNCTION orchestrator.slot_of(text)
+    TO submitter, orchestrator_daemon, orchestrator_operator;
 
 -- The daemon reads everything it decides on, records webhook deliveries, and
 -- changes jobs, balances and the ledger only through the functions below; it
@@ -1073,12 +1124,14 @@ GRANT USAGE ON SCHEMA orchestrator TO orchestrator_daemon;
 GRANT SELECT ON ALL TABLES IN SCHEMA orchestrator TO orchestrator_daemon;
 GRANT INSERT ON orchestrator.webhook_events TO orchestrator_daemon;
 GRANT EXECUTE ON FUNCTION
-    orchestrator.admit_job_v2(uuid, double precision, bigint),
-    orchestrator.finish_job_v2(uuid, text, text, text, jsonb),
-    orchestrator.reject_job_v1(uuid, text, text),
-    orchestrator.record_prediction_v1(uuid, text, text, integer),
+    orchestrator.admit_job_v3(uuid, double precision, text, bigint),
+    orchestrator.finish_job_v3(uuid, text, text, text, jsonb, text, bigint),
+    orchestrator.reject_job_v2(uuid, text, text, text, bigint),
+    orchestrator.record_prediction_v2(uuid, text, text, integer, text, bigint),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean),
-    orchestrator.take_intake_epoch_v1()
+    orchestrator.lease_round_v1(text, double precision, integer[], integer[], jsonb),
+    orchestrator.leave_cluster_v1(text),
+    orchestrator.prune_lease_history_v1(double precision)
     TO orchestrator_daemon;
 
 -- Webhook pruning: the daemon forgets old deliveries through this function only.

@@ -18,11 +18,13 @@ from ._messages import Cancel as Cancel
 from ._messages import Message as Message
 from ._messages import Resume as Resume
 from ._messages import Submit as Submit
+from ._ports import EverySlot as EverySlot
 from ._ports import JobStore as JobStore
 from ._ports import NullObserver as NullObserver
 from ._ports import Observer as Observer
 from ._ports import OutputStore as OutputStore
 from ._ports import OutputUnavailable as OutputUnavailable
+from ._ports import Slots as Slots
 from ._ports import UrlOnlyOutputs as UrlOnlyOutputs
 from ._registry import Registry as Registry
 from ._user import UserActor as UserActor
@@ -32,6 +34,7 @@ __all__ = [
     "ActorConfig",
     "Cancel",
     "Capacity",
+    "EverySlot",
     "InFlightGate",
     "JobStore",
     "JobTask",
@@ -48,6 +51,7 @@ __all__ = [
     "Registry",
     "Resume",
     "ServicePacer",
+    "Slots",
     "Submit",
     "UrlOnlyOutputs",
     "UserActor",

@@ -5,7 +5,8 @@ a second scope the user's cancellation cancels. When either fires, the
 prediction is cancelled upstream (shielded, with its own short timeout) and
 the job is settled: terminal status and refund in one transaction. A
 shutdown cancels neither scope but the nursery around them, and the job is
-left in flight for recovery to pick up.
+left in flight for recovery to pick up. So does a write the store refuses as
+fenced: the job's partition slot has a new owner, which resumes it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import attrs
 import structlog
 import trio
 
-from orchestrator.exceptions import is_expected
+from orchestrator.exceptions import FencedOff, is_expected
 from orchestrator.lifecycle import (
     Abandoned,
     CanceledByUser,
     Delivered,
     Ending,
+    Fence,
     Finish,
     InFlight,
     Job,
@@ -113,8 +115,13 @@ class JobTask:
         resumed: bool = False,
         capacity: Capacity | None = None,
         watch: ListingWatch | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._watch = watch
+        self._fence = fence
+        self._dropped = trio.CancelScope()
+        self._dropping = False
+        self._submits = 0
         self.job = in_flight.job
         self._resumed = resumed
         self._capacity = capacity or Capacity()
@@ -138,6 +145,17 @@ class JobTask:
     def cancel(self) -> None:
         self._user_scope.cancel()
 
+    def drop(self, *, graceful: bool = True) -> None:
+        """Stop without settling: the job's slot goes to another daemon, which resumes it.
+
+        Graceful, a submit already sent is let finish and its prediction recorded first,
+        so the next owner re-attaches to it instead of paying for a second one. Not
+        graceful (the lease is gone, so no write would be accepted), it stops at once.
+        """
+        self._dropping = True
+        if not graceful or not self._submits:
+            self._dropped.cancel()
+
     def poke(self, prediction: Prediction | None = None) -> None:
         """A webhook arrived: poll now, or take a signed webhook's terminal state as is.
 
@@ -159,7 +177,10 @@ class JobTask:
         """Run the job to its settlement; never raises into the actor's nursery."""
         job = self.job
         try:
-            with structlog.contextvars.bound_contextvars(job_id=str(job.id), user_id=job.user_id):
+            with (
+                structlog.contextvars.bound_contextvars(job_id=str(job.id), user_id=job.user_id),
+                self._dropped,
+            ):
                 await self._run()
         except Exception:
             # A failure past settle's own guards: recovery's orphan scan resumes the job.
@@ -243,14 +264,23 @@ class JobTask:
         async with limiter:
             prediction = await self._attach(idx)
             if prediction is None:
+                if self._dropping:
+                    self._dropped.cancel()
+                    await trio.lowlevel.checkpoint()
                 self._progress.submitting.add(idx)
-                submitted = await self._submit(idx)
-                if isinstance(submitted, UpstreamFailed):
-                    self._progress.submitting.discard(idx)
-                    self._progress.failures[idx] = submitted.summary
-                    return
-                prediction = submitted
-                await self._adopt(idx, prediction)
+                self._submits += 1
+                try:
+                    submitted = await self._submit(idx)
+                    if isinstance(submitted, UpstreamFailed):
+                        self._progress.submitting.discard(idx)
+                        self._progress.failures[idx] = submitted.summary
+                        return
+                    prediction = submitted
+                    await self._adopt(idx, prediction)
+                finally:
+                    self._submits -= 1
+                    if self._dropping and not self._submits:
+                        self._dropped.cancel()
             result = await self._until_terminal(prediction)
             self._progress.ended.add(idx)
             if isinstance(result, UpstreamFailed):
@@ -331,7 +361,9 @@ class JobTask:
             return None
         try:
             with self._observed("find"):
-                return await self._provider.find_for_job(self.job.id, idx)
+                return await self._provider.find_for_job(
+                    self.job.id, idx, since=self.job.admitted_at
+                )
         except ProviderError as exc:
             log.warning("provider.error", operation="find", error=exc.summary)
             return None
@@ -344,11 +376,20 @@ class JobTask:
                 provider=self._config.provider_name,
                 prediction_id=prediction_id,
                 idx=idx,
+                fence=self._fence,
             )
+        except FencedOff:
+            self._fenced("record")
         except Exception:
             log.warning("job.prediction_not_recorded", idx=idx, exc_info=True)
         else:
             log.info("job.processing", prediction_id=prediction_id, idx=idx)
+
+    def _fenced(self, write: str) -> None:
+        """The slot has a new owner: stop this task where it stands, settling nothing."""
+        log.warning("job.fenced", write=write, note="the slot's new owner resumes the job")
+        self._observer.write_fenced(write)
+        self._dropped.cancel()
 
     async def _until_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
         """Wait for the prediction's end: polls back off, or with webhooks are a safety net."""
@@ -421,7 +462,8 @@ class JobTask:
             log.warning("job.settle_slow", note="still retrying")
             finish = await self._store_settlement(settlement, attempts)
         if finish is None:
-            log.error("job.settle_abandoned", note="recovery will finish it")
+            if not self._dropped.cancel_called:
+                log.error("job.settle_abandoned", note="recovery will finish it")
             return
         log.info(
             "job.finished",
@@ -456,7 +498,11 @@ class JobTask:
                     code=settlement.code,
                     message=settlement.message,
                     outputs=settlement.outputs,
+                    fence=self._fence,
                 )
+            except FencedOff:
+                self._fenced("finish")
+                return None
             except Exception as exc:
                 if is_expected(exc):
                     log.warning("job.settle_failed", error=str(exc))

@@ -8,22 +8,29 @@ in-memory twin (`orchestrator.db.testing.InMemoryStore`) and a fake provider.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
 from orchestrator.lifecycle import (
     Admission,
     AdmissionContext,
     ErrorCode,
+    Fence,
     Finish,
     InFlight,
     JobStatus,
     StoredOutput,
     UpstreamRef,
 )
+from orchestrator.placement import ALL_SLOTS
 
 
 class JobStore(Protocol):
-    """The job transitions the actors perform, each one atomic in the store."""
+    """The job transitions the actors perform, each one atomic in the store.
+
+    Every write takes the `fence` of the job's partition slot and raises
+    `orchestrator.exceptions.FencedOff` when the store no longer honours it.
+    """
 
     async def admission_context(self, job_id: uuid.UUID) -> AdmissionContext | None: ...
 
@@ -32,13 +39,21 @@ class JobStore(Protocol):
         job_id: uuid.UUID,
         *,
         deadline_s: float,
-        epoch: int | None = None,
+        fence: Fence | None = None,
     ) -> Admission: ...
 
-    async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool: ...
+    async def reject(
+        self, job_id: uuid.UUID, code: ErrorCode, message: str, *, fence: Fence | None = None
+    ) -> bool: ...
 
     async def mark_processing(
-        self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
+        self,
+        job_id: uuid.UUID,
+        *,
+        provider: str,
+        prediction_id: str,
+        idx: int = 0,
+        fence: Fence | None = None,
     ) -> bool: ...
 
     async def finish(
@@ -49,6 +64,7 @@ class JobStore(Protocol):
         code: ErrorCode | None = None,
         message: str | None = None,
         outputs: tuple[StoredOutput, ...] = (),
+        fence: Fence | None = None,
     ) -> Finish: ...
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...
@@ -80,6 +96,8 @@ class Observer(Protocol):
 
     def settle_retried(self) -> None: ...
 
+    def write_fenced(self, write: str) -> None: ...
+
 
 class NullObserver:
     """Counts nothing; the default when no metrics are wanted (most tests)."""
@@ -107,6 +125,34 @@ class NullObserver:
 
     def settle_retried(self) -> None:
         pass
+
+    def write_fenced(self, write: str) -> None:
+        pass
+
+
+class Slots(Protocol):
+    """Which partition slots this daemon owns now, and the fence each write carries."""
+
+    @property
+    def slots(self) -> Sequence[int]: ...
+
+    def owns(self, slot: int) -> bool: ...
+
+    def fence(self, slot: int) -> Fence | None: ...
+
+
+class EverySlot:
+    """One daemon owning everything, unfenced: the in-memory tests and single-owner tools."""
+
+    @property
+    def slots(self) -> Sequence[int]:
+        return ALL_SLOTS
+
+    def owns(self, slot: int) -> bool:  # noqa: ARG002  (every slot is ours)
+        return True
+
+    def fence(self, slot: int) -> Fence | None:  # noqa: ARG002  (nothing is fenced)
+        return None
 
 
 class OutputUnavailable(Exception):

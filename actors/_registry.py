@@ -4,6 +4,11 @@ Virtual actors in the Orleans sense: a user's actor exists while it has
 work. Delivery is synchronous and never blocks, and retirement happens in
 the actor's own task without an await between "is my mailbox empty?" and
 "remove me", so a message can never land in a retired actor's mailbox.
+
+A user's actor lives only while this daemon owns the user's partition slot
+(`Slots`): a message for a slot it does not own is refused, and losing a
+slot drops its actors and their job tasks at once, unsettled, for the
+slot's next owner to resume.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from orchestrator.providers import Provider
 from ._capacity import Capacity
 from ._config import ActorConfig
 from ._mailbox import Offer
-from ._messages import Cancel, Message
-from ._ports import JobStore, NullObserver, Observer, OutputStore, UrlOnlyOutputs
+from ._messages import Cancel, Message, Resume
+from ._ports import EverySlot, JobStore, NullObserver, Observer, OutputStore, Slots, UrlOnlyOutputs
 from ._user import UserActor
 from ._watch import ListingWatch
 
@@ -37,7 +42,9 @@ class Registry:
         outputs: OutputStore | None = None,
         capacity: Capacity | None = None,
         watch: ListingWatch | None = None,
+        slots: Slots | None = None,
     ) -> None:
+        self.slots: Slots = slots or EverySlot()
         self.capacity = capacity or Capacity()
         self.watch = watch
         self._observer: Observer = observer or NullObserver()
@@ -49,8 +56,10 @@ class Registry:
         self._nursery: trio.Nursery | None = None
         self._draining = False
         self._drained = trio.Event()
-        self.epoch: int | None = None
         self.started = 0
+        self.dropped = 0
+        self._tasks = 0
+        self._no_tasks = trio.Event()
         self.retired = 0
 
     def __len__(self) -> int:
@@ -70,9 +79,16 @@ class Registry:
             task_status.started(self)
             await trio.sleep_forever()
 
-    def deliver(self, user_id: str, message: Message) -> Offer:
-        """Hand a message to the user's actor, starting one if needed. Never blocks."""
+    def deliver(self, user_id: str, message: Message, *, slot: int = 0) -> Offer:
+        """Hand a message to the user's actor, starting one if needed. Never blocks.
+
+        `slot` is the user's partition slot; unless this daemon owns it, nothing
+        is delivered (CLOSED) and the job waits for its owner.
+        """
         if self._draining:
+            return Offer.CLOSED
+        fence = self.slots.fence(slot)
+        if not self.slots.owns(slot):
             return Offer.CLOSED
         actor = self._actors.get(user_id)
         if (
@@ -82,11 +98,16 @@ class Registry:
         ):
             # A running job's cancel never queues behind admissions waiting for capacity.
             return Offer.ACCEPTED
+        if isinstance(message, Resume) and actor is not None and actor.resume_now(message.job_id):
+            # A resume neither admits nor charges: it never queues behind admissions.
+            return Offer.ACCEPTED
         if actor is None:
             if self._nursery is None:
                 raise RuntimeError("the registry is not running")
             actor = UserActor(
                 user_id,
+                slot=slot,
+                fence=fence,
                 registry=self,
                 store=self._store,
                 provider=self._provider,
@@ -98,11 +119,57 @@ class Registry:
             )
             self._actors[user_id] = actor
             self.started += 1
-            self._nursery.start_soon(actor.run, name=f"actor:{len(self._actors)}")
+            self._nursery.start_soon(self._run_actor, actor, name=f"actor:{len(self._actors)}")
         return actor.mailbox.offer(message)
+
+    async def _run_actor(self, actor: UserActor) -> None:
+        self._tasks += 1
+        try:
+            await actor.run()
+        finally:
+            self._tasks -= 1
+            if not self._tasks:
+                self._no_tasks.set()
+                self._no_tasks = trio.Event()
 
     def actor(self, user_id: str) -> UserActor | None:
         return self._actors.get(user_id)
+
+    def drop_slots(self, slots: frozenset[int], *, graceful: bool = False) -> list[UserActor]:
+        """Stop every actor of `slots` and its job tasks, settling nothing.
+
+        Their jobs stay as the database has them; the slots' next owner resumes
+        them and re-attaches to their recorded predictions. Graceful (a handover,
+        the lease still ours), submits already sent are recorded first. Returns
+        the actors stopped, whose `done` says when they are gone.
+        """
+        actors = [actor for actor in self if actor.slot in slots]
+        jobs = 0
+        for actor in actors:
+            jobs += actor.running
+            del self._actors[actor.user_id]
+            actor.drop(graceful=graceful)
+        self.dropped += jobs
+        if jobs:
+            log.warning("lease.jobs_dropped", jobs=jobs, slots=len(slots), graceful=graceful)
+        self.job_finished()
+        return actors
+
+    async def hand_over(self, slots: frozenset[int]) -> None:
+        """Stop the slots' actors gracefully and return once they are gone."""
+        for actor in self.drop_slots(slots, graceful=True):
+            await actor.done.wait()
+
+    async def drop_all(self) -> int:
+        """Hand every actor over and wait until they are gone: a handover's first half."""
+        self._draining = True
+        jobs = self.running_jobs
+        actors = self.drop_slots(frozenset(actor.slot for actor in self), graceful=True)
+        for actor in actors:
+            await actor.done.wait()
+        if self._tasks:
+            await self._no_tasks.wait()
+        return jobs
 
     def retire(self, actor: UserActor) -> bool:
         """Remove an idle actor; refused while its mailbox holds anything."""

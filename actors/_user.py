@@ -3,7 +3,9 @@
 Two submissions of one user can never pass a check together, because this
 actor is the only place that admits for the user and it handles one message
 before the next. Admitted jobs run as tasks in the actor's own nursery, so
-they neither block admission nor outlive the actor.
+they neither block admission nor outlive the actor. Every write carries the
+fence of the user's partition slot; when the slot is lost the registry drops
+the actor (`drop`), and its jobs are left, unsettled, to the slot's new owner.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import attrs
 import structlog
 import trio
 
+from orchestrator.exceptions import FencedOff
 from orchestrator.lifecycle import (
     ErrorCode,
+    Fence,
     InFlight,
     Job,
     JobStatus,
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("actors.user")
 
 _HANDLE_LIMIT_S: Final = 30.0
+# How long a graceful drop waits for submits already sent to be recorded.
+DROP_GRACE_S: Final = 10.0
 
 _REFUSAL_FOR_OUTCOME = {
     "no_seat": (ErrorCode.TOO_MANY_INFLIGHT, "every in-flight seat of the plan is taken"),
@@ -55,6 +61,8 @@ class UserActor:
         self,
         user_id: str,
         *,
+        slot: int = 0,
+        fence: Fence | None = None,
         registry: Registry,
         store: JobStore,
         provider: Provider,
@@ -69,12 +77,18 @@ class UserActor:
         self._observer = observer
         self._outputs = outputs
         self.user_id = user_id
+        self.slot = slot
+        self._fence = fence
+        self._dropped = trio.CancelScope()
+        self._dropping = False
+        self.done = trio.Event()
         self.mailbox = Mailbox(config.mailbox_size)
         self._registry = registry
         self._store = store
         self._provider = provider
         self._config = config
         self._running: dict[uuid.UUID, JobTask] = {}
+        self._resuming: set[uuid.UUID] = set()
         self._stranger = False
         self._admission = trio.CancelScope()
         self._jobs: trio.Nursery | None = None
@@ -82,6 +96,26 @@ class UserActor:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    @property
+    def dropping(self) -> bool:
+        return self._dropping
+
+    def drop(self, *, graceful: bool = True) -> None:
+        """Stop: the slot is no longer ours. Nothing is settled; `done` is set when gone.
+
+        Graceful (the slot is handed over), each job task first lets a submit already
+        sent be recorded, for at most `DROP_GRACE_S`; otherwise everything stops at once.
+        """
+        self._dropping = True
+        self.mailbox.close()
+        self._admission.cancel()
+        for task in list(self._running.values()):
+            task.drop(graceful=graceful)
+        if graceful:
+            self._dropped.deadline = min(self._dropped.deadline, trio.current_time() + DROP_GRACE_S)
+        else:
+            self._dropped.cancel()
 
     def stop_admitting(self) -> None:
         """Drain: handle no more messages; running jobs go on."""
@@ -94,6 +128,32 @@ class UserActor:
             task.cancel()
         return task is not None
 
+    def resume_now(self, job_id: uuid.UUID) -> bool:
+        """Resume a job left in flight without queueing behind admissions; False if not yet.
+
+        A resume admits nothing and charges nothing, so it needs no turn in the
+        mailbox; only one resume of a job may be under way at a time.
+        """
+        if self._jobs is None:
+            return False
+        if job_id not in self._running and job_id not in self._resuming:
+            self._resuming.add(job_id)
+            self._jobs.start_soon(self._resume_task, job_id)
+        return True
+
+    async def _resume_task(self, job_id: uuid.UUID) -> None:
+        """Read the job and start its task; shielded, so a drain never strands it halfway."""
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
+                await self._resume(job_id)
+        except FencedOff:
+            log.warning("actor.fenced", message="resume")
+        except Exception:
+            # Still in flight in the store: the next scan or the orphan scan resumes it.
+            log.exception("actor.message_failed", message="Resume")
+        finally:
+            self._resuming.discard(job_id)
+
     def poke(self, job_id: uuid.UUID, prediction: Prediction | None = None) -> bool:
         """Wake a running job's task for a webhook; see `JobTask.poke`."""
         task = self._running.get(job_id)
@@ -102,12 +162,15 @@ class UserActor:
         return task is not None
 
     async def run(self) -> None:
-        with structlog.contextvars.bound_contextvars(user_id=self.user_id):
-            async with trio.open_nursery() as jobs:
-                self._jobs = jobs
-                with self._admission:
-                    await self._serve()
-                self.mailbox.close()
+        try:
+            with structlog.contextvars.bound_contextvars(user_id=self.user_id), self._dropped:
+                async with trio.open_nursery() as jobs:
+                    self._jobs = jobs
+                    with self._admission:
+                        await self._serve()
+                    self.mailbox.close()
+        finally:
+            self.done.set()
 
     async def _serve(self) -> None:
         while True:
@@ -147,8 +210,11 @@ class UserActor:
                     with trio.move_on_after(_HANDLE_LIMIT_S):
                         await self._cancel(job_id)
                 case Resume(job_id=job_id):
-                    with trio.CancelScope(shield=True), trio.move_on_after(_HANDLE_LIMIT_S):
-                        await self._resume(job_id)
+                    self.resume_now(job_id)
+        except FencedOff:
+            # The slot's lease is gone; the registry drops this actor at the next round.
+            log.warning("actor.fenced", message=type(message).__name__)
+            self._observer.write_fenced(type(message).__name__.lower())
         except Exception:
             # The job stays as the store has it; the catch-up scan brings it back.
             log.exception("actor.message_failed", message=type(message).__name__)
@@ -199,7 +265,7 @@ class UserActor:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
-                job.id, deadline_s=self._config.deadline_s, epoch=self._registry.epoch
+                job.id, deadline_s=self._config.deadline_s, fence=self._fence
             )
             if admission.outcome == "admitted":
                 cost = admission.cost or 0
@@ -210,9 +276,7 @@ class UserActor:
                 )
                 self._start(started, lag_s)
                 return True
-            if admission.outcome == "not_leader":
-                log.warning("job.not_admitted", reason="this daemon lost intake leadership")
-            elif admission.outcome in _REFUSAL_FOR_OUTCOME:
+            if admission.outcome in _REFUSAL_FOR_OUTCOME:
                 code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
                 await self._reject(job.id, code, message, lag_s)
             return False
@@ -220,7 +284,7 @@ class UserActor:
     async def _reject(
         self, job_id: uuid.UUID, code: ErrorCode, message: str, lag_s: float | None
     ) -> None:
-        if await self._store.reject(job_id, code, message):
+        if await self._store.reject(job_id, code, message, fence=self._fence):
             log.info("job.rejected", code=code.value)
             self._observer.job_rejected(code, lag_s)
 
@@ -240,6 +304,7 @@ class UserActor:
             resumed=resumed,
             capacity=self._capacity,
             watch=self._watch,
+            fence=self._fence,
         )
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)
@@ -258,10 +323,10 @@ class UserActor:
         # Not running here: queued (admission refuses it as CANCELED) or left by a
         # previous run (resume it; the cancel request is on the row).
         await self._admit(job_id)
-        await self._resume(job_id)
+        self.resume_now(job_id)
 
     async def _resume(self, job_id: uuid.UUID) -> None:
-        if job_id in self._running:
+        if job_id in self._running or self._dropping:
             return
         in_flight = await self._store.in_flight_job(job_id)
         if in_flight is None:
@@ -273,6 +338,8 @@ class UserActor:
                 remaining_s=round(in_flight.remaining_s, 3),
                 recorded=len(in_flight.predictions),
             )
+            if self.dropping:
+                return  # dropped while reading: the next owner resumes it
             self._capacity.gate.enter_now()
             task = self._start(in_flight, resumed=True)
             if job.cancel_requested_at is not None:

@@ -263,6 +263,14 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
     return trio.run(_with_database, settings, body)
 
 
+def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(db: Database) -> int:
+        views.cluster(await db.cluster_members(), await db.cluster_owners(), as_json=args.json)
+        return EXIT_OK
+
+    return trio.run(_with_database, settings, body)
+
+
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     async def body(db: Database) -> int:
         report = await db.audit()
@@ -424,6 +432,12 @@ def _add_ledger_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--user")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts)
+
+    p = sub.add_parser(
+        "cluster", help="daemons alive, the partition slots each holds, and their queues"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("audit", help="check every ledger invariant; exit 1 on a violation")
     p.add_argument("--json", action="store_true")

@@ -1,17 +1,22 @@
 """`orchestrator run`: the composition root of the long-running daemon.
 
 It owns every nursery. Start-up: database (migrated), provider client, the
-actor registry, then intake (recovery first) and the sweeper. Shutdown on
-SIGTERM/SIGINT or `Daemon.stop()`: intake and sweeper stop at once, running
-jobs get the grace period, and whatever still runs after it is left in
-flight for the next start's recovery. SIGKILL at any instant loses nothing
-either: that is what recovery is for.
+actor registry, a first lease round (this daemon's partition slots), then
+intake (recovery of the slots taken first) and the sweeper. Shutdown on
+SIGTERM/SIGINT or `Daemon.stop()`: intake and sweeper stop at once. When
+other daemons are alive, running jobs are handed over: their tasks are
+dropped, the slots released with a NOTIFY, and the others resume the jobs
+from their recorded predictions within a second. A daemon alone gives its
+running jobs the grace period instead. Whatever is left either way is in
+flight for the slots' next owner. SIGKILL at any instant loses nothing
+either: the leases expire and the others take the slots.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import time
 import urllib.parse
@@ -42,7 +47,8 @@ from orchestrator.downloads import Downloader
 from orchestrator.exceptions import sole_exception
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
-from orchestrator.metrics import Metrics
+from orchestrator.leases import LeaseKeeper, member_id
+from orchestrator.metrics import Metrics, version
 from orchestrator.providers import KieProvider, Provider, ReplicateProvider
 from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
@@ -70,13 +76,17 @@ class Daemon:
         intake: Intake,
         sweeper: Sweeper,
         metrics: Metrics,
+        keeper: LeaseKeeper,
     ) -> None:
         self.db = db
+        self.keeper = keeper
         self.registry = registry
         self.intake = intake
         self.sweeper = sweeper
         self.metrics = metrics
         self.http_url = ""
+        self.monitor: LoadMonitor | None = None
+        self.webhooks: WebhookHandler | None = None
         self._stop = trio.Event()
 
     async def readiness(self) -> dict[str, bool]:
@@ -84,6 +94,7 @@ class Daemon:
             "database": await self.db.ping(),
             "schema": await self.db.schema_is_current(),
             "listener": self.intake.stats.connected,
+            "leases": self.keeper.rounds > 0,
         }
 
     def stop(self) -> None:
@@ -225,6 +236,110 @@ async def ensure_schema(database_url: str) -> None:
             ) from exc
 
 
+def _sweeper(
+    settings: Settings,
+    db: Database,
+    provider: Provider,
+    registry: Registry,
+    keeper: LeaseKeeper,
+    metrics: Metrics,
+) -> Sweeper:
+    return Sweeper(
+        db,
+        provider,
+        registry,
+        stuck_after_s=settings.stuck_after_s,
+        cancel_timeout_s=settings.cancel_timeout_s,
+        webhook_retention_s=settings.webhook_retention_s,
+        metrics=metrics,
+        reconciler=Reconciler(
+            db,
+            provider,
+            provider_name=settings.provider,
+            window_s=settings.reconcile_window_s,
+            limit=settings.reconcile_limit,
+            cancel_timeout_s=settings.cancel_timeout_s,
+            metrics=metrics,
+        ),
+        slots=keeper,
+    )
+
+
+def assemble(
+    settings: Settings, db: Database, provider: Provider, downloader: Downloader
+) -> Daemon:
+    """Every part of a daemon, wired; nothing runs yet."""
+    webhooks_at = webhook_base(settings)
+    metrics = Metrics()
+    limits = capacity(settings)
+    keeper = LeaseKeeper(
+        db,
+        member=settings.member_id or member_id(),
+        ttl_s=settings.lease_ttl_s,
+        renew_s=settings.lease_renew_s,
+        max_moves=settings.max_slot_moves,
+        metrics=metrics,
+    )
+    registry = Registry(
+        store=db,
+        provider=provider,
+        config=actor_config(settings, webhooks_at),
+        observer=metrics,
+        outputs=downloader,
+        capacity=limits,
+        watch=listing_watch(settings, provider, limits, webhooks_at),
+        slots=keeper,
+    )
+    keeper.on_lost = registry.drop_slots
+    keeper.on_hand_over = registry.hand_over
+    intake = Intake(
+        db,
+        registry,
+        keeper,
+        scan_interval_s=settings.scan_interval_s,
+        orphan_grace_s=settings.orphan_grace_s,
+        per_user=settings.mailbox_size,
+        metrics=metrics,
+    )
+    sweeper = _sweeper(settings, db, provider, registry, keeper, metrics)
+    daemon = Daemon(db, registry, intake, sweeper, metrics, keeper)
+    if settings.lag_target_s:
+        daemon.monitor = LoadMonitor(
+            limits.gate,
+            ceiling=settings.max_in_flight,
+            target_s=settings.lag_target_s,
+            probe=db.bridge_lag,
+        )
+    if webhooks_at is not None:
+        if not settings.webhook_secret:
+            log.warning("webhook.unsigned_accepted", note="anyone can forge deliveries")
+        daemon.webhooks = WebhookHandler(
+            db,
+            registry,
+            {settings.provider: provider},
+            secret=settings.webhook_secret,
+            metrics=metrics,
+        )
+    _bind_gauges(daemon)
+    return daemon
+
+
+def _bind_gauges(daemon: Daemon) -> None:
+    registry, keeper, monitor = daemon.registry, daemon.keeper, daemon.monitor
+    daemon.metrics.slots_unowned.set_function(lambda: float(keeper.unowned))
+    daemon.metrics.bind_gauges(
+        actors=lambda: len(registry),
+        mailbox_depth=lambda: registry.mailbox_depth,
+        jobs_running=lambda: registry.running_jobs,
+        listener_connected=lambda: float(daemon.intake.stats.connected),
+        slots_owned=lambda: float(len(keeper.slots)),
+        db_pool_in_use=lambda: daemon.db.pool_in_use,
+        capacity_waiting=lambda: registry.capacity.gate.waiting,
+        capacity_limit=lambda: float(registry.capacity.gate.limit or 0),
+        loop_lag=lambda: 0.0 if monitor is None else monitor.lag_s,
+    )
+
+
 async def serve(
     settings: Settings,
     database_url: str,
@@ -248,117 +363,95 @@ async def serve(
         open_provider(settings) as provider,
         open_downloader(settings) as downloader,
     ):
-        webhooks_at = webhook_base(settings)
-        config = actor_config(settings, webhooks_at)
-        metrics = Metrics()
-        limits = capacity(settings)
-        monitor = (
-            LoadMonitor(
-                limits.gate,
-                ceiling=settings.max_in_flight,
-                target_s=settings.lag_target_s,
-                probe=db.bridge_lag,
-            )
-            if settings.lag_target_s
-            else None
-        )
-        registry = Registry(
-            store=db,
-            provider=provider,
-            config=config,
-            observer=metrics,
-            outputs=downloader,
-            capacity=limits,
-            watch=listing_watch(settings, provider, limits, webhooks_at),
-        )
-        intake = Intake(
-            db,
-            registry,
-            scan_interval_s=settings.scan_interval_s,
-            orphan_grace_s=settings.orphan_grace_s,
-            per_user=settings.mailbox_size,
-            metrics=metrics,
-        )
-        sweeper = Sweeper(
-            db,
-            provider,
-            registry,
-            stuck_after_s=settings.stuck_after_s,
-            cancel_timeout_s=settings.cancel_timeout_s,
-            webhook_retention_s=settings.webhook_retention_s,
-            metrics=metrics,
-            reconciler=Reconciler(
-                db,
-                provider,
-                provider_name=settings.provider,
-                window_s=settings.reconcile_window_s,
-                limit=settings.reconcile_limit,
-                cancel_timeout_s=settings.cancel_timeout_s,
-                metrics=metrics,
-            ),
-        )
-        daemon = Daemon(db, registry, intake, sweeper, metrics)
-        metrics.bind_gauges(
-            actors=lambda: len(registry),
-            mailbox_depth=lambda: registry.mailbox_depth,
-            jobs_running=lambda: registry.running_jobs,
-            listener_connected=lambda: float(intake.stats.connected),
-            intake_leader=lambda: float(intake.stats.leader),
-            db_pool_in_use=lambda: db.pool_in_use,
-            capacity_waiting=lambda: registry.capacity.gate.waiting,
-            capacity_limit=lambda: float(registry.capacity.gate.limit or 0),
-            loop_lag=lambda: 0.0 if monitor is None else monitor.lag_s,
-        )
-        webhooks = None
-        if webhooks_at is not None:
-            if not settings.webhook_secret:
-                log.warning("webhook.unsigned_accepted", note="anyone can forge deliveries")
-            webhooks = WebhookHandler(
-                db,
-                registry,
-                {settings.provider: provider},
-                secret=settings.webhook_secret,
-                metrics=metrics,
-                leading=lambda: intake.stats.leader,
-            )
-        app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=webhooks)
-        async with trio.open_nursery() as root:
-            daemon.http_url = await root.start(_serve_http, app, settings)
-            await root.start(registry.run)
-            services = trio.CancelScope()
+        daemon = assemble(settings, db, provider, downloader)
+        await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)
 
-            async def run_services(*, task_status: trio.TaskStatus[None]) -> None:
-                with services:
-                    async with trio.open_nursery() as nursery:
-                        if monitor is not None:
-                            nursery.start_soon(monitor.run)
-                        if limits.admissions is not None:
-                            pacer = ServicePacer(
-                                limits.admissions,
-                                cpu_clock=time.process_time,
-                                finished=metrics.finished_count,
-                            )
-                            nursery.start_soon(pacer.run)
-                        await nursery.start(intake.run)
-                        nursery.start_soon(sweeper.run)
-                        nursery.start_soon(
-                            functools.partial(
-                                run_auditor, db, metrics, interval_s=settings.audit_interval_s
-                            )
+
+async def _run(
+    daemon: Daemon,
+    settings: Settings,
+    *,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[Daemon],
+) -> None:
+    keeper, registry, metrics = daemon.keeper, daemon.registry, daemon.metrics
+    app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=daemon.webhooks)
+    async with trio.open_nursery() as root:
+        daemon.http_url = await root.start(_serve_http, app, settings)
+        keeper.info.update(pid=os.getpid(), http_url=daemon.http_url, version=version())
+        await root.start(registry.run)
+        leases = trio.CancelScope()
+
+        async def run_leases(*, task_status: trio.TaskStatus[None]) -> None:
+            with leases:
+                await keeper.run(task_status=task_status)
+
+        await root.start(run_leases)
+        services = trio.CancelScope()
+
+        async def run_services(*, task_status: trio.TaskStatus[None]) -> None:
+            with services:
+                async with trio.open_nursery() as nursery:
+                    if daemon.monitor is not None:
+                        nursery.start_soon(daemon.monitor.run)
+                    if registry.capacity.admissions is not None:
+                        pacer = ServicePacer(
+                            registry.capacity.admissions,
+                            cpu_clock=time.process_time,
+                            finished=metrics.finished_count,
                         )
-                        task_status.started()
+                        nursery.start_soon(pacer.run)
+                    await nursery.start(daemon.intake.run)
+                    nursery.start_soon(daemon.sweeper.run)
+                    nursery.start_soon(
+                        functools.partial(
+                            run_auditor, daemon.db, metrics, interval_s=settings.audit_interval_s
+                        )
+                    )
+                    task_status.started()
 
-            await root.start(run_services)
-            if handle_signals:
-                root.start_soon(_stop_on_signal, daemon)
-            log.info("daemon.started", deadline_s=settings.job_deadline_s)
-            task_status.started(daemon)
-            await daemon.wait_stopped()
-            log.info("daemon.stopping", grace_s=settings.grace_s)
-            services.cancel()
-            left = await registry.drain(settings.grace_s)
-            root.cancel_scope.cancel()
-        log.info("daemon.stopped", jobs_left_for_recovery=left)
+        await root.start(run_services)
+        if handle_signals:
+            root.start_soon(_stop_on_signal, daemon)
+        log.info(
+            "daemon.started",
+            deadline_s=settings.job_deadline_s,
+            member=keeper.member,
+            slots=len(keeper.slots),
+        )
+        task_status.started(daemon)
+        await daemon.wait_stopped()
+        stopping = trio.current_time()
+        services.cancel()
+        left = await _hand_over(daemon, settings.grace_s)
+        leases.cancel()
+        with trio.move_on_after(settings.cancel_timeout_s, shield=True):
+            try:
+                released = await keeper.leave()
+            except DbError as exc:
+                log.warning("lease.leave_failed", error=str(exc), note="the leases expire")
+            else:
+                metrics.handover_seconds.observe(trio.current_time() - stopping)
+                log.info("lease.left", slots=released)
+        root.cancel_scope.cancel()
+    log.info("daemon.stopped", jobs_left_for_recovery=left)
+
+
+async def _hand_over(daemon: Daemon, grace_s: float) -> int:
+    """Stop running jobs for a stop: hand them over when others are alive, else drain.
+
+    Returns how many jobs were left in flight for the slots' next owner.
+    """
+    try:
+        members, _unowned = await daemon.db.live_members()
+    except DbError:
+        members = []
+    others = [member for member in members if member != daemon.keeper.member]
+    if others:
+        log.info("daemon.handing_over", members=len(others))
+        return await daemon.registry.drop_all()
+    log.info("daemon.stopping", grace_s=grace_s)
+    return await daemon.registry.drain(grace_s)
 
 
 async def _serve_http(

@@ -17,6 +17,14 @@ class ExpectedFault(Exception):
     """
 
 
+class FencedOff(Exception):
+    """This daemon's lease on the job's partition slot is gone: another may own it now.
+
+    The write was refused as a whole. The job is not ours to settle: drop its task,
+    refund nothing, and leave it to the slot's new owner.
+    """
+
+
 def is_expected(exc: BaseException) -> bool:
     """Whether `exc` (every leaf of it, for a group) is a fault we expect, not a bug."""
     if isinstance(exc, BaseExceptionGroup):

@@ -1,6 +1,9 @@
 """Intake: LISTEN for submissions, scan for what a notification missed, route to actors.
 
-One daemon at a time leads intake (see `Intake.run`); the rest stand by.
+Every daemon runs intake for the partition slots it holds (`LeaseKeeper`).
+It LISTENs on a slot's channel before it scans the slot, so nothing
+submitted in between is missed, and when it takes a slot it first resumes
+the jobs the slot's previous owner left in flight, then admits its queue.
 
 A notification is only a wake-up hint (procrastinate's rule): the catch-up
 scan at start, after every reconnect and at a short interval finds every
@@ -11,21 +14,30 @@ may name the same job; the actor's mailbox takes it once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import attrs
 import structlog
 import trio
 
-from actors import Cancel, Offer, Registry, Resume, Submit
-from orchestrator.db import Database, DbError
+from actors import Cancel, Offer, Registry, Resume, Slots, Submit
+from orchestrator.db import (
+    MEMBERS_CHANNEL,
+    Database,
+    DbError,
+    Listener,
+    Notification,
+    slot_channel,
+)
+from orchestrator.leases import LeaseKeeper, SlotChange
 from orchestrator.lifecycle import JobRef, JobStatus
 from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.intake")
 
 _BATCH: Final = 1000
+_WAKE: Final = "wake:"
 _RECONNECT_INITIAL_S: Final = 0.1
 _RECONNECT_MAX_S: Final = 10.0
 
@@ -39,8 +51,8 @@ class IntakeStats:
     mailbox_full: int = 0
     reconnects: int = 0
     connected: bool = False
-    leader: bool = False
     orphans: int = 0
+    resumed: int = 0
 
 
 class Intake:
@@ -48,6 +60,7 @@ class Intake:
         self,
         db: Database,
         registry: Registry,
+        keeper: LeaseKeeper,
         *,
         scan_interval_s: float,
         orphan_grace_s: float = 60.0,
@@ -60,52 +73,67 @@ class Intake:
         self._metrics = metrics or Metrics()
         self._db = db
         self._registry = registry
+        self._keeper = keeper
+        self._slots: Slots = keeper
         self._scan_interval_s = scan_interval_s
         self.stats = IntakeStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen, lead or stand by, scan, route; reconnect with backoff when lost.
-
-        Only the daemon holding the intake lock (a session advisory lock on
-        its LISTEN connection) admits and recovers; the others stand by and
-        take over the moment its session ends. Until then they run nothing,
-        so no job is ever resumed by two daemons at once.
-        """
+        """Listen, take up the slots held, scan, route; reconnect with backoff when lost."""
         ready = False
         backoff = _RECONNECT_INITIAL_S
         while True:
             try:
-                async with self._db.listen() as listener:
+                async with self._db.listen(MEMBERS_CHANNEL) as listener:
                     self.stats.connected = True
                     backoff = _RECONNECT_INITIAL_S
-                    while not await listener.try_lead():
+                    async with trio.open_nursery() as nursery:
+                        await self._take_up(listener, self._keeper.slots)
                         if not ready:
-                            log.info("intake.standby")
                             task_status.started()
                             ready = True
-                        await trio.sleep(self._scan_interval_s)
-                    self._registry.epoch = await self._db.take_intake_epoch()
-                    self.stats.leader = True
-                    log.info("intake.leading", epoch=self._registry.epoch)
-                    await self._recover()
-                    await self._scan()  # whatever was submitted while nobody listened
-                    if not ready:
-                        task_status.started()
-                        ready = True
-                    await self._pump(listener.notifications)
+                        nursery.start_soon(self._follow_leases, listener)
+                        await self._pump(listener)
+                        nursery.cancel_scope.cancel()
             except DbError as exc:
                 log.warning("intake.listener_lost", error=str(exc))
             finally:
                 self.stats.connected = False
-                self.stats.leader = False
             self.stats.reconnects += 1
             await trio.sleep(backoff)
             backoff = min(backoff * 2, _RECONNECT_MAX_S)
 
-    async def _pump(self, notifications: trio.MemoryReceiveChannel[str]) -> None:
+    async def _follow_leases(self, listener: Listener) -> None:
+        """Listen on slots as they are taken and stop listening on those lost."""
+        async for change in self._keeper.changes:
+            await self._apply(listener, change)
+
+    async def _apply(self, listener: Listener, change: SlotChange) -> None:
+        if change.lost:
+            self._unresumed = [ref for ref in self._unresumed if ref.slot not in change.lost]
+            await listener.remove(slot_channel(slot) for slot in change.lost)
+        taken = [slot for slot in change.taken if self._slots.owns(slot)]
+        if taken:
+            await self._take_up(listener, taken)
+
+    async def _take_up(self, listener: Listener, slots: Sequence[int]) -> None:
+        """Listen on `slots`, then resume what their last owner left and admit their queue."""
+        if not slots:
+            return
+        await listener.add(slot_channel(slot) for slot in slots)
+        left = await self._db.in_flight(slots=slots)
+        # A plan may hold more seats than a mailbox: what it refuses, each scan offers again.
+        self._unresumed.extend(ref for ref in left if not self._resume(ref))
+        self.stats.resumed += len(left)
+        if left:
+            log.info("daemon.recovering", jobs=len(left), slots=len(slots))
+        await self._scan(slots)
+
+    async def _pump(self, listener: Listener) -> None:
+        notifications = listener.notifications
         next_scan = trio.current_time() + self._scan_interval_s
         while True:
-            batch: list[str] = []
+            batch: list[Notification] = []
             with trio.move_on_at(next_scan):
                 try:
                     batch.append(await notifications.receive())
@@ -117,52 +145,66 @@ class Intake:
                         batch.append(notifications.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-            if batch:
-                self.stats.notifications += len(batch)
-                self._metrics.notifications.inc(len(batch))
-                job_ids = _job_ids(batch, self.stats)
-                self._metrics.bad_notifications.inc(len(batch) - len(job_ids))
-                await self._route(job_ids)
+            jobs = [note for note in batch if note.channel != MEMBERS_CHANNEL]
+            if len(jobs) < len(batch):
+                self._keeper.wake()  # a member joined or left: rebalance now
+            if jobs:
+                self.stats.notifications += len(jobs)
+                self._metrics.notifications.inc(len(jobs))
+                woken = [
+                    note.payload.removeprefix(_WAKE)
+                    for note in jobs
+                    if note.payload.startswith(_WAKE)
+                ]
+                job_ids = _job_ids(
+                    [note.payload for note in jobs if not note.payload.startswith(_WAKE)],
+                    self.stats,
+                )
+                wake_ids = _job_ids(woken, self.stats)
+                self._metrics.bad_notifications.inc(len(jobs) - len(job_ids) - len(wake_ids))
+                await self._route(job_ids, wake_ids)
             if trio.current_time() >= next_scan:
-                await self._scan()
+                await self._scan(self._keeper.slots)
                 next_scan = trio.current_time() + self._scan_interval_s
 
-    async def _route(self, job_ids: list[uuid.UUID]) -> None:
+    async def _route(self, job_ids: list[uuid.UUID], wake_ids: list[uuid.UUID]) -> None:
         if job_ids:
             self._deliver(await self._db.route(job_ids))
+        if wake_ids:
+            self._deliver(await self._db.route(wake_ids), woken=True)
 
-    async def _scan(self) -> None:
+    async def _scan(self, slots: Sequence[int]) -> None:
+        if not slots:
+            return
         self._unresumed = [ref for ref in self._unresumed if not self._resume(ref)]
-        found = await self._db.queued(per_user=self._per_user)
+        found = await self._db.queued(per_user=self._per_user, slots=slots)
         accepted = self._deliver(found)
         self.stats.scan_finds += accepted
         self._metrics.scan_finds.inc(accepted)
-        for ref in await self._db.orphaned(grace_s=self._orphan_grace_s):
+        for ref in await self._db.orphaned(grace_s=self._orphan_grace_s, slots=slots):
             # A task lost after admission (a crash, a settle that gave up): settle it now.
-            self.stats.orphans += self._offer(ref.user_id, Resume(ref.id))
-
-    async def _recover(self) -> None:
-        """At start: every job a previous run left in flight goes back to its actor."""
-        left = await self._db.in_flight()
-        # A plan may hold more seats than a mailbox: what it refuses, each scan offers again.
-        self._unresumed = [ref for ref in left if not self._resume(ref)]
-        if left:
-            log.info("daemon.recovering", jobs=len(left))
+            self.stats.orphans += self._resume(ref)
 
     def _resume(self, ref: JobRef) -> bool:
-        return self._offer(ref.user_id, Resume(ref.id))
+        return self._offer(ref, Resume(ref.id))
 
-    def _deliver(self, refs: Iterable[JobRef]) -> int:
+    def _deliver(self, refs: Iterable[JobRef], *, woken: bool = False) -> int:
+        """Route each job to its actor; `woken` jobs in flight were named by a webhook."""
         accepted = 0
         for ref in refs:
             if ref.status is JobStatus.QUEUED:
-                accepted += self._offer(ref.user_id, Submit(ref.id))
+                accepted += self._offer(ref, Submit(ref.id))
             elif ref.status.in_flight and ref.cancel_requested:
-                accepted += self._offer(ref.user_id, Cancel(ref.id))
+                accepted += self._offer(ref, Cancel(ref.id))
+            elif ref.status.in_flight and woken and self._slots.owns(ref.slot):
+                # A webhook that reached another daemon: poll now, or resume if not running.
+                actor = self._registry.actor(ref.user_id)
+                if actor is None or not actor.poke(ref.id):
+                    accepted += self._resume(ref)
         return accepted
 
-    def _offer(self, user_id: str, message: Submit | Cancel | Resume) -> bool:
-        offer = self._registry.deliver(user_id, message)
+    def _offer(self, ref: JobRef, message: Submit | Cancel | Resume) -> bool:
+        offer = self._registry.deliver(ref.user_id, message, slot=ref.slot)
         if offer is Offer.FULL:
             self.stats.mailbox_full += 1  # still queued in the database: the next scan retries
             self._metrics.mailbox_full.inc()

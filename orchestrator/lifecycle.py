@@ -110,6 +110,7 @@ class Job:
     admitted_at: datetime | None = None
     finished_at: datetime | None = None
     params_error: str | None = None
+    slot: int = 0
 
 
 @attrs.frozen
@@ -136,9 +137,7 @@ class AdmissionContext:
     now: datetime
 
 
-AdmissionOutcome = Literal[
-    "admitted", "no_seat", "insufficient_credits", "canceled", "not_queued", "not_leader"
-]
+AdmissionOutcome = Literal["admitted", "no_seat", "insufficient_credits", "canceled", "not_queued"]
 
 
 @attrs.frozen
@@ -165,6 +164,19 @@ class JobRef:
     status: JobStatus
     cancel_requested: bool = False
     prediction_ids: tuple[str, ...] = ()
+    slot: int = 0
+
+
+@attrs.frozen
+class Fence:
+    """A daemon's lease on one partition slot: every write for the slot's jobs carries it.
+
+    The database refuses a write whose epoch is no longer the slot's live one, so
+    a daemon that lost the slot can change nothing, however late it learns of it.
+    """
+
+    member: str
+    epoch: int
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ _POLL_BUCKETS: Final = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55)
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _version() -> str:
+def version() -> str:
     try:
         return metadata.version("generation-orchestrator")
     except metadata.PackageNotFoundError:
@@ -180,9 +180,43 @@ class Metrics:
         self.listener_connected = Gauge(
             "orchestrator_listener_connected", "1 while the LISTEN connection is up.", registry=r
         )
-        self.intake_leader = Gauge(
-            "orchestrator_intake_leader",
-            "1 while this daemon leads intake (admits and recovers); 0 on standby.",
+        self.slots_owned = Gauge(
+            "orchestrator_partition_slots_owned",
+            "Partition slots this daemon holds a live lease on (of 1024).",
+            registry=r,
+        )
+        self.slots_unowned = Gauge(
+            "orchestrator_partition_slots_unowned",
+            "Slots nobody held a live lease on at this daemon's last lease round.",
+            registry=r,
+        )
+        self.lease_round_seconds = Histogram(
+            "orchestrator_lease_round_seconds",
+            "Duration of a lease round (heartbeat, renew, take and give up), in seconds.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "orchestrator_leases_lost_total",
+            "Slots lost without giving them up: a renewal missed them or came too late.",
+            registry=r,
+        )
+        self.slots_moved = Counter(
+            "orchestrator_partition_slots_moved_total",
+            "Slots taken or given up by this daemon.",
+            ["direction"],
+            registry=r,
+        )
+        self.fenced_writes = Counter(
+            "orchestrator_fenced_writes_total",
+            "Writes the database refused because this daemon's lease on the slot was gone.",
+            ["write"],
+            registry=r,
+        )
+        self.handover_seconds = Histogram(
+            "orchestrator_handover_seconds",
+            "From a stop signal to this daemon's slots being free for the others, in seconds.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
         self.capacity_waiting = Gauge(
@@ -206,7 +240,7 @@ class Metrics:
         self.build_info = Gauge(
             "orchestrator_build_info", "Build information.", ["version"], registry=r
         )
-        self.build_info.labels(version=_version()).set(1)
+        self.build_info.labels(version=version()).set(1)
 
     def bind_gauges(
         self,
@@ -215,7 +249,7 @@ class Metrics:
         mailbox_depth: Callable[[], float],
         jobs_running: Callable[[], float],
         listener_connected: Callable[[], float],
-        intake_leader: Callable[[], float],
+        slots_owned: Callable[[], float],
         db_pool_in_use: Callable[[], float],
         capacity_waiting: Callable[[], float] = lambda: 0.0,
         capacity_limit: Callable[[], float] = lambda: 0.0,
@@ -226,7 +260,7 @@ class Metrics:
         self.mailbox_depth.set_function(mailbox_depth)
         self.jobs_running.set_function(jobs_running)
         self.listener_connected.set_function(listener_connected)
-        self.intake_leader.set_function(intake_leader)
+        self.slots_owned.set_function(slots_owned)
         self.db_pool_in_use.set_function(db_pool_in_use)
         self.capacity_waiting.set_function(capacity_waiting)
         self.capacity_limit.set_function(capacity_limit)
@@ -289,3 +323,6 @@ class Metrics:
 
     def settle_retried(self) -> None:
         self.settle_retries.inc()
+
+    def write_fenced(self, write: str) -> None:
+        self.fenced_writes.labels(write=write).inc()

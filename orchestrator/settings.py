@@ -130,6 +130,10 @@ class Settings:
     create_rate: float = attrs.field(default=0.0, validator=_rate)
     poll_rate: float = attrs.field(default=0.0, validator=_rate)
     db_settle_pool_size: int = attrs.field(default=4, validator=_positive)
+    lease_ttl_s: float = attrs.field(default=15.0, validator=_positive)
+    lease_renew_s: float = attrs.field(default=3.0, validator=_positive)
+    max_slot_moves: int = attrs.field(default=64, validator=_positive)
+    member_id: str | None = None
     log_level: str = attrs.field(
         default="info",
         converter=_lower,
@@ -138,6 +142,13 @@ class Settings:
     log_format: str = attrs.field(
         default="auto", validator=attrs.validators.in_(("auto", "json", "console"))
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.lease_renew_s >= self.lease_ttl_s / 2:
+            raise SettingsError(
+                "ORCHESTRATOR_LEASE_RENEW must be under half of ORCHESTRATOR_LEASE_TTL, "
+                f"got {self.lease_renew_s:g} s for a {self.lease_ttl_s:g} s lease"
+            )
 
     @property
     def model(self) -> str:
@@ -217,6 +228,10 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_CREATE_RATE": ("create_rate", float),
     "ORCHESTRATOR_POLL_RATE": ("poll_rate", float),
     "ORCHESTRATOR_DB_SETTLE_POOL_SIZE": ("db_settle_pool_size", int),
+    "ORCHESTRATOR_LEASE_TTL": ("lease_ttl_s", float),
+    "ORCHESTRATOR_LEASE_RENEW": ("lease_renew_s", float),
+    "ORCHESTRATOR_MAX_SLOT_MOVES": ("max_slot_moves", int),
+    "ORCHESTRATOR_MEMBER_ID": ("member_id", str),
     "ORCHESTRATOR_LOG_LEVEL": ("log_level", str),
     "ORCHESTRATOR_LOG_FORMAT": ("log_format", str),
 }

@@ -9,6 +9,10 @@ Each sweep also forgets webhook deliveries past the providers' retry window
 (Standard Webhooks senders retry for about a day, so three days by default),
 and runs one bounded reconciliation pass (`orchestrator.reconcile`) so that no
 prediction keeps billing for a job that ended.
+
+Each daemon sweeps the slots it owns, with their fences. The duties that are
+not per slot (pruning, reconciliation) run on the owner of slot 0 alone, so
+two daemons never race on one prediction.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Final
 import structlog
 import trio
 
-from actors import Registry
+from actors import EverySlot, Registry, Slots
 from orchestrator.db import Database, DbError
+from orchestrator.exceptions import FencedOff
 from orchestrator.lifecycle import ErrorCode, JobRef, JobStatus
 from orchestrator.metrics import Metrics
 from orchestrator.providers import Provider, cancel_within
@@ -43,7 +48,11 @@ class Sweeper:
         webhook_retention_s: float = 3 * 86400.0,
         metrics: Metrics | None = None,
         reconciler: Reconciler | None = None,
+        slots: Slots | None = None,
+        lease_history_s: float = 7 * 86400.0,
     ) -> None:
+        self._slots: Slots = slots or EverySlot()
+        self._lease_history_s = lease_history_s
         self._reconciler = reconciler
         self._webhook_retention_s = webhook_retention_s
         self._metrics = metrics or Metrics()
@@ -67,11 +76,16 @@ class Sweeper:
             await trio.sleep(self.interval_s)
 
     async def sweep(self) -> int:
-        stuck = await self._db.stuck(older_than_s=self._stuck_after_s)
+        owned = list(self._slots.slots)
+        stuck = await self._db.stuck(older_than_s=self._stuck_after_s, slots=owned) if owned else []
         ended = 0
         for ref in stuck:
+            if not self._slots.owns(ref.slot):
+                continue
             try:
                 await self._end(ref)
+            except FencedOff:
+                log.warning("sweeper.fenced", job_id=str(ref.id))
             except Exception:
                 # One job's trouble must not keep the others stuck.
                 log.exception("sweeper.job_failed", job_id=str(ref.id))
@@ -79,6 +93,9 @@ class Sweeper:
                 ended += 1
         self.swept += ended
         self._metrics.stuck.inc(ended)
+        if not self._slots.owns(0):
+            return ended
+        await self._db.prune_lease_history(older_than_s=self._lease_history_s)
         pruned = await self._db.prune_webhook_events(older_than_s=self._webhook_retention_s)
         self._metrics.webhook_events_pruned.inc(pruned)
         if self._reconciler is not None:
@@ -95,14 +112,17 @@ class Sweeper:
     async def _end(self, ref: JobRef) -> None:
         minutes = self._stuck_after_s / 60
         message = f"not finished {minutes:g} minutes after its deadline; credits refunded"
+        fence = self._slots.fence(ref.slot)
         with structlog.contextvars.bound_contextvars(job_id=str(ref.id), user_id=ref.user_id):
             if ref.status is JobStatus.QUEUED:
-                await self._db.reject(ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes")
+                await self._db.reject(
+                    ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes", fence=fence
+                )
             else:
                 for prediction_id in ref.prediction_ids:
                     await self._cancel_upstream(prediction_id)
                 finish = await self._db.finish(
-                    ref.id, JobStatus.FAILED, code=ErrorCode.STUCK, message=message
+                    ref.id, JobStatus.FAILED, code=ErrorCode.STUCK, message=message, fence=fence
                 )
                 log.warning("job.stuck", credits_refunded=finish.refunded)
             actor = self._registry.actor(ref.user_id)

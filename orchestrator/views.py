@@ -17,7 +17,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.db import AccountSummary, AuditReport
+from orchestrator.db import AccountSummary, AuditReport, MemberRow, OwnerSummary
 from orchestrator.lifecycle import Job, JobStatus
 from orchestrator.reconcile import ReconcileReport
 
@@ -146,6 +146,103 @@ def accounts(items: Sequence[AccountSummary], *, as_json: bool) -> None:
             "" if item.oldest_queued_s is None else f"{item.oldest_queued_s:.0f} s",
         )
     _out.print(table)
+
+
+def slot_ranges(slots: Sequence[int]) -> str:
+    """`0-3, 7, 9-12`: a member's slots, short enough to read."""
+    parts: list[str] = []
+    ordered = sorted(slots)
+    start = previous = None
+    for slot in [*ordered, None]:
+        if slot is not None and previous is not None and slot == previous + 1:
+            previous = slot
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = slot
+    return ", ".join(parts)
+
+
+def cluster(members: Sequence[MemberRow], owners: Sequence[OwnerSummary], *, as_json: bool) -> None:
+    """Members, the slots each holds with their queue, and the slots nobody holds."""
+    work = {owner.owner: owner for owner in owners}
+    if as_json:
+        for member in members:
+            summary = work.get(member.member_id)
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "member": member.member_id,
+                        "alive": member.alive,
+                        "heartbeat_age_s": round(member.heartbeat_age_s, 3),
+                        "info": dict(member.info),
+                        "slots": list(member.slots),
+                        "max_epoch": member.max_epoch,
+                        "queued": summary.queued if summary else 0,
+                        "in_flight": summary.in_flight if summary else 0,
+                        "oldest_queued_s": summary.oldest_queued_s if summary else None,
+                    }
+                )
+                + "\n"
+            )
+        if (nobody := work.get(None)) is not None:
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "member": None,
+                        "slots_unowned": nobody.slots,
+                        "queued": nobody.queued,
+                        "in_flight": nobody.in_flight,
+                        "oldest_queued_s": nobody.oldest_queued_s,
+                    }
+                )
+                + "\n"
+            )
+        return
+    table = Table(title="cluster", title_justify="left")
+    columns = (
+        "member",
+        "alive",
+        "heartbeat",
+        "slots",
+        "epoch ≤",
+        "queued",
+        "in flight",
+        "oldest queued",
+        "http",
+    )
+    for column in columns:
+        table.add_column(column)
+    for member in members:
+        summary = work.get(member.member_id)
+        table.add_row(
+            member.member_id,
+            "yes" if member.alive else "[red]no[/red]",
+            f"{member.heartbeat_age_s:.1f} s ago",
+            f"{len(member.slots)} ({slot_ranges(member.slots)[:40]})",
+            str(member.max_epoch),
+            str(summary.queued if summary else 0),
+            str(summary.in_flight if summary else 0),
+            _age(summary.oldest_queued_s if summary else None),
+            str(member.info.get("http_url", "")),
+        )
+    if (nobody := work.get(None)) is not None:
+        table.add_row(
+            "[red](nobody)[/red]",
+            "",
+            "",
+            str(nobody.slots),
+            str(nobody.max_epoch),
+            str(nobody.queued),
+            str(nobody.in_flight),
+            _age(nobody.oldest_queued_s),
+            "",
+        )
+    _out.print(table)
+
+
+def _age(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.0f} s"
 
 
 def audit(report: AuditReport, *, as_json: bool) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 import attrs
@@ -20,7 +20,7 @@ import structlog
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from actors import Registry, Resume
-from orchestrator.db import Database, DbUnavailable
+from orchestrator.db import Database, DbUnavailable, Fenced
 from orchestrator.lifecycle import MAX_OUTPUTS, Job
 from orchestrator.metrics import Metrics
 from orchestrator.providers import Prediction, Provider, ProviderProtocolError
@@ -70,9 +70,7 @@ class WebhookHandler:
         *,
         secret: str | None,
         metrics: Metrics,
-        leading: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._leading = leading
         self._db = db
         self._registry = registry
         self._providers = providers
@@ -96,6 +94,9 @@ class WebhookHandler:
         except DbUnavailable:
             # Postgres is restarting: the provider retries a 5xx, so nothing is lost.
             reply = Reply(503, "database_unavailable")
+        except Fenced:
+            # The slot moved while we looked: the retry reaches the new owner's view.
+            reply = Reply(503, "slot_moved")
         self._metrics.webhooks.labels(provider=provider_name, result=reply.result).inc()
         if reply.status >= 400:  # noqa: PLR2004
             log.warning("webhook.rejected", provider=provider_name, result=reply.result)
@@ -164,13 +165,20 @@ class WebhookHandler:
             told = prediction if self._verifier is not None else None
             if actor is not None and actor.poke(job_id, told):
                 return Reply(200, "accepted")
-            if job.prediction_id is None or job.num_outputs > 1:
+            slots = self._registry.slots
+            if not slots.owns(job.slot):
+                # Another daemon owns the job: wake it, and it asks the provider itself.
+                await self._db.notify_slot(job_id)
+                return Reply(200, "forwarded")
+            if job.prediction_id is None:
                 # The crash-between-phases case: the webhook tells us the lost id.
                 await self._db.mark_processing(
-                    job_id, provider=provider_name, prediction_id=prediction.id, idx=idx
+                    job_id,
+                    provider=provider_name,
+                    prediction_id=prediction.id,
+                    idx=idx,
+                    fence=slots.fence(job.slot),
                 )
                 log.info("webhook.matched_lost_prediction")
-            if self._leading():
-                # Only the intake leader runs jobs it did not start itself.
-                self._registry.deliver(job.user_id, Resume(job_id))
+            self._registry.deliver(job.user_id, Resume(job_id), slot=job.slot)
             return Reply(200, "accepted")

@@ -86,7 +86,9 @@ class FakeProvider:
     def parse_webhook(self, body: bytes) -> Prediction:
         raise NotImplementedError("the actor tests send no webhooks")
 
-    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:
+    async def find_for_job(
+        self, job_id: uuid.UUID, output_index: int = 0, *, since: object = None
+    ) -> Prediction | None:
         self.found.append(job_id)
         for prediction_id, (_, request) in reversed(self.predictions.items()):
             if (request.job_id, request.output_index) == (job_id, output_index):

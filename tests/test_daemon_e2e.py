@@ -198,8 +198,8 @@ async def test_malformed_rows_and_notifications_do_not_stop_the_daemon(
     provider = await start_simulator(nursery)
     daemon = await start_daemon(nursery, settings_for(db_url, provider))
     await db.grant("hal", 5, plan="pro")
-    await pg.execute(db_url, "SELECT pg_notify('orchestrator_jobs', 'not-a-uuid')")
-    await pg.execute(db_url, f"SELECT pg_notify('orchestrator_jobs', '{uuid.uuid4()}')")
+    await pg.execute(db_url, "SELECT pg_notify('orchestrator_jobs_0', 'not-a-uuid')")
+    await pg.execute(db_url, f"SELECT pg_notify('orchestrator_jobs_0', '{uuid.uuid4()}')")
     for refused in ("", "x" * 5000):
         with pytest.raises(asyncpg.PostgresError, match="the prompt has") as caught:
             await pg.execute(

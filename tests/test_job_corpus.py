@@ -161,7 +161,12 @@ async def test_every_corpus_job_gets_a_clean_code_and_the_daemon_lives(
                 assert job.error_message.isprintable(), where
                 assert len(job.error_message) < 500, where
     assert tried >= 100
-    assert await daemon.readiness() == {"database": True, "schema": True, "listener": True}
+    assert await daemon.readiness() == {
+        "database": True,
+        "schema": True,
+        "listener": True,
+        "leases": True,
+    }
     good = await db.submit_job("corpus-submit", "after the corpus", params={"seed": 1})
     (done,) = await wait_terminal(db, [good])
     assert done.status is JobStatus.SUCCEEDED

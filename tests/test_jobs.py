@@ -14,6 +14,7 @@ from orchestrator.db import (
     UnknownJob,
     UnknownUser,
     open_database,
+    slot_channel,
 )
 from orchestrator.lifecycle import ErrorCode, JobStatus
 
@@ -72,23 +73,27 @@ async def test_a_submitted_job_reads_back_queued(db: Database):
 
 
 async def test_a_listener_receives_the_notify_for_a_submitted_job(db: Database):
-    """Every submission wakes the daemon through NOTIFY orchestrator_jobs with the job id."""
+    """Every submission wakes its slot's owner: NOTIFY orchestrator_jobs_<slot> with the id."""
     await db.grant("erin", 5)
-    async with db.listen() as listener:
+    async with db.listen(*(slot_channel(slot) for slot in range(1024))) as listener:
         job_id = await db.submit_job("erin", "a tree")
         with trio.fail_after(5):
-            payload = await listener.notifications.receive()
-    assert payload == str(job_id)
+            note = await listener.notifications.receive()
+    job = await db.job(job_id)
+    assert job is not None
+    assert (note.channel, note.payload) == (slot_channel(job.slot), str(job_id))
 
 
 async def test_cancel_is_recorded_for_live_jobs_only(db: Database, db_url: str):
     """A finished job cannot be cancelled; an unknown one is an error."""
     await db.grant("frank", 5)
     job_id = await db.submit_job("frank", "a hill")
-    async with db.listen() as listener:
+    queued = await db.job(job_id)
+    assert queued is not None
+    async with db.listen(slot_channel(queued.slot)) as listener:
         assert await db.request_cancel(job_id)
         with trio.fail_after(5):
-            assert await listener.notifications.receive() == str(job_id)
+            assert (await listener.notifications.receive()).payload == str(job_id)
     job = await db.job(job_id)
     assert job is not None
     assert job.cancel_requested_at is not None

@@ -22,7 +22,7 @@ import attrs
 import pytest
 import trio
 
-from orchestrator.db import JOBS_CHANNEL, Database
+from orchestrator.db import Database, slot_channel
 from orchestrator.lifecycle import ErrorCode, JobStatus
 
 from . import pg
@@ -78,7 +78,7 @@ async def _notify_many(url: str, payload: str, times: int) -> None:
     conn = await asyncpg.connect(url)
     try:
         for _ in range(times):  # one transaction each: Postgres folds equal ones in one
-            await conn.execute("SELECT pg_notify($1, $2)", JOBS_CHANNEL, payload)
+            await conn.execute("SELECT pg_notify($1, $2)", slot_channel(0), payload)
     finally:
         await conn.close()
 
@@ -137,7 +137,12 @@ async def test_every_garbage_notification_is_shrugged_off_and_the_daemon_lives(
     assert stats.notifications - seen_before == sent
     await trio.sleep(0.5)  # anything wrongly routed has had the time to act
 
-    assert await daemon.readiness() == {"database": True, "schema": True, "listener": True}
+    assert await daemon.readiness() == {
+        "database": True,
+        "schema": True,
+        "listener": True,
+        "leases": True,
+    }
     assert await wait_terminal(db, [cancelled, unknown_user_job]) == settled  # untouched
     still_canceled, rejected = settled
     assert still_canceled.status is JobStatus.CANCELED

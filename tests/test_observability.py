@@ -86,7 +86,7 @@ async def test_health_and_readiness_report_what_they_check(nursery, db: Database
     assert ready.status_code == 200
     assert ready.json() == {
         "ready": True,
-        "checks": {"database": True, "schema": True, "listener": True},
+        "checks": {"database": True, "schema": True, "listener": True, "leases": True},
     }
     assert missing.status_code == 404
 

@@ -58,10 +58,12 @@ _JOB_WRITES = {
     "delete the ledger": _MONEY_WRITES["delete the ledger"],
     "truncate the ledger": _MONEY_WRITES["truncate the ledger"],
     "disable the ledger's triggers": _MONEY_WRITES["disable the ledger's triggers"],
-    "admit a job": "SELECT * FROM orchestrator.admit_job_v2("
-    "(SELECT id FROM orchestrator.jobs LIMIT 1), 60, NULL)",
-    "finish a job": "SELECT * FROM orchestrator.finish_job_v2("
-    "(SELECT id FROM orchestrator.jobs LIMIT 1), 'failed', 'UPSTREAM_ERROR', 'x')",
+    "admit a job": "SELECT * FROM orchestrator.admit_job_v3("
+    "(SELECT id FROM orchestrator.jobs LIMIT 1), 60, NULL, NULL)",
+    "finish a job": "SELECT * FROM orchestrator.finish_job_v3("
+    "(SELECT id FROM orchestrator.jobs LIMIT 1), 'failed', 'UPSTREAM_ERROR', 'x', NULL, NULL, NULL)",
+    "take a partition slot": "SELECT * FROM orchestrator.lease_round_v1("
+    "'intruder', 15, '{}', '{0}', '{}')",
     "read the ledger as a submitter would not": "SELECT * FROM orchestrator.ledger",
     "write upstream money directly": "INSERT INTO orchestrator.upstream_predictions"
     " (provider, prediction_id, job_id, idx, found_by)"
@@ -71,8 +73,9 @@ _JOB_WRITES = {
 _SUBMITTER_ONLY = {
     "note upstream money": "SELECT orchestrator.note_upstream_v1('replicate', 'p',"
     " (SELECT id FROM orchestrator.jobs LIMIT 1), 0, 'listed', 'succeeded', false)",
-    "record a prediction": "SELECT orchestrator.record_prediction_v1("
-    "(SELECT id FROM orchestrator.jobs LIMIT 1), 'replicate', 'p', 0)",
+    "record a prediction": "SELECT orchestrator.record_prediction_v2("
+    "(SELECT id FROM orchestrator.jobs LIMIT 1), 'replicate', 'p', 0, NULL, NULL)",
+    "free every slot of a member": "SELECT orchestrator.leave_cluster_v1('anyone')",
 }
 
 _REFUSED = [
@@ -112,7 +115,7 @@ async def test_each_role_is_refused_what_is_not_its_job(
 ):
     await db.grant("vic", 10)
     finished = await db.submit_job("vic", "a lake")
-    assert (await db.admit(finished, deadline_s=60, epoch=None)).outcome == "admitted"
+    assert (await db.admit(finished, deadline_s=60)).outcome == "admitted"
     await db.finish(finished, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR, message="x")
     await db.submit_job("vic", "a hill")
     before = await _books(db_url)
@@ -126,7 +129,7 @@ async def test_each_role_is_refused_what_is_not_its_job(
 async def test_the_operator_role_grants_adjusts_refunds_and_audits(db: Database, db_url: str):
     await db.grant("vic", 10)
     job_id = await db.submit_job("vic", "a lake")
-    await db.admit(job_id, deadline_s=60, epoch=None)
+    await db.admit(job_id, deadline_s=60)
     await db.finish(
         job_id, JobStatus.SUCCEEDED, outputs=(StoredOutput(url="https://example.test/a.png"),)
     )

@@ -183,8 +183,10 @@ async def test_the_daemon_cannot_choose_what_admission_debits_or_finishing_refun
     """Whatever the daemon's role passes, the plan sets the debit and stored outputs the refund."""
     await db.grant("vic", 20, plan=await pg.plan(db_url, cost_per_output=3, max_inflight=1))
     whole, part, failed = [await db.submit_job("vic", f"p{i}", num_outputs=2) for i in range(3)]
-    admit = "SELECT outcome, cost, balance FROM orchestrator.admit_job_v2($1, $2, $3)"
-    finish = "SELECT refunded, balance FROM orchestrator.finish_job_v2($1, $2, $3, $4, $5)"
+    admit = "SELECT outcome, cost, balance FROM orchestrator.admit_job_v3($1, $2, $3, NULL)"
+    finish = (
+        "SELECT refunded, balance FROM orchestrator.finish_job_v3($1, $2, $3, $4, $5, NULL, NULL)"
+    )
     five = '[{"url": "a"}, {"url": "b"}, {"url": "c"}, {"url": "d"}, {"url": "e"}]'
 
     (row,) = await _as_daemon(db_url, admit, whole, 1e9, None)
@@ -216,14 +218,15 @@ async def test_the_daemon_cannot_choose_what_admission_debits_or_finishing_refun
     [
         "SELECT * FROM orchestrator.admit_job_v1($1, 0, 1000, 60)",
         "SELECT * FROM orchestrator.finish_job_v1($1, 'failed', 'UPSTREAM_ERROR', 'x', 1000)",
+        "SELECT * FROM orchestrator.admit_job_v2($1, 60, NULL)",
+        "SELECT * FROM orchestrator.finish_job_v2($1, 'failed', 'UPSTREAM_ERROR', 'x', NULL)",
     ],
 )
-async def test_the_daemon_may_not_call_the_v1_functions_that_take_amounts(
-    db: Database, db_url: str, query: str
-):
+async def test_the_superseded_money_functions_are_gone(db: Database, db_url: str, query: str):
+    """Older shapes (amounts from the caller, no fence) cannot be reached by any role."""
     await db.grant("vic", 5)
     job_id = await db.submit_job("vic", "free ride")
-    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+    with pytest.raises(asyncpg.UndefinedFunctionError):
         await _as_daemon(db_url, query, job_id)
     job = await db.job(job_id)
     assert job is not None

@@ -10,14 +10,16 @@ from ._audit import CheckResult as CheckResult
 from ._connector import DAEMON_ROLE as DAEMON_ROLE
 from ._connector import OPERATOR_ROLE as OPERATOR_ROLE
 from ._connector import Role as Role
-from ._database import JOBS_CHANNEL as JOBS_CHANNEL
+from ._database import MEMBERS_CHANNEL as MEMBERS_CHANNEL
 from ._database import Database as Database
 from ._database import open_database as open_database
+from ._database import slot_channel as slot_channel
 from ._embedded import ensure_server as ensure_embedded_server
 from ._embedded import is_running as embedded_server_running
 from ._embedded import stop_server as stop_embedded_server
 from ._errors import DbError as DbError
 from ._errors import DbUnavailable as DbUnavailable
+from ._errors import Fenced as Fenced
 from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import IntegrityViolation as IntegrityViolation
 from ._errors import InvalidRequest as InvalidRequest
@@ -27,14 +29,18 @@ from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
 from ._errors import map_error as map_error
+from ._leases import HeldSlot as HeldSlot
+from ._leases import MemberRow as MemberRow
+from ._leases import OwnerSummary as OwnerSummary
 from ._ledger import AccountSummary as AccountSummary
 from ._ledger import Refund as Refund
 from ._listener import Listener as Listener
+from ._listener import Notification as Notification
 from ._schema import schema_text as schema_text
 
 __all__ = [
     "DAEMON_ROLE",
-    "JOBS_CHANNEL",
+    "MEMBERS_CHANNEL",
     "OPERATOR_ROLE",
     "AccountSummary",
     "AuditReport",
@@ -42,10 +48,15 @@ __all__ = [
     "Database",
     "DbError",
     "DbUnavailable",
+    "Fenced",
+    "HeldSlot",
     "IdempotencyConflict",
     "IntegrityViolation",
     "InvalidRequest",
     "Listener",
+    "MemberRow",
+    "Notification",
+    "OwnerSummary",
     "PermissionDenied",
     "Refund",
     "Role",
@@ -58,5 +69,6 @@ __all__ = [
     "map_error",
     "open_database",
     "schema_text",
+    "slot_channel",
     "stop_embedded_server",
 ]

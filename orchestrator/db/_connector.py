@@ -50,6 +50,9 @@ class Connector:
     A second, smaller pool (`reserved`) serves the writes that end work already paid
     for (finishing a job, recording a prediction, recovery): a burst of admissions
     holding every connection of the main pool can then never make a finish wait.
+    A third, of one connection (`leases`), serves the lease rounds alone: a daemon that
+    cannot renew its partition leases in time must drop its work, so nothing queues
+    in front of them.
     """
 
     def __init__(
@@ -59,9 +62,11 @@ class Connector:
         loop: trio_asyncio.TrioEventLoop,
         role: Role | None = None,
         reserved: Pool | None = None,
+        leases: Pool | None = None,
     ) -> None:
         self._pool = pool
         self._reserved = reserved or pool
+        self._leases = leases or self._reserved
         self._loop = loop
         self.url = url
         self.role = role
@@ -70,7 +75,7 @@ class Connector:
         """A dedicated connection outside the pool, as the pool's role (for LISTEN)."""
         conn = await self.call(asyncpg.connect(self.url))
         try:
-            await self.call(_drop_to(conn, self.role))
+            await self.call(drop_to(conn, self.role))
         except BaseException:
             conn.terminate()
             raise
@@ -93,6 +98,14 @@ class Connector:
             DbError: any failure of the driver or the server, mapped.
         """
         return await self._run_on(self._reserved, operation, *args, **kwargs)
+
+    async def run_leases(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`run` on the lease connection: lease rounds never wait behind other work.
+
+        Raises:
+            DbError: any failure of the driver or the server, mapped.
+        """
+        return await self._run_on(self._leases, operation, *args, **kwargs)
 
     async def _run_on(
         self, pool: Pool, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
@@ -163,7 +176,7 @@ def log_loop_error(_loop: object, context: dict[str, object]) -> None:
     log.warning("db.loop_error", message=str(context.get("message", "")), error=error)
 
 
-async def _drop_to(conn: asyncpg.Connection, role: Role | None) -> None:
+async def drop_to(conn: asyncpg.Connection, role: Role | None) -> None:
     """Act as `role` for the rest of the session, whatever the login could do.
 
     A login stronger than the role (a superuser in embedded mode) keeps no more
@@ -182,7 +195,7 @@ async def _drop_to(conn: asyncpg.Connection, role: Role | None) -> None:
 
 
 async def _init_connection(conn: asyncpg.Connection, role: Role | None) -> None:
-    await _drop_to(conn, role)
+    await drop_to(conn, role)
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=decode_jsonb, schema="pg_catalog"
     )
@@ -232,8 +245,11 @@ async def _loop_and_pools(
             if not reserved_size:
                 yield Connector(pool, url, loop, role)
                 return
-            async with _pool(loop, url, reserved_size, reserved_size, role) as reserved:
-                yield Connector(pool, url, loop, role, reserved)
+            async with (
+                _pool(loop, url, reserved_size, reserved_size, role) as reserved,
+                _pool(loop, url, 1, 1, role) as leases,
+            ):
+                yield Connector(pool, url, loop, role, reserved, leases)
 
 
 @asynccontextmanager

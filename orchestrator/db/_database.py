@@ -15,6 +15,7 @@ from orchestrator.lifecycle import (
     Admission,
     AdmissionContext,
     ErrorCode,
+    Fence,
     Finish,
     InFlight,
     Job,
@@ -24,13 +25,20 @@ from orchestrator.lifecycle import (
     StoredOutput,
     UpstreamRef,
 )
+from orchestrator.placement import ALL_SLOTS
 
-from . import _audit, _jobs, _ledger, _routing, _schema, _transitions, _upstream
+from . import _audit, _jobs, _leases, _ledger, _routing, _schema, _transitions, _upstream
 from ._connector import Connector, Role, open_connector
 from ._group import GroupCommit
+from ._lease_session import LeaseSession
 from ._listener import Listener, listen
 
-JOBS_CHANNEL = "orchestrator_jobs"
+MEMBERS_CHANNEL = "orchestrator_members"
+
+
+def slot_channel(slot: int) -> str:
+    """The channel a job's insert and cancel request are notified on: its slot's."""
+    return f"orchestrator_jobs_{slot}"
 
 
 class Database:
@@ -187,28 +195,29 @@ class Database:
         job_id: uuid.UUID,
         *,
         deadline_s: float,
-        epoch: int | None = None,
+        fence: Fence | None = None,
     ) -> Admission:
         """Take a seat, debit the plan's price and move the job to `starting`, atomically.
 
         The database reads the price and the seat limit from the user's plan;
-        no caller names an amount.
-
-        With an `epoch`, nothing is admitted unless it is the current intake
-        leader's (`not_leader`): a daemon that lost leadership is fenced off.
+        no caller names an amount. With a `fence`, the job's slot must still be
+        held under it, and the job records the epoch it was admitted under.
 
         Raises:
             UnknownJob: no such job.
+            Fenced: the fence is no longer the slot's live lease; nothing changed.
         """
-        return await self._connector.run(_transitions.admit, job_id, deadline_s, epoch)
+        return await self._connector.run(_transitions.admit, job_id, deadline_s, fence)
 
-    async def take_intake_epoch(self) -> int:
-        """Become the intake leader of record; admissions with older epochs are refused."""
-        return await self._connector.run(_transitions.take_intake_epoch)
+    async def reject(
+        self, job_id: uuid.UUID, code: ErrorCode, message: str, *, fence: Fence | None = None
+    ) -> bool:
+        """Refuse a queued job without charge; False when it was no longer queued.
 
-    async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
-        """Refuse a queued job without charge; False when it was no longer queued."""
-        return await self._connector.run(_transitions.reject, job_id, code, message)
+        Raises:
+            Fenced: the fence is no longer the slot's live lease; nothing changed.
+        """
+        return await self._connector.run(_transitions.reject, job_id, code, message, fence)
 
     async def finish(
         self,
@@ -218,6 +227,7 @@ class Database:
         code: ErrorCode | None = None,
         message: str | None = None,
         outputs: tuple[StoredOutput, ...] = (),
+        fence: Fence | None = None,
     ) -> Finish:
         """End an admitted job with its outputs and the refund it is owed, atomically.
 
@@ -229,36 +239,92 @@ class Database:
         Raises:
             UnknownJob: no such job.
             IntegrityViolation: the job was never admitted.
+            Fenced: the fence is no longer the slot's live lease; nothing changed.
         """
-        return await self._finishes.submit((job_id, status, code, message, outputs))
+        return await self._finishes.submit((job_id, status, code, message, outputs, fence))
 
     async def mark_processing(
-        self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
+        self,
+        job_id: uuid.UUID,
+        *,
+        provider: str,
+        prediction_id: str,
+        idx: int = 0,
+        fence: Fence | None = None,
     ) -> bool:
-        """Store output `idx`'s prediction id the moment it is known; False if the job ended."""
+        """Store output `idx`'s prediction id the moment it is known; False if the job ended.
+
+        Raises:
+            Fenced: the fence is no longer the slot's live lease; nothing changed.
+        """
         return await self._connector.run_reserved(
-            _transitions.mark_processing, job_id, provider, prediction_id, idx
+            _transitions.mark_processing, job_id, provider, prediction_id, idx, fence
         )
 
     async def route(self, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
         return await self._connector.run(_routing.route, job_ids)
 
-    async def queued(self, *, limit: int = 10_000, per_user: int = 256) -> list[JobRef]:
-        """Queued jobs and in-flight jobs with a cancel request, round robin over users."""
-        return await self._connector.run(_routing.queued, limit, per_user)
+    async def queued(
+        self, *, limit: int = 10_000, per_user: int = 256, slots: Sequence[int] = ALL_SLOTS
+    ) -> list[JobRef]:
+        """Queued jobs and in-flight jobs with a cancel request in `slots`, round robin."""
+        return await self._connector.run(_routing.queued, limit, per_user, slots)
 
-    async def in_flight(self) -> list[JobRef]:
-        return await self._connector.run(_routing.in_flight)
+    async def in_flight(self, *, slots: Sequence[int] = ALL_SLOTS) -> list[JobRef]:
+        return await self._connector.run_reserved(_routing.in_flight, slots)
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None:
         return await self._connector.run_reserved(_routing.in_flight_job, job_id)
 
-    async def orphaned(self, *, grace_s: float, limit: int = 1000) -> list[JobRef]:
+    async def orphaned(
+        self, *, grace_s: float, limit: int = 1000, slots: Sequence[int] = ALL_SLOTS
+    ) -> list[JobRef]:
         """In-flight jobs more than `grace_s` past their deadline: nobody is running them."""
-        return await self._connector.run(_routing.orphaned, grace_s, limit)
+        return await self._connector.run(_routing.orphaned, grace_s, limit, slots)
 
-    async def stuck(self, *, older_than_s: float, limit: int = 1000) -> list[JobRef]:
-        return await self._connector.run(_routing.stuck, older_than_s, limit)
+    async def stuck(
+        self, *, older_than_s: float, limit: int = 1000, slots: Sequence[int] = ALL_SLOTS
+    ) -> list[JobRef]:
+        return await self._connector.run(_routing.stuck, older_than_s, limit, slots)
+
+    def lease_session(self, *, timeout_s: float) -> LeaseSession:
+        """A session for lease rounds, to be used and closed on a thread of its own."""
+        return LeaseSession(self._connector.url, self._connector.role, timeout_s=timeout_s)
+
+    async def lease_round(
+        self,
+        member: str,
+        *,
+        ttl_s: float,
+        keep: Sequence[int],
+        take: Sequence[int],
+        info: Mapping[str, object],
+    ) -> list[_leases.HeldSlot]:
+        """Heartbeat, renew `keep`, take what is free of `take`, give up the rest held."""
+        return await self._connector.run_leases(
+            _leases.lease_round, member, ttl_s, keep, take, info
+        )
+
+    async def live_members(self) -> tuple[list[str], int]:
+        """The live members, and how many slots nobody holds a live lease on."""
+        return await self._connector.run_leases(_leases.live_members)
+
+    async def leave_cluster(self, member: str) -> int:
+        """Free every slot `member` holds and tell the others; how many were freed."""
+        return await self._connector.run_leases(_leases.leave, member)
+
+    async def prune_lease_history(self, *, older_than_s: float) -> int:
+        return await self._connector.run(_leases.prune, older_than_s)
+
+    async def notify_slot(self, job_id: uuid.UUID) -> None:
+        """Wake whichever daemon owns the job's slot."""
+        await self._connector.run(_leases.notify_slot, job_id)
+
+    async def cluster_members(self) -> list[_leases.MemberRow]:
+        return await self._connector.run(_leases.members)
+
+    async def cluster_owners(self) -> list[_leases.OwnerSummary]:
+        return await self._connector.run(_leases.owners)
 
     async def upstream_to_check(self, *, window_s: float, limit: int) -> list[UpstreamRef]:
         """Predictions that may still bill for jobs that ended within `window_s` seconds."""
@@ -293,8 +359,9 @@ class Database:
         return await self._connector.run(_audit.run)
 
     @asynccontextmanager
-    async def listen(self, channel: str = JOBS_CHANNEL) -> AsyncIterator[Listener]:
-        async with listen(self._connector, channel) as listener:
+    async def listen(self, *channels: str) -> AsyncIterator[Listener]:
+        """A LISTEN connection on `channels`; `Listener.add`/`remove` change them later."""
+        async with listen(self._connector, channels) as listener:
             yield listener
 
 

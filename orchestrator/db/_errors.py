@@ -9,6 +9,8 @@
      ├── UnknownJob             no job with that id (OR002)
      ├── IdempotencyConflict    a key reused for a different request (OR003)
      ├── InvalidRequest         an argument the database refuses (OR004, 22xxx)
+     ├── Fenced                 the partition lease the write carried is not
+     │                          held any more (OR008): drop the job, settle nothing
      └── IntegrityViolation     a guard of the money invariants fired
                                 (OR005-OR007, 23xxx): a bug or an attack,
                                 never a normal outcome
@@ -22,7 +24,7 @@ from typing import Final
 
 import asyncpg
 
-from orchestrator.exceptions import ExpectedFault
+from orchestrator.exceptions import ExpectedFault, FencedOff
 
 
 class DbError(Exception):
@@ -65,6 +67,10 @@ class IntegrityViolation(DbError):
     pass
 
 
+class Fenced(DbError, FencedOff):
+    """The write carried a lease epoch that is no longer the slot's live one."""
+
+
 _BY_SQLSTATE: Final[dict[str, type[DbError]]] = {
     "42501": PermissionDenied,
     "OR001": UnknownUser,
@@ -74,6 +80,7 @@ _BY_SQLSTATE: Final[dict[str, type[DbError]]] = {
     "OR005": IntegrityViolation,
     "OR006": IntegrityViolation,
     "OR007": IntegrityViolation,
+    "OR008": Fenced,
 }
 
 _BY_CLASS: Final[dict[str, type[DbError]]] = {

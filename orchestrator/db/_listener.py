@@ -3,38 +3,46 @@
 Notifications are only wake-up hints: when the buffer is full they are
 dropped (and counted), because the catch-up scan finds every queued job
 anyway. When the connection dies the channel ends, so the owner notices at
-once and reconnects.
+once and reconnects. The channels can change while it is open: a daemon
+listens on each partition slot it takes, before it scans that slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
 import asyncpg
+import attrs
 import trio
 
 from ._connector import Connector
 from ._errors import DbError, DbUnavailable, map_error
-from ._queries import queries
 
 _CLOSE_TIMEOUT_S: Final = 2.0
 
 
+@attrs.frozen
+class Notification:
+    channel: str
+    payload: str
+
+
 class Listener:
-    """Notifications from one LISTEN connection, and the leadership held on its session."""
+    """Notifications from one LISTEN connection, on the channels it listens to now."""
 
     def __init__(self, connector: Connector, conn: asyncpg.Connection, buffer: int) -> None:
         self._connector = connector
         self._conn = conn
-        self._send, self.notifications = trio.open_memory_channel[str](buffer)
+        self._send, self.notifications = trio.open_memory_channel[Notification](buffer)
+        self.channels: set[str] = set()
         self.dropped = 0
 
-    def deliver(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+    def deliver(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         """Hand a payload over from asyncpg's callback without ever blocking the connection."""
         try:
-            self._send.send_nowait(str(payload))
+            self._send.send_nowait(Notification(channel, str(payload)))
         except trio.WouldBlock:
             self.dropped += 1
         except trio.ClosedResourceError:
@@ -43,24 +51,48 @@ class Listener:
     def close(self, _conn: object = None) -> None:
         self._send.close()
 
-    async def try_lead(self) -> bool:
-        """Take intake leadership on this session, unless another daemon holds it.
+    async def add(self, channels: Iterable[str]) -> None:
+        """LISTEN on more channels; those already listened to are skipped.
 
         Raises:
             DbUnavailable: the connection is gone.
         """
-        query = queries()["try_intake_leadership"]
+        fresh = sorted(set(channels) - self.channels)
+        await self._call(_each(self._conn.add_listener, fresh, self.deliver))
+        self.channels.update(fresh)
+
+    async def remove(self, channels: Iterable[str]) -> None:
+        """UNLISTEN; what is still queued for those channels may arrive anyway.
+
+        Raises:
+            DbUnavailable: the connection is gone.
+        """
+        gone = sorted(set(channels) & self.channels)
+        self.channels.difference_update(gone)
+        await self._call(_each(self._conn.remove_listener, gone, self.deliver))
+
+    async def _call(self, coroutine: Awaitable[None]) -> None:
         try:
-            return bool(await self._connector.call(self._conn.fetchval(query)))
+            await self._connector.call(coroutine)
         except Exception as exc:
             raise (map_error(exc) or DbUnavailable(str(exc))) from exc
 
 
+async def _each(
+    method: Callable[[str, Callable[..., None]], Awaitable[None]],
+    channels: Sequence[str],
+    callback: Callable[..., None],
+) -> None:
+    """(UN)LISTEN on many channels in one crossing of the bridge: a slot's take is one call."""
+    for channel in channels:
+        await method(channel, callback)
+
+
 @asynccontextmanager
 async def listen(
-    connector: Connector, channel: str, *, buffer: int = 4096
+    connector: Connector, channels: Iterable[str], *, buffer: int = 4096
 ) -> AsyncIterator[Listener]:
-    """LISTEN on `channel` for the lifetime of the block, on its own connection.
+    """LISTEN on `channels` for the lifetime of the block, on its own connection.
 
     Raises:
         DbUnavailable: the connection could not be made.
@@ -73,11 +105,8 @@ async def listen(
         raise (map_error(exc) or DbUnavailable(str(exc))) from exc
     listener = Listener(connector, conn, buffer)
     try:
-        try:
-            conn.add_termination_listener(listener.close)
-            await connector.call(conn.add_listener(channel, listener.deliver))
-        except Exception as exc:
-            raise (map_error(exc) or DbUnavailable(str(exc))) from exc
+        conn.add_termination_listener(listener.close)
+        await listener.add(channels)
         yield listener
     finally:
         listener.close()

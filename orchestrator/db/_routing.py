@@ -21,6 +21,7 @@ def _ref(row: asyncpg.Record) -> JobRef:
         status=JobStatus(row["status"]),
         cancel_requested=row["cancel_requested"],
         prediction_ids=tuple(row.get("prediction_ids") or ()),
+        slot=row["slot"],
     )
 
 
@@ -28,12 +29,13 @@ async def route(pool: Pool, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
     return [_ref(row) for row in await pool.fetch(queries()["route_jobs"], list(job_ids))]
 
 
-async def queued(pool: Pool, limit: int, per_user: int) -> list[JobRef]:
-    return [_ref(row) for row in await pool.fetch(queries()["queued_jobs"], limit, per_user)]
+async def queued(pool: Pool, limit: int, per_user: int, slots: Sequence[int]) -> list[JobRef]:
+    rows = await pool.fetch(queries()["queued_jobs"], limit, per_user, list(slots))
+    return [_ref(row) for row in rows]
 
 
-async def in_flight(pool: Pool) -> list[JobRef]:
-    return [_ref(row) for row in await pool.fetch(queries()["in_flight_jobs"])]
+async def in_flight(pool: Pool, slots: Sequence[int]) -> list[JobRef]:
+    return [_ref(row) for row in await pool.fetch(queries()["in_flight_jobs"], list(slots))]
 
 
 async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
@@ -44,9 +46,11 @@ async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
     return InFlight(_rows.job(row), row["remaining_s"], predictions)
 
 
-async def stuck(pool: Pool, older_than_s: float, limit: int) -> list[JobRef]:
-    return [_ref(row) for row in await pool.fetch(queries()["stuck_jobs"], older_than_s, limit)]
+async def stuck(pool: Pool, older_than_s: float, limit: int, slots: Sequence[int]) -> list[JobRef]:
+    rows = await pool.fetch(queries()["stuck_jobs"], older_than_s, limit, list(slots))
+    return [_ref(row) for row in rows]
 
 
-async def orphaned(pool: Pool, grace_s: float, limit: int) -> list[JobRef]:
-    return [_ref(row) for row in await pool.fetch(queries()["orphaned_jobs"], grace_s, limit)]
+async def orphaned(pool: Pool, grace_s: float, limit: int, slots: Sequence[int]) -> list[JobRef]:
+    rows = await pool.fetch(queries()["orphaned_jobs"], grace_s, limit, list(slots))
+    return [_ref(row) for row in rows]

@@ -34,6 +34,7 @@ def job(row: asyncpg.Record) -> Job:
         admitted_at=row["admitted_at"],
         finished_at=row["finished_at"],
         params_error=params_error,
+        slot=row.get("slot", 0),
     )
 
 

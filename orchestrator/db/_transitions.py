@@ -1,8 +1,11 @@
 """The transitions that move money: admit, reject, finish. Each one transaction.
 
-The SQL functions behind them (`admit_job_v1`, `finish_job_v1` in schema.sql)
+The SQL functions behind them (`admit_job_v3`, `finish_job_v3` in schema.sql)
 keep the debit with the move to `starting`, and the refund with the terminal
 status, so no crash can separate a charge from the state that justifies it.
+Each write carries the daemon's `Fence` on the job's slot (or none, for tools
+and tests) and is refused as a whole when that lease is no longer live.
+
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from orchestrator.lifecycle import (
     Admission,
     AdmissionContext,
     ErrorCode,
+    Fence,
     Finish,
     JobStatus,
     Plan,
@@ -54,14 +58,18 @@ async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext |
     return AdmissionContext(job=_rows.job(row), usage=usage, now=row["now"])
 
 
+def _fence(fence: Fence | None) -> tuple[str | None, int | None]:
+    return (None, None) if fence is None else (fence.member, fence.epoch)
+
+
 async def admit(
     pool: Pool,
     job_id: uuid.UUID,
     deadline_s: float,
-    epoch: int | None,
+    fence: Fence | None,
 ) -> Admission:
     try:
-        row = await pool.fetchrow(queries()["admit_job"], job_id, deadline_s, epoch)
+        row = await pool.fetchrow(queries()["admit_job"], job_id, deadline_s, *_fence(fence))
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "jobs_one_job_per_seat":
             return Admission("no_seat")  # another daemon took the seat first
@@ -72,16 +80,24 @@ async def admit(
     )
 
 
-async def reject(pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
+async def reject(
+    pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str, fence: Fence | None
+) -> bool:
     """Reject a queued job; False when it was no longer queued."""
-    return bool(await pool.fetchval(queries()["reject_job"], job_id, code.value, message))
+    query = queries()["reject_job"]
+    return bool(await pool.fetchval(query, job_id, code.value, message, *_fence(fence)))
 
 
 async def mark_processing(
-    pool: Pool, job_id: uuid.UUID, provider: str, prediction_id: str, idx: int
+    pool: Pool,
+    job_id: uuid.UUID,
+    provider: str,
+    prediction_id: str,
+    idx: int,
+    fence: Fence | None,
 ) -> bool:
-    q = queries()
-    return bool(await pool.fetchval(q["mark_processing"], job_id, provider, prediction_id, idx))
+    query = queries()["mark_processing"]
+    return bool(await pool.fetchval(query, job_id, provider, prediction_id, idx, *_fence(fence)))
 
 
 async def finish(
@@ -91,6 +107,7 @@ async def finish(
     code: ErrorCode | None,
     message: str | None,
     outputs: tuple[StoredOutput, ...],
+    fence: Fence | None,
 ) -> Finish:
     """Record outputs and end the job in one statement, so both or neither happen.
 
@@ -103,12 +120,15 @@ async def finish(
         code.value if code else None,
         None if message is None else clean_text(message),
         [attrs.asdict(output) for output in outputs] if outputs else None,
+        *_fence(fence),
     )
     assert row is not None  # noqa: S101  (the function always returns one row)
     return Finish(JobStatus(row["status"]), row["refunded"], row["balance"])
 
 
-FinishItem = tuple[uuid.UUID, JobStatus, ErrorCode | None, str | None, tuple[StoredOutput, ...]]
+FinishItem = tuple[
+    uuid.UUID, JobStatus, ErrorCode | None, str | None, tuple[StoredOutput, ...], Fence | None
+]
 
 
 async def finish_many(pool: Pool, items: Sequence[FinishItem]) -> list[Finish]:
@@ -120,13 +140,10 @@ async def finish_many(pool: Pool, items: Sequence[FinishItem]) -> list[Finish]:
             "code": code.value if code else None,
             "message": None if message is None else clean_text(message),
             "outputs": [attrs.asdict(output) for output in outputs] if outputs else None,
+            "member": None if fence is None else fence.member,
+            "epoch": None if fence is None else fence.epoch,
         }
-        for job_id, status, code, message, outputs in items
+        for job_id, status, code, message, outputs, fence in items
     ]
     rows = await pool.fetch(queries()["finish_jobs"], payload)
     return [Finish(JobStatus(row["status"]), row["refunded"], row["balance"]) for row in rows]
-
-
-async def take_intake_epoch(pool: Pool) -> int:
-    epoch: int = await pool.fetchval(queries()["take_intake_epoch"])
-    return epoch

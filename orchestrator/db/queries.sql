@@ -62,7 +62,7 @@ SELECT amount, balance FROM orchestrator.refund_job_v1($1, $2);
 SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.error_code,
        j.error_message, j.idempotency_key, j.prediction_id, j.deadline_at,
        j.cancel_requested_at, j.partial, j.created_at, j.updated_at, j.admitted_at,
-       j.finished_at,
+       j.finished_at, j.slot,
        a.balance, a.plan, a.last_admitted_at,
        p.monthly_generations, p.max_inflight, p.min_seconds_between, p.cost_per_output,
        (SELECT count(*) FROM orchestrator.jobs i
@@ -85,39 +85,42 @@ SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.e
 
 -- name: admit_job
 -- Seat, debit at the plan's price, ledger row and `starting`, in one
--- transaction (see admit_job_v2); the caller names no amount.
+-- transaction fenced by the slot's lease (see admit_job_v3); the caller names
+-- no amount.
 SELECT outcome, seat, cost, balance,
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS deadline_s
-  FROM orchestrator.admit_job_v2($1, $2, $3);
+  FROM orchestrator.admit_job_v3($1, $2, $3, $4);
 
 -- name: reject_job
--- A queued job refused at admission, never charged (see reject_job_v1).
-SELECT orchestrator.reject_job_v1($1, $2, $3);
+-- A queued job refused at admission, never charged (see reject_job_v2).
+SELECT orchestrator.reject_job_v2($1, $2, $3, $4, $5);
 
 -- name: finish_job
 -- Outputs, terminal status, seat release and the refund the database computes
--- from what was stored, in one transaction (see finish_job_v2).
-SELECT status, refunded, balance FROM orchestrator.finish_job_v2($1, $2, $3, $4, $5);
+-- from what was stored, in one transaction (see finish_job_v3).
+SELECT status, refunded, balance FROM orchestrator.finish_job_v3($1, $2, $3, $4, $5, $6, $7);
 
 -- name: finish_jobs
 -- Several finishes in one statement (group commit): $1 is a JSON array of
--- {id, status, code, message, outputs}; one row back per item, in order.
+-- {id, status, code, message, outputs, member, epoch}; one row back per item,
+-- in order.
 SELECT f.status, f.refunded, f.balance
   FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a (item, n)
- CROSS JOIN LATERAL orchestrator.finish_job_v2(
+ CROSS JOIN LATERAL orchestrator.finish_job_v3(
            (a.item ->> 'id')::uuid, a.item ->> 'status', a.item ->> 'code',
            a.item ->> 'message',
-           CASE WHEN jsonb_typeof(a.item -> 'outputs') = 'array' THEN a.item -> 'outputs' END
+           CASE WHEN jsonb_typeof(a.item -> 'outputs') = 'array' THEN a.item -> 'outputs' END,
+           a.item ->> 'member', (a.item ->> 'epoch')::bigint
        ) AS f
  ORDER BY a.n;
 
 -- name: mark_processing
--- Record a prediction the moment the provider names it (see record_prediction_v1).
-SELECT orchestrator.record_prediction_v1($1, $2, $3, $4);
+-- Record a prediction the moment the provider names it (see record_prediction_v2).
+SELECT orchestrator.record_prediction_v2($1, $2, $3, $4, $5, $6);
 
 -- name: route_jobs
 -- Who owns each notified job and what it needs: admission or a cancel.
-SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
+SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requested
   FROM orchestrator.jobs
  WHERE id = ANY($1::uuid[]);
 
@@ -125,24 +128,27 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
 -- Catch-up scan: queued jobs (their notification may have been lost), and
 -- in-flight jobs whose cancellation was requested. Fair across users: each
 -- user's oldest first, then everyone's second, and so on, at most $2 per user,
--- so one user's backlog of thousands hides nobody else's job.
-SELECT id, user_id, status, cancel_requested
-  FROM (SELECT id, user_id, status, created_at,
+-- so one user's backlog of thousands hides nobody else's job. Only the slots
+-- in $3 (this daemon's).
+SELECT id, user_id, slot, status, cancel_requested
+  FROM (SELECT id, user_id, slot, status, created_at,
                cancel_requested_at IS NOT NULL AS cancel_requested,
                row_number() OVER (PARTITION BY user_id ORDER BY created_at, id) AS turn
           FROM orchestrator.jobs
-         WHERE status = 'queued'
-            OR (status IN ('starting', 'processing') AND cancel_requested_at IS NOT NULL)
+         WHERE slot = ANY($3::integer[])
+           AND (status = 'queued'
+                OR (status IN ('starting', 'processing') AND cancel_requested_at IS NOT NULL))
        ) pending
  WHERE turn <= $2
  ORDER BY turn, created_at, id
  LIMIT $1;
 
 -- name: in_flight_jobs
--- Recovery at start: every job a previous run left between admission and its end.
-SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
+-- Recovery when a daemon takes slots ($1): every job of theirs left between
+-- admission and its end, by whoever held them before.
+SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requested
   FROM orchestrator.jobs
- WHERE status IN ('starting', 'processing')
+ WHERE slot = ANY($1::integer[]) AND status IN ('starting', 'processing')
  ORDER BY created_at, id;
 
 -- name: in_flight_job
@@ -150,7 +156,7 @@ SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
 -- measured on the database's clock, the same clock that set the deadline.
 SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
        error_message, idempotency_key, prediction_id, deadline_at,
-       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at,
+       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot,
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s,
        (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
           FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions
@@ -161,22 +167,25 @@ SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
 -- Jobs the sweeper ends: queued longer than the stuck limit, or in flight that
 -- long past their deadline (not past their submission: a backlog admitted
 -- after an outage is not stuck), with every prediction to cancel upstream.
-SELECT j.id, j.user_id, j.status, j.cancel_requested_at IS NOT NULL AS cancel_requested,
+SELECT j.id, j.user_id, j.slot, j.status,
+       j.cancel_requested_at IS NOT NULL AS cancel_requested,
        coalesce((SELECT array_agg(p.prediction_id) FROM orchestrator.predictions p
                   WHERE p.job_id = j.id), '{}') AS prediction_ids
   FROM orchestrator.jobs j
- WHERE (j.status = 'queued' AND j.created_at < clock_timestamp() - make_interval(secs => $1))
-    OR (j.status IN ('starting', 'processing')
-        AND coalesce(j.deadline_at, j.created_at) < clock_timestamp() - make_interval(secs => $1))
+ WHERE j.slot = ANY($3::integer[])
+   AND ((j.status = 'queued' AND j.created_at < clock_timestamp() - make_interval(secs => $1))
+        OR (j.status IN ('starting', 'processing')
+            AND coalesce(j.deadline_at, j.created_at)
+                < clock_timestamp() - make_interval(secs => $1)))
  ORDER BY j.created_at
  LIMIT $2;
 
 -- name: orphaned_jobs
 -- In-flight jobs well past their deadline: whatever ran them is gone (a crash,
--- a lost settle), so the intake leader resumes them to settle and refund.
-SELECT id, user_id, status, cancel_requested_at IS NOT NULL AS cancel_requested
+-- a lost settle), so their slot's owner resumes them to settle and refund.
+SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requested
   FROM orchestrator.jobs
- WHERE status IN ('starting', 'processing')
+ WHERE slot = ANY($3::integer[]) AND status IN ('starting', 'processing')
    AND deadline_at < clock_timestamp() - make_interval(secs => $1)
  ORDER BY deadline_at
  LIMIT $2;
@@ -202,7 +211,7 @@ RETURNING event_id;
 WITH job AS (
     SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
            error_message, idempotency_key, prediction_id, deadline_at,
-           cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at
+           cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot
       FROM orchestrator.jobs
      WHERE id = $1
 ), fresh AS (
@@ -231,14 +240,70 @@ UPDATE orchestrator.outputs SET deleted_at = clock_timestamp()
  WHERE job_id = $1 AND deleted_at IS NULL
 RETURNING idx;
 
--- name: try_intake_leadership
--- Session lock held on the LISTEN connection: one daemon at a time admits and
--- recovers; it is released the moment that daemon's session ends.
-SELECT pg_try_advisory_lock(hashtext('orchestrator.intake'));
+-- name: lease_round
+-- Heartbeat, give up, renew and take slots in one statement (see lease_round_v1).
+SELECT slot, epoch, taken, valid_s FROM orchestrator.lease_round_v1($1, $2, $3, $4, $5);
 
--- name: take_intake_epoch
--- A new intake leader's fencing token: admissions carrying an older one are refused.
-SELECT orchestrator.take_intake_epoch_v1();
+-- name: live_members
+-- The members whose heartbeat has not expired, on the database's clock, and
+-- how many slots nobody holds a live lease on.
+SELECT coalesce(array_agg(m.member_id ORDER BY m.member_id), '{}') AS members,
+       (SELECT count(*) FROM orchestrator.partition_leases l
+         WHERE l.owner IS NULL OR l.expires_at <= clock_timestamp()) AS unowned
+  FROM orchestrator.members m
+ WHERE m.expires_at > clock_timestamp();
+
+-- name: leave_cluster
+-- Free every slot of a member and tell the others (see leave_cluster_v1).
+SELECT orchestrator.leave_cluster_v1($1);
+
+-- name: prune_lease_history
+-- Forget old lease history and departed members (see prune_lease_history_v1).
+SELECT orchestrator.prune_lease_history_v1($1);
+
+-- name: notify_slot
+-- Wake the owner of a job's slot for a webhook that reached another daemon:
+-- `wake:<job id>`, so the owner polls it now (or resumes it).
+SELECT pg_notify('orchestrator_jobs_' || slot::text, 'wake:' || id::text)
+  FROM orchestrator.jobs WHERE id = $1;
+
+-- name: cluster_members
+-- `orchestrator cluster`: every member, live or not, with the slots it holds
+-- and the queue of those slots.
+SELECT m.member_id, m.info, m.started_at, m.heartbeat_at,
+       m.expires_at > clock_timestamp() AS alive,
+       extract(epoch FROM clock_timestamp() - m.heartbeat_at)::float8 AS heartbeat_age_s,
+       coalesce(array_agg(l.slot ORDER BY l.slot) FILTER (WHERE l.slot IS NOT NULL), '{}')
+           AS slots,
+       coalesce(max(l.epoch), 0) AS max_epoch
+  FROM orchestrator.members m
+  LEFT JOIN orchestrator.partition_leases l
+         ON l.owner = m.member_id AND l.expires_at > clock_timestamp()
+ GROUP BY m.member_id
+ ORDER BY m.member_id;
+
+-- name: cluster_slots
+-- Per owner (NULL: unowned or expired): slots, the highest epoch, and the
+-- jobs of those slots that are queued or in flight, with the oldest queued.
+WITH owned AS (
+    SELECT l.slot, l.epoch,
+           CASE WHEN l.expires_at > clock_timestamp() THEN l.owner END AS owner
+      FROM orchestrator.partition_leases l
+), work AS (
+    SELECT j.slot, count(*) FILTER (WHERE j.status = 'queued') AS queued,
+           count(*) FILTER (WHERE j.status IN ('starting', 'processing')) AS in_flight,
+           min(j.created_at) FILTER (WHERE j.status = 'queued') AS oldest_queued
+      FROM orchestrator.jobs j
+     WHERE j.status IN ('queued', 'starting', 'processing')
+     GROUP BY j.slot
+)
+SELECT o.owner, count(*) AS slots, max(o.epoch) AS max_epoch,
+       coalesce(sum(w.queued), 0)::bigint AS queued,
+       coalesce(sum(w.in_flight), 0)::bigint AS in_flight,
+       extract(epoch FROM clock_timestamp() - min(w.oldest_queued))::float8 AS oldest_queued_s
+  FROM owned o LEFT JOIN work w ON w.slot = o.slot
+ GROUP BY o.owner
+ ORDER BY o.owner NULLS LAST;
 
 -- name: get_account
 -- One account with its plan.
@@ -256,7 +321,7 @@ SELECT orchestrator.request_cancel($1);
 -- One job by id.
 SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
        error_message, idempotency_key, prediction_id, deadline_at,
-       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at
+       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot
   FROM orchestrator.jobs
  WHERE id = $1;
 
@@ -264,7 +329,7 @@ SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
 -- Newest jobs first, of one user or of everyone ($1 null).
 SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
        error_message, idempotency_key, prediction_id, deadline_at,
-       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at
+       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot
   FROM orchestrator.jobs
  WHERE $1::text IS NULL OR user_id = $1
  ORDER BY created_at DESC, id DESC

@@ -20,6 +20,7 @@ from orchestrator.lifecycle import (
     Admission,
     AdmissionContext,
     ErrorCode,
+    Fence,
     Finish,
     InFlight,
     Job,
@@ -30,7 +31,7 @@ from orchestrator.lifecycle import (
     Usage,
 )
 
-from ._errors import IntegrityViolation, InvalidRequest, UnknownJob, UnknownUser
+from ._errors import Fenced, IntegrityViolation, InvalidRequest, UnknownJob, UnknownUser
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 _ALIVE = {JobStatus.QUEUED, JobStatus.STARTING, JobStatus.PROCESSING}
@@ -68,6 +69,8 @@ class InMemoryStore:
         self.calls: list[tuple[str, uuid.UUID]] = []
         # upstream_predictions: prediction id -> (ref, status last seen, cancel sent)
         self.upstream: dict[str, tuple[UpstreamRef, str | None, bool]] = {}
+        # partition_leases: slot -> the fence that holds it (fenced writes need a match)
+        self.leases: dict[int, Fence] = {}
 
     def now(self) -> datetime:
         return _EPOCH + timedelta(seconds=trio.current_time())
@@ -144,15 +147,15 @@ class InMemoryStore:
         job_id: uuid.UUID,
         *,
         deadline_s: float,
-        epoch: int | None = None,
+        fence: Fence | None = None,
     ) -> Admission:
-        del epoch  # one store, one leader
         self.calls.append(("admit", job_id))
         job = self._job(job_id)
         if job.status is not JobStatus.QUEUED:
             return Admission("not_queued")
         if job.cancel_requested_at is not None:
             return Admission("canceled")
+        self._check_fence(job, fence)
         account = self.accounts.get(job.user_id)
         if account is None:
             raise UnknownUser(f"unknown user {job.user_id}")
@@ -174,11 +177,19 @@ class InMemoryStore:
         )
         return Admission("admitted", seat, account.balance, deadline_s, cost=cost)
 
-    async def reject(self, job_id: uuid.UUID, code: ErrorCode, message: str) -> bool:
+    def _check_fence(self, job: Job, fence: Fence | None) -> None:
+        """A fenced write needs the slot's lease (`leases`) to be exactly this fence."""
+        if fence is not None and self.leases.get(job.slot) != fence:
+            raise Fenced(f"slot {job.slot} is not held under {fence}")
+
+    async def reject(
+        self, job_id: uuid.UUID, code: ErrorCode, message: str, *, fence: Fence | None = None
+    ) -> bool:
         self.calls.append(("reject", job_id))
         job = self._job(job_id)
         if job.status is not JobStatus.QUEUED:
             return False
+        self._check_fence(job, fence)
         canceled = code is ErrorCode.CANCELED
         self.jobs[job_id] = attrs.evolve(
             job,
@@ -191,12 +202,19 @@ class InMemoryStore:
         return True
 
     async def mark_processing(
-        self, job_id: uuid.UUID, *, provider: str, prediction_id: str, idx: int = 0
+        self,
+        job_id: uuid.UUID,
+        *,
+        provider: str,
+        prediction_id: str,
+        idx: int = 0,
+        fence: Fence | None = None,
     ) -> bool:
         self.calls.append(("mark_processing", job_id))
         job = self._job(job_id)
         if not job.status.in_flight:
             return False
+        self._check_fence(job, fence)
         replaced = self.predictions.setdefault(job_id, {}).get(idx)
         if replaced is not None and replaced != prediction_id:
             ref = UpstreamRef(provider, replaced, job_id, idx, "replaced")
@@ -215,11 +233,13 @@ class InMemoryStore:
         code: ErrorCode | None = None,
         message: str | None = None,
         outputs: tuple[StoredOutput, ...] = (),
+        fence: Fence | None = None,
     ) -> Finish:
         self.calls.append(("finish", job_id))
         job = self._job(job_id)
         if job.status.terminal:
             return Finish(job.status, 0, None)
+        self._check_fence(job, fence)
         if job.status is JobStatus.QUEUED:
             raise IntegrityViolation(f"job {job_id} was never admitted; reject it instead")
         if status is JobStatus.SUCCEEDED:

@@ -10,6 +10,7 @@ import enum
 import types
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Final, Protocol
 
 import attrs
@@ -126,12 +127,16 @@ class Provider(Protocol):
         """
         ...
 
-    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:
+    async def find_for_job(
+        self, job_id: uuid.UUID, output_index: int = 0, *, since: datetime | None = None
+    ) -> Prediction | None:
         """Find the prediction submitted for one output of a job whose id was never stored.
 
         Best effort: after a submit cut off by a deadline, a cancel or a crash, this is how
         the daemon re-attaches instead of paying twice, or cancels what nobody will use.
-        ``None`` means "not found", not "never submitted".
+        With ``since`` (the job's admission) the search reaches back to that moment
+        however many predictions were made after it, within a bound; without, it reads
+        the newest pages only. ``None`` means "not found", not "never submitted".
         """
         ...
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Final
 
 import httpx
@@ -132,7 +133,13 @@ class KieProvider:
             _envelope_code(envelope)
             return _parse_task(envelope["data"], self._token)
 
-    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:  # noqa: ARG002 -- the protocol fixes the signature
+    async def find_for_job(
+        self,
+        job_id: uuid.UUID,  # noqa: ARG002 -- the protocol fixes the signature
+        output_index: int = 0,  # noqa: ARG002
+        *,
+        since: datetime | None = None,  # noqa: ARG002
+    ) -> Prediction | None:
         """Always ``None``: KIE offers no task listing to search.
 
         A task whose id was lost can only come back through its callback, which carries the

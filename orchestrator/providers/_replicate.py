@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncGenerator, Mapping
+from datetime import datetime, timedelta
 from typing import Final
 
 import httpx
@@ -27,6 +28,8 @@ from ._http import (
 )
 
 _LABEL: Final = "replicate"
+# A prediction is created after its job's admission; this covers clock skew with the API.
+_FIND_SLACK: Final = timedelta(minutes=1)
 _MODEL: Final = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
 
 
@@ -45,6 +48,8 @@ class ReplicateProvider:
         model: ``owner/name`` of an official model; mutually exclusive with ``version``.
         version: Model version id, for ``POST /v1/predictions``.
         find_max_pages: How many listing pages `find_for_job` and `recent` read at most.
+        find_since_max_pages: The bound on pages for a `find_for_job` that reaches back
+            to a job's admission.
 
     Raises:
         ValueError: Neither or both of ``model`` and ``version``, or a malformed ``model``.
@@ -59,19 +64,21 @@ class ReplicateProvider:
         model: str | None = None,
         version: str | None = None,
         find_max_pages: int = 10,
+        find_since_max_pages: int = 100,
     ) -> None:
         if (model is None) == (version is None):
             raise ValueError("give exactly one of model ('owner/name') or version")
         if model is not None and _MODEL.fullmatch(model) is None:
             raise ValueError("model must look like 'owner/name'")
-        if find_max_pages < 1:
-            raise ValueError("find_max_pages must be at least 1")
+        if find_max_pages < 1 or find_since_max_pages < 1:
+            raise ValueError("find_max_pages and find_since_max_pages must be at least 1")
         self._client = client
         self._base_url = base_url.rstrip("/")
         self._token = token
         self._model = model
         self._version = version
         self._find_max_pages = find_max_pages
+        self._find_since_max_pages = find_since_max_pages
 
     def __repr__(self) -> str:
         target = f"model={self._model!r}" if self._model else f"version={self._version!r}"
@@ -133,16 +140,19 @@ class ReplicateProvider:
         with self._mapped_errors("webhook"):
             return _parse_prediction(json.loads(body), (self._token,))
 
-    async def find_for_job(self, job_id: uuid.UUID, output_index: int = 0) -> Prediction | None:
-        """Scan the newest listing pages for the prediction whose webhook names this output.
+    async def find_for_job(
+        self, job_id: uuid.UUID, output_index: int = 0, *, since: datetime | None = None
+    ) -> Prediction | None:
+        """Scan the listing for the prediction whose webhook names this output.
 
-        With several matches the newest wins.
+        The newest `find_max_pages` pages, or with ``since`` back to a minute before it
+        (within `find_since_max_pages`). With several matches the newest wins.
 
         Raises:
             ProviderError: Any failure while listing; a later call may succeed.
         """
         with self._mapped_errors("list"):
-            async with contextlib.aclosing(self._tagged(strict=True)) as listing:
+            async with contextlib.aclosing(self._tagged(strict=True, since=since)) as listing:
                 async for tagged in listing:
                     if (tagged.job_id, tagged.output_index) == (job_id, output_index):
                         return tagged.prediction
@@ -191,15 +201,23 @@ class ReplicateProvider:
         except (ProviderProtocolError, KeyError, TypeError, ValueError):
             return None
 
-    async def _tagged(self, *, strict: bool) -> AsyncGenerator[TaggedPrediction]:
+    async def _tagged(
+        self, *, strict: bool, since: datetime | None = None
+    ) -> AsyncGenerator[TaggedPrediction]:
         """Tagged entries, newest first, over at most ``find_max_pages`` pages.
 
-        The listing holds every prediction of the account, including other models' with
-        outputs we cannot parse, so entries are only fully parsed once they carry our tag.
+        With ``since``, over as many pages as it takes to pass a minute before that moment
+        (at most ``find_since_max_pages``). The listing holds every prediction of the
+        account, including other models' with outputs we cannot parse, so entries are only
+        fully parsed once they carry our tag.
         """
         cursor: str | None = None
-        for _ in range(self._find_max_pages):
+        pages = self._find_max_pages if since is None else self._find_since_max_pages
+        horizon = None if since is None else since - _FIND_SLACK
+        for _ in range(pages):
             entries, cursor = await self._raw_page(cursor)
+            if horizon is not None and not any(_created_after(e, horizon) for e in entries):
+                cursor = None  # this page is older than the job: nothing further back is ours
             for entry in entries:
                 tag = webhook_tag(entry.get("webhook")) if isinstance(entry, Mapping) else None
                 if tag is None:
@@ -283,3 +301,17 @@ def _parse_output(output: object) -> tuple[str, ...]:
             return tuple(str(item) for item in output)
         case _:
             raise ProviderProtocolError("replicate: output is not a URL or a list of URLs")
+
+
+def _created_after(entry: object, moment: datetime) -> bool:
+    """Whether a listing entry was created after `moment`; unreadable dates count as after."""
+    created = entry.get("created_at") if isinstance(entry, Mapping) else None
+    if not isinstance(created, str):
+        return True
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        return True
+    return when >= moment
