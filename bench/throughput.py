@@ -13,6 +13,11 @@ latency is `admitted_at - created_at` per job (the submission's commit to the
 job's move to `starting`, both on the database clock).
 
     uv run python bench/throughput.py [--jobs 5000] [--users 200] [--rates 500,200] [--seconds 6]
+        [--daemons N]
+
+`--daemons N` runs N daemon processes on the one database; they split the
+partition slots between them before the phases start, and the CPU figure is
+their sum.
 
 `--profile FILE` attaches py-spy (`uv pip install py-spy`) to the daemon during
 phase 1 and writes collapsed stacks, to see where the daemon's time goes.
@@ -48,16 +53,38 @@ def _postgres_cpu_s() -> float:
     return total
 
 
-def _cpu_now(daemon: int, sim: int) -> tuple[float, float, float, float]:
-    """CPU so far of the daemon, the simulator, Postgres and this submitter."""
-    return cpu_seconds(daemon), cpu_seconds(sim), _postgres_cpu_s(), time.process_time()
-
-
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_now(daemons: list[subprocess.Popen[bytes]], sim: int) -> tuple[float, ...]:
+    """CPU so far of the daemons (summed), the simulator, Postgres and this submitter."""
+    daemon = sum(cpu_seconds(d.pid) for d in daemons)
+    return daemon, cpu_seconds(sim), _postgres_cpu_s(), time.process_time()
+
+
+async def _slots_split(url: str, daemons: int, limit_s: float) -> float:
+    """Seconds until `daemons` members own all 1024 slots between them (or the limit)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        try:
+            conn = await asyncpg.connect(url)
+            try:
+                owners = await conn.fetch(
+                    "SELECT owner, count(*) AS n FROM orchestrator.partition_leases"
+                    " WHERE expires_at > clock_timestamp() GROUP BY owner"
+                )
+            finally:
+                await conn.close()
+            if len(owners) == daemons and sum(r["n"] for r in owners) == 1024:
+                break
+        except (OSError, asyncpg.PostgresError):
+            pass
+        await asyncio.sleep(0.2)
+    return time.perf_counter() - started
 
 
 async def _prepare(url: str, users: int) -> list[str]:
@@ -164,6 +191,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="record the daemon with py-spy (collapsed stacks) to this file"
     )
+    parser.add_argument("--daemons", type=int, default=1, help="daemon processes (default 1)")
     args = parser.parse_args()
     sim_port = free_port()
     with fresh_database() as url:
@@ -177,7 +205,6 @@ def main() -> None:
             "ORCHESTRATOR_POLL_INITIAL": "0.05",
             "ORCHESTRATOR_DB_POOL_SIZE": "20",
             "ORCHESTRATOR_LOG_LEVEL": "warning",
-            "ORCHESTRATOR_HTTP_PORT": str(free_port()),
         }
         cli = [sys.executable, "-m", "orchestrator.cli"]
         sim = subprocess.Popen(
@@ -186,10 +213,17 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )
-        daemon = subprocess.Popen([*cli, "run"], env=env, cwd=ROOT)
+        daemons = [
+            subprocess.Popen(
+                [*cli, "run"], env={**env, "ORCHESTRATOR_HTTP_PORT": str(free_port())}, cwd=ROOT
+            )
+            for _ in range(args.daemons)
+        ]
+        daemon = daemons[0]
         profiler = None
         try:
-            time.sleep(2.0)
+            split_s = asyncio.run(_slots_split(url, args.daemons, limit_s=60))
+            print(f"{args.daemons} daemon(s) own all 1024 slots after {split_s:.1f} s")
             if args.profile:
                 profiler = subprocess.Popen(
                     [
@@ -200,19 +234,9 @@ def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
                 time.sleep(1.0)
-            before = (
-                cpu_seconds(daemon.pid),
-                cpu_seconds(sim.pid),
-                _postgres_cpu_s(),
-                time.process_time(),
-            )
+            before = _cpu_now(daemons, sim.pid)
             asyncio.run(_phase(url, users, args.jobs, None, "throughput"))
-            after = (
-                cpu_seconds(daemon.pid),
-                cpu_seconds(sim.pid),
-                _postgres_cpu_s(),
-                time.process_time(),
-            )
+            after = _cpu_now(daemons, sim.pid)
             spent = [b - a for a, b in zip(before, after, strict=True)]
             per_k = [1000 * x / args.jobs for x in spent]
             print(
@@ -222,14 +246,17 @@ def main() -> None:
             )
             for rate in (float(r) for r in args.rates.split(",")):
                 asyncio.run(_phase(url, users, int(rate * args.seconds), rate, f"at {rate:g}/s"))
-            print(f"daemon peak RSS {_peak_rss_mib(daemon.pid):.0f} MiB")
+            peak = max(_peak_rss_mib(d.pid) for d in daemons)
+            print(f"daemon peak RSS {peak:.0f} MiB (the largest of {len(daemons)})")
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(30)
-            daemon.send_signal(signal.SIGTERM)
+            for each in daemons:
+                each.send_signal(signal.SIGTERM)
             sim.send_signal(signal.SIGTERM)
-            daemon.wait(30)
+            for each in daemons:
+                each.wait(60)
             sim.wait(30)
 
 

@@ -86,6 +86,7 @@ class Sweeper:
                 await self._end(ref)
             except FencedOff:
                 log.warning("sweeper.fenced", job_id=str(ref.id))
+                self._metrics.write_fenced("sweep")
             except Exception:
                 # One job's trouble must not keep the others stuck.
                 log.exception("sweeper.job_failed", job_id=str(ref.id))

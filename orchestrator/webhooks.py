@@ -97,6 +97,7 @@ class WebhookHandler:
         except Fenced:
             # The slot moved while we looked: the retry reaches the new owner's view.
             reply = Reply(503, "slot_moved")
+            self._metrics.write_fenced("webhook")
         self._metrics.webhooks.labels(provider=provider_name, result=reply.result).inc()
         if reply.status >= 400:  # noqa: PLR2004
             log.warning("webhook.rejected", provider=provider_name, result=reply.result)

@@ -17,7 +17,7 @@ import trio
 from actors import ActorConfig, Cancel, Offer, Registry, Resume, Submit
 from orchestrator.db import DbUnavailable
 from orchestrator.db.testing import InMemoryStore
-from orchestrator.lifecycle import ErrorCode, JobStatus, Plan
+from orchestrator.lifecycle import ErrorCode, Fence, JobStatus, Plan
 from orchestrator.providers import (
     Prediction,
     PredictionRequest,
@@ -89,6 +89,7 @@ class FakeProvider:
     async def find_for_job(
         self, job_id: uuid.UUID, output_index: int = 0, *, since: object = None
     ) -> Prediction | None:
+        del since  # the fake keeps every prediction: none is ever too old to find
         self.found.append(job_id)
         for prediction_id, (_, request) in reversed(self.predictions.items()):
             if (request.job_id, request.output_index) == (job_id, output_index):
@@ -136,7 +137,30 @@ class Rig:
                 await trio.sleep(0.01)
 
 
-async def make_rig(nursery: trio.Nursery, config: ActorConfig = CONFIG, **provider: object) -> Rig:
+@attrs.define
+class Leases:
+    """The slots this test daemon holds, and the fence of each."""
+
+    held: dict[int, Fence]
+
+    @property
+    def slots(self) -> list[int]:
+        return sorted(self.held)
+
+    def owns(self, slot: int) -> bool:
+        return slot in self.held
+
+    def fence(self, slot: int) -> Fence | None:
+        return self.held.get(slot)
+
+
+async def make_rig(
+    nursery: trio.Nursery,
+    config: ActorConfig = CONFIG,
+    *,
+    slots: Leases | None = None,
+    **provider: object,
+) -> Rig:
     store = InMemoryStore(
         plans={
             "free": Plan("free", 100, 2, 0.0, 1),
@@ -153,7 +177,7 @@ async def make_rig(nursery: trio.Nursery, config: ActorConfig = CONFIG, **provid
 
     store.finish = finish  # type: ignore[method-assign]
     fake = FakeProvider(**provider)  # type: ignore[arg-type]
-    registry = Registry(store=store, provider=fake, config=config)
+    registry = Registry(store=store, provider=fake, config=config, slots=slots)
     await nursery.start(registry.run)
     return Rig(store, fake, registry, finished_at)
 
@@ -496,3 +520,65 @@ async def test_with_webhooks_a_lost_webhook_is_caught_by_the_slow_safety_net_pol
     await rig.settled(job_id)
     assert rig.status(job_id) is JobStatus.SUCCEEDED
     assert rig.provider.gets == pytest.approx([15.0, 30.0], abs=0.05)
+
+
+async def test_a_graceful_hand_over_records_a_submit_already_sent_and_settles_nothing(
+    autojump_clock, nursery
+):
+    """Dropping a slot's work to hand it over waits for the id of a prediction in creation."""
+    rig = await make_rig(nursery, TAGGED, answer_delay=2.0)
+    rig.store.grant("hana", 5, plan="pro")
+    job_id = rig.submit("hana")
+    while not rig.provider.predictions:
+        await trio.sleep(0.01)
+    (actor,) = rig.registry.drop_slots(frozenset({0}), graceful=True)
+    with trio.fail_after(5):
+        await actor.done.wait()
+    assert rig.store.predictions[job_id] == {0: "p0"}  # recorded before the task stopped
+    assert rig.status(job_id) is JobStatus.PROCESSING  # handed over, not settled
+    assert rig.store.balance("hana") == 4
+    assert rig.registry.deliver("hana", Resume(job_id)) is Offer.ACCEPTED
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert list(rig.provider.predictions) == ["p0"]  # the next owner paid for nothing more
+    assert rig.store.balance("hana") == 4
+
+
+async def test_a_lost_lease_stops_a_job_at_once_even_mid_submit(autojump_clock, nursery):
+    """Without the lease no write would land, so nothing is waited for and nothing settled."""
+    rig = await make_rig(nursery, TAGGED, answer_delay=2.0)
+    rig.store.grant("lou", 5, plan="pro")
+    job_id = rig.submit("lou")
+    while not rig.provider.predictions:
+        await trio.sleep(0.01)
+    started = trio.current_time()
+    (actor,) = rig.registry.drop_slots(frozenset({0}))
+    await actor.done.wait()
+    assert trio.current_time() - started < 0.1
+    assert job_id not in rig.store.predictions
+    assert rig.status(job_id) is JobStatus.STARTING
+    assert rig.store.balance("lou") == 4
+    rig.registry.deliver("lou", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert rig.provider.found == [job_id]  # the next owner found the cut-off submit by its tag
+    assert list(rig.provider.predictions) == ["p0"]
+
+
+async def test_a_finish_refused_as_fenced_leaves_the_job_to_the_slots_new_owner(
+    autojump_clock, nursery
+):
+    """The store refuses a write under a stale epoch: the task stops, refunding nothing."""
+    mine = Fence("me", 1)
+    rig = await make_rig(nursery, slots=Leases({0: mine}))
+    rig.store.leases[0] = mine
+    rig.store.grant("fay", 5, plan="pro")
+    job_id = rig.submit("fay")
+    await trio.sleep(1.0)
+    assert rig.status(job_id) is JobStatus.PROCESSING
+    rig.store.leases[0] = Fence("thief", 2)  # the slot was taken while the job ran
+    await trio.sleep(60.0)
+    assert rig.status(job_id) is JobStatus.PROCESSING  # not settled by the loser
+    assert rig.store.balance("fay") == 4
+    assert rig.registry.running_jobs == 0
+    assert rig.registry.deliver("ann", Submit(uuid.uuid4()), slot=1) is Offer.CLOSED

@@ -3,12 +3,15 @@ to judge, and every write to a job is fenced by its slot's live lease."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import asyncpg
 import pytest
 import trio
 
 from orchestrator.db import Database, Fenced
+from orchestrator.leases import LeaseKeeper
 from orchestrator.lifecycle import ErrorCode, Fence, JobStatus
 
 from . import pg
@@ -168,3 +171,48 @@ def test_orchestrator_cluster_shows_members_their_slots_and_the_unowned(db_url: 
     assert "host-a:1:aa" in table
     assert "0-3, 9" in table
     assert "(nobody)" in table
+
+
+async def test_a_keeper_that_cannot_renew_drops_its_slots_before_they_can_expire(
+    db: Database, db_url: str
+):
+    """Trust ends at renewal start + TTL - margin, whatever the rounds do; then a new epoch."""
+    lost: list[frozenset[int]] = []
+    keeper = LeaseKeeper(
+        db, member="k1", ttl_s=2.0, renew_s=0.4, max_moves=1024, on_lost=lost.append
+    )
+
+    async def hold_the_leases(seconds: float) -> None:
+        async def hold() -> None:
+            conn = await asyncpg.connect(db_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE orchestrator.partition_leases")
+                    await asyncio.sleep(seconds)
+            finally:
+                await conn.close()
+
+        await trio.to_thread.run_sync(lambda: asyncio.run(hold()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(keeper.run)
+        assert len(keeper.slots) == 1024
+        before = keeper.fence(7)
+        assert before is not None
+        nursery.start_soon(hold_the_leases, 3.0)
+        with trio.fail_after(2.5):  # 2 s TTL - 0.4 s margin, from the last renewal's start
+            while keeper.owns(7):
+                await trio.sleep(0.02)
+        assert lost
+        assert 7 in lost[0]
+        rows = await pg.fetch(
+            db_url, "SELECT epoch FROM orchestrator.partition_leases WHERE slot = 7"
+        )
+        assert rows[0]["epoch"] == before.epoch  # nobody could take it meanwhile
+        with trio.fail_after(6):
+            while not keeper.owns(7):
+                await trio.sleep(0.05)
+        after = keeper.fence(7)
+        assert after is not None
+        assert after.epoch == before.epoch + 1  # taken anew, never the old epoch again
+        nursery.cancel_scope.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import trio
 
 from orchestrator.daemon import Daemon, serve
@@ -14,6 +15,7 @@ from orchestrator.placement import SLOTS
 
 from . import pg
 from .e2e import settings_for, start_simulator, wait_status, wait_terminal
+from .test_webhooks import SECRET, free_port, headers
 
 LEASES = {"lease_ttl_s": 2.0, "lease_renew_s": 0.3, "max_slot_moves": SLOTS}
 
@@ -212,3 +214,64 @@ async def test_a_crashed_daemons_slots_and_jobs_are_taken_over_after_the_lease_t
     assert writers["finish"] == {survivor.keeper.member}
     assert writers["admit"] == {doomed.keeper.member}
     assert (await db.audit()).ok
+
+
+async def test_a_webhook_that_reaches_another_daemon_wakes_the_owner_at_once(
+    nursery, db: Database, db_url: str
+):
+    """Behind a load balancer a webhook may hit any daemon: it wakes the slot's owner."""
+    provider = await start_simulator(
+        nursery, latency=(0.2, 0.3), webhook_secret=SECRET, webhook_failure_rate=1.0
+    )
+    ports = [free_port(), free_port()]
+    owner, other = [
+        await _start(
+            nursery,
+            settings_for(
+                db_url,
+                provider,
+                http_port=port,
+                public_url=f"http://127.0.0.1:{port}",
+                webhook_secret=SECRET,
+                webhook_poll_s=30.0,
+                job_deadline_s=20.0,
+                **LEASES,
+            ),
+            trio.CancelScope(),
+        )
+        for port in ports
+    ]
+    await _until(
+        lambda: (
+            len(owner.keeper.slots) + len(other.keeper.slots) == SLOTS
+            and min(len(owner.keeper.slots), len(other.keeper.slots)) > SLOTS // 4
+        )
+    )
+    user = await _user_owned_by(db_url, owner, "hook")
+    await db.grant(user, 5, plan="pro")
+    job_id = await db.submit_job(user, "told by a stranger")
+    await wait_status(db, job_id, "processing")
+    (row,) = await pg.fetch(
+        db_url, "SELECT prediction_id FROM orchestrator.predictions WHERE job_id = $1", job_id
+    )
+    async with httpx.AsyncClient(trust_env=False) as client:
+        with trio.fail_after(5):
+            while True:
+                body = (
+                    await client.get(f"{provider}/v1/predictions/{row['prediction_id']}")
+                ).content
+                if b'"succeeded"' in body:
+                    break
+                await trio.sleep(0.1)
+        told = trio.current_time()
+        reply = await client.post(
+            f"{other.http_url}/webhooks/replicate?job_id={job_id}&idx=0",
+            content=body,
+            headers=headers(body),
+        )
+    assert reply.status_code == 200
+    (job,) = await wait_terminal(db, [job_id], timeout=10)
+    assert job.status is JobStatus.SUCCEEDED
+    assert trio.current_time() - told < 5  # not the 30 s safety-net poll
+    assert other.registry.actor(user) is None  # the stranger ran nothing
+    assert (await _writers(db_url, job_id))["finish"] == {owner.keeper.member}
