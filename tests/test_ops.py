@@ -41,6 +41,8 @@ EXPECTED_ALERTS = {
     "ProviderErrorsHigh",
     "UpstreamPredictionsRunningForNothing",
     "UpstreamSuccessesUndelivered",
+    "PartitionSlotsUnowned",
+    "LeasesLost",
 }
 ANNOTATIONS = ("summary", "description", "runbook_url")
 METRIC_NAME = re.compile(r"\borchestrator_[a-z0-9_]+\b")
