@@ -50,9 +50,6 @@ class Connector:
     A second, smaller pool (`reserved`) serves the writes that end work already paid
     for (finishing a job, recording a prediction, recovery): a burst of admissions
     holding every connection of the main pool can then never make a finish wait.
-    A third, of one connection (`leases`), serves the lease rounds alone: a daemon that
-    cannot renew its partition leases in time must drop its work, so nothing queues
-    in front of them.
     """
 
     def __init__(
@@ -62,11 +59,9 @@ class Connector:
         loop: trio_asyncio.TrioEventLoop,
         role: Role | None = None,
         reserved: Pool | None = None,
-        leases: Pool | None = None,
     ) -> None:
         self._pool = pool
         self._reserved = reserved or pool
-        self._leases = leases or self._reserved
         self._loop = loop
         self.url = url
         self.role = role
@@ -98,14 +93,6 @@ class Connector:
             DbError: any failure of the driver or the server, mapped.
         """
         return await self._run_on(self._reserved, operation, *args, **kwargs)
-
-    async def run_leases(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`run` on the lease connection: lease rounds never wait behind other work.
-
-        Raises:
-            DbError: any failure of the driver or the server, mapped.
-        """
-        return await self._run_on(self._leases, operation, *args, **kwargs)
 
     async def _run_on(
         self, pool: Pool, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
@@ -245,11 +232,8 @@ async def _loop_and_pools(
             if not reserved_size:
                 yield Connector(pool, url, loop, role)
                 return
-            async with (
-                _pool(loop, url, reserved_size, reserved_size, role) as reserved,
-                _pool(loop, url, 1, 1, role) as leases,
-            ):
-                yield Connector(pool, url, loop, role, reserved, leases)
+            async with _pool(loop, url, reserved_size, reserved_size, role) as reserved:
+                yield Connector(pool, url, loop, role, reserved)
 
 
 @asynccontextmanager

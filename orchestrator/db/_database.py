@@ -301,17 +301,17 @@ class Database:
         info: Mapping[str, object],
     ) -> list[_leases.HeldSlot]:
         """Heartbeat, renew `keep`, take what is free of `take`, give up the rest held."""
-        return await self._connector.run_leases(
+        return await self._connector.run_reserved(
             _leases.lease_round, member, ttl_s, keep, take, info
         )
 
     async def live_members(self) -> tuple[list[str], int]:
         """The live members, and how many slots nobody holds a live lease on."""
-        return await self._connector.run_leases(_leases.live_members)
+        return await self._connector.run_reserved(_leases.live_members)
 
     async def leave_cluster(self, member: str) -> int:
         """Free every slot `member` holds and tell the others; how many were freed."""
-        return await self._connector.run_leases(_leases.leave, member)
+        return await self._connector.run_reserved(_leases.leave, member)
 
     async def prune_lease_history(self, *, older_than_s: float) -> int:
         return await self._connector.run(_leases.prune, older_than_s)
