@@ -49,6 +49,7 @@ from orchestrator.providers import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    ProviderUnreachable,
     cancel_within,
 )
 
@@ -340,6 +341,10 @@ class JobTask:
             except ProviderRateLimited as exc:
                 log.info("provider.rate_limited", operation="submit")
                 await trio.sleep(exc.retry_after or next(delays))
+            except ProviderUnreachable as exc:
+                # Nothing was sent, so nothing can be paid twice: try again within the deadline.
+                log.info("provider.retry", operation="submit", error=exc.summary)
+                await trio.sleep(next(delays))
             except (ProviderUnavailable, ProviderProtocolError) as exc:
                 # The prediction may exist even though we could not read the answer.
                 log.warning("provider.error", operation="submit", error=exc.summary)

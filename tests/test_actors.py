@@ -23,6 +23,7 @@ from orchestrator.providers import (
     PredictionRequest,
     PredictionStatus,
     ProviderRateLimited,
+    ProviderUnreachable,
     TaggedPrediction,
 )
 
@@ -44,6 +45,7 @@ class FakeProvider:
     # The prediction exists upstream this long before its id comes back.
     answer_delay: float = 0.0
     rate_limited_submits: int = 0
+    unreachable_submits: int = 0
     predictions: dict[str, tuple[float, PredictionRequest]] = attrs.Factory(dict)
     gets: list[float] = attrs.Factory(list)
     canceled: list[str] = attrs.Factory(list)
@@ -57,6 +59,9 @@ class FakeProvider:
         if self.rate_limited_submits:
             self.rate_limited_submits -= 1
             raise ProviderRateLimited("slow down", retry_after=2.0)
+        if self.unreachable_submits:
+            self.unreachable_submits -= 1
+            raise ProviderUnreachable("replicate submit: could not connect (ConnectTimeout)")
         await trio.sleep(self.submit_delay)
         prediction_id = f"p{len(self.predictions)}"
         self.predictions[prediction_id] = (trio.current_time(), request)
@@ -582,3 +587,17 @@ async def test_a_finish_refused_as_fenced_leaves_the_job_to_the_slots_new_owner(
     assert rig.store.balance("fay") == 4
     assert rig.registry.running_jobs == 0
     assert rig.registry.deliver("ann", Submit(uuid.uuid4()), slot=1) is Offer.CLOSED
+
+
+async def test_a_provider_that_cannot_be_reached_is_retried_within_the_deadline(
+    autojump_clock, nursery
+):
+    """No connection means nothing was sent: the submit is tried again, paid for once."""
+    rig = await make_rig(nursery, TAGGED, unreachable_submits=4)
+    rig.store.grant("uma", 5, plan="pro")
+    job_id = rig.submit("uma")
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert list(rig.provider.predictions) == ["p0"]
+    assert rig.provider.found == []  # nothing to look for: no request had gone out
+    assert rig.store.balance("uma") == 4

@@ -6,6 +6,8 @@ Each test here is one of the seeds' failures, shown impossible.
 from __future__ import annotations
 
 import collections
+import functools
+import socket
 import uuid
 
 import asyncpg
@@ -15,6 +17,7 @@ import trio
 
 from orchestrator.db import Database
 from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.simulator import SimulatorConfig, serve_simulator
 
 from . import pg
 from .e2e import DEADLINE_S, settings_for, start_daemon, start_simulator, wait_status, wait_terminal
@@ -296,3 +299,26 @@ async def test_the_daemon_runs_jobs_on_kie_too(nursery, db: Database, db_url: st
     assert account is not None
     assert account.balance == 3
     assert (await db.audit()).ok
+
+
+async def test_a_provider_that_refuses_connections_for_a_while_is_retried_not_failed(
+    nursery, db: Database
+):
+    """Connection refused means nothing was sent: the daemon tries again within the deadline."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = settings_for(db.url, f"http://127.0.0.1:{port}", job_deadline_s=10.0)
+    await start_daemon(nursery, settings)
+    await db.grant("rhea", 5, plan="pro")
+    job_id = await db.submit_job("rhea", "the provider comes back")
+    await wait_status(db, job_id, "starting")
+    await trio.sleep(1.0)  # every create so far was refused
+    await nursery.start(
+        functools.partial(serve_simulator, SimulatorConfig(latency=(0.05, 0.1), seed=3), port=port)
+    )
+    (job,) = await wait_terminal(db, [job_id], timeout=15)
+    assert job.status is JobStatus.SUCCEEDED
+    account = await db.account("rhea")
+    assert account is not None
+    assert account.balance == 4

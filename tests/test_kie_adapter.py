@@ -23,6 +23,7 @@ from orchestrator.providers import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    ProviderUnreachable,
 )
 from orchestrator.simulator import SimulatorConfig, serve_simulator
 
@@ -263,7 +264,7 @@ async def test_the_callback_url_in_param_becomes_the_predictions_webhook():
         (answer(200, envelope(None, code=455, msg="Maintenance")), ProviderUnavailable, 455),
         (answer(500, b"<html>oops</html>"), ProviderUnavailable, 500),
         (answer(401, {"code": 401, "msg": "Unauthorized"}), ProviderRejected, 401),
-        (raising(httpx.ConnectError("connection refused")), ProviderUnavailable, None),
+        (raising(httpx.ConnectError("connection refused")), ProviderUnreachable, None),
         (raising(httpx.ReadTimeout("read timed out")), ProviderUnavailable, None),
     ],
     ids=[

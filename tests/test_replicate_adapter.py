@@ -22,6 +22,7 @@ from orchestrator.providers import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    ProviderUnreachable,
     ReplicateProvider,
 )
 
@@ -238,7 +239,7 @@ def raising(exc: Exception) -> Handler:
 @pytest.mark.parametrize(
     ("handler", "expected", "status_code"),
     [
-        (raising(httpx.ConnectError("connection refused")), ProviderUnavailable, None),
+        (raising(httpx.ConnectError("connection refused")), ProviderUnreachable, None),
         (raising(httpx.ReadTimeout("read timed out")), ProviderUnavailable, None),
         (answer(500, {"detail": "oops"}), ProviderUnavailable, 500),
         (answer(503, b"<html>maintenance</html>"), ProviderUnavailable, 503),

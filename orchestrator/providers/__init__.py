@@ -16,6 +16,7 @@ from ._errors import ProviderProtocolError as ProviderProtocolError
 from ._errors import ProviderRateLimited as ProviderRateLimited
 from ._errors import ProviderRejected as ProviderRejected
 from ._errors import ProviderUnavailable as ProviderUnavailable
+from ._errors import ProviderUnreachable as ProviderUnreachable
 from ._kie import KieProvider as KieProvider
 from ._replicate import ReplicateProvider as ReplicateProvider
 
@@ -30,6 +31,7 @@ __all__ = [
     "ProviderRateLimited",
     "ProviderRejected",
     "ProviderUnavailable",
+    "ProviderUnreachable",
     "ReplicateProvider",
     "TaggedPrediction",
     "cancel_within",

@@ -6,6 +6,7 @@ one of these, so callers never see ``httpx`` or ``json`` exceptions:
 ```
 ProviderError
 ├── ProviderUnavailable        transport error, timeout, 5xx: try again later
+│   ├── ProviderUnreachable    no request was sent (connecting failed): resending is safe
 │   └── ProviderRateLimited    429: try again after ``retry_after`` seconds
 ├── ProviderRejected           any other 4xx: this request will never succeed
 └── ProviderProtocolError      a 2xx whose body is not what the API promises
@@ -42,6 +43,14 @@ class ProviderUnavailable(ProviderError):
     def __init__(self, summary: str, *, status_code: int | None = None) -> None:
         super().__init__(summary)
         self.status_code: int | None = status_code
+
+
+class ProviderUnreachable(ProviderUnavailable):
+    """No connection, so no request reached the provider: sending it again cannot pay twice.
+
+    Unlike a read timeout or a reset, where the provider may have acted on a request
+    whose answer was lost.
+    """
 
 
 class ProviderRateLimited(ProviderUnavailable):

@@ -23,6 +23,7 @@ from ._errors import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    ProviderUnreachable,
     safe_summary,
 )
 
@@ -125,6 +126,9 @@ def mapped_errors(label: str, action: str) -> Iterator[None]:
         yield
     except ProviderError:
         raise
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        msg = f"{label} {action}: could not connect ({type(exc).__name__})"
+        raise ProviderUnreachable(msg) from exc
     except httpx.TimeoutException as exc:
         msg = f"{label} {action}: timed out ({type(exc).__name__})"
         raise ProviderUnavailable(msg) from exc
