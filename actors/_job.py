@@ -442,11 +442,16 @@ class JobTask:
 
         try:
             reason = await cancel_within(counted, self._config.cancel_timeout_s)
-        except Exception:
-            log.warning("provider.cancel_failed", exc_info=True)
+        except Exception as exc:
+            log.warning(
+                "provider.cancel_failed",
+                prediction_id=prediction_id,
+                error=type(exc).__name__,
+                exc_info=True,
+            )
             return
         if reason is not None:
-            log.warning("provider.cancel_failed", error=reason)
+            log.warning("provider.cancel_failed", prediction_id=prediction_id, error=reason)
         else:
             log.info("provider.canceled", prediction_id=prediction_id)
 

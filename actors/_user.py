@@ -19,6 +19,7 @@ import trio
 
 from orchestrator.exceptions import FencedOff
 from orchestrator.lifecycle import (
+    AdmissionOutcome,
     ErrorCode,
     Fence,
     InFlight,
@@ -47,12 +48,18 @@ _HANDLE_LIMIT_S: Final = 30.0
 DROP_GRACE_S: Final = 10.0
 
 _REFUSAL_FOR_OUTCOME = {
-    "no_seat": (ErrorCode.TOO_MANY_INFLIGHT, "every in-flight seat of the plan is taken"),
-    "insufficient_credits": (
+    AdmissionOutcome.NO_SEAT: (
+        ErrorCode.TOO_MANY_INFLIGHT,
+        "every in-flight seat of the plan is taken",
+    ),
+    AdmissionOutcome.INSUFFICIENT_CREDITS: (
         ErrorCode.INSUFFICIENT_CREDITS,
         "the balance no longer covers the cost",
     ),
-    "canceled": (ErrorCode.CANCELED, "cancelled before it started; nothing was charged"),
+    AdmissionOutcome.CANCELED: (
+        ErrorCode.CANCELED,
+        "cancelled before it started; nothing was charged",
+    ),
 }
 
 
@@ -267,7 +274,7 @@ class UserActor:
             admission = await self._store.admit(
                 job.id, deadline_s=self._config.deadline_s, fence=self._fence
             )
-            if admission.outcome == "admitted":
+            if admission.outcome is AdmissionOutcome.ADMITTED:
                 cost = admission.cost or 0
                 log.info("job.admitted", cost=cost, balance=admission.balance)
                 self._observer.job_admitted(cost, lag_s)

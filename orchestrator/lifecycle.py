@@ -137,7 +137,14 @@ class AdmissionContext:
     now: datetime
 
 
-AdmissionOutcome = Literal["admitted", "no_seat", "insufficient_credits", "canceled", "not_queued"]
+class AdmissionOutcome(enum.StrEnum):
+    """What `admit_job_v3` answers; kept equal to the function's answers by a test."""
+
+    ADMITTED = "admitted"
+    NO_SEAT = "no_seat"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    CANCELED = "canceled"
+    NOT_QUEUED = "not_queued"
 
 
 @attrs.frozen
@@ -148,7 +155,7 @@ class Admission:
     moment of admission.
     """
 
-    outcome: AdmissionOutcome
+    outcome: AdmissionOutcome = attrs.field(converter=AdmissionOutcome)
     seat: int | None = None
     balance: int | None = None
     deadline_s: float | None = None

@@ -231,7 +231,7 @@ class Reconciler:
             functools.partial(self._provider.cancel, ref.prediction_id), self._timeout_s
         )
         if reason is not None:
-            log.warning("provider.cancel_failed", error=reason)
+            log.warning("provider.cancel_failed", prediction_id=ref.prediction_id, error=reason)
         return reason is None
 
     def _observe(self, report: ReconcileReport) -> None:

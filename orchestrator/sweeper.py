@@ -135,4 +135,4 @@ class Sweeper:
             functools.partial(self._provider.cancel, prediction_id), self._cancel_timeout_s
         )
         if reason is not None:
-            log.warning("provider.cancel_failed", error=reason)
+            log.warning("provider.cancel_failed", prediction_id=prediction_id, error=reason)

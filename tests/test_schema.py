@@ -9,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator.db import Database
+from orchestrator.db import Database, schema_text
 from orchestrator.db._queries import parse
-from orchestrator.lifecycle import ErrorCode, JobStatus
+from orchestrator.lifecycle import AdmissionOutcome, ErrorCode, JobStatus
 
 from . import pg
 
@@ -172,3 +172,12 @@ def test_the_queries_parser_refuses_duplicates_and_empty_blocks():
     with pytest.raises(ValueError, match="no statement"):
         parse("-- name: a\n-- only a comment\n")
     assert parse("-- name: a\n-- says why\nSELECT 1;\n") == {"a": "SELECT 1;"}
+
+
+def test_admission_outcomes_are_exactly_what_admit_job_v3_answers():
+    """The enum the actors match on and the function's answers cannot drift apart."""
+    schema = schema_text()
+    start = schema.index("CREATE OR REPLACE FUNCTION orchestrator.admit_job_v3(")
+    body = schema[start : schema.index("$$;", schema.index("AS $$", start))]
+    answered = set(re.findall(r"SELECT '([a-z_]+)'::text", body))
+    assert answered == {outcome.value for outcome in AdmissionOutcome}
