@@ -3,7 +3,7 @@
 It keeps the same rules as schema.sql's functions (seats, debit only when
 the balance covers it, one refund, terminal is final) so that actor logic
 can be tested without I/O; `tests/test_store_contract.py` runs the same
-scenarios against this twin and the real database. Time comes from Trio's
+scenarios against this twin and the real database, so the two cannot drift. Time comes from Trio's
 clock, so MockClock drives deadlines here too.
 """
 
@@ -136,6 +136,8 @@ class InMemoryStore:
                 j.num_outputs
                 for j in mine
                 if j.status in {JobStatus.STARTING, JobStatus.PROCESSING, JobStatus.SUCCEEDED}
+                and j.admitted_at is not None
+                and (j.admitted_at.year, j.admitted_at.month) == (self.now().year, self.now().month)
             ),
             last_admitted_at=None if account is None else account.last_admitted_at,
             duplicate=duplicate,

@@ -1,0 +1,261 @@
+"""One contract, two stores: the in-memory twin the actor tests use and real Postgres.
+
+Every scenario runs against both through the `actors.JobStore` port, with a
+small set-up adapter per store; where the twin and schema.sql disagree, the
+twin is wrong and this test says so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import pytest
+
+from actors import JobStore
+from orchestrator.db import Database
+from orchestrator.db.testing import InMemoryStore
+from orchestrator.exceptions import FencedOff
+from orchestrator.lifecycle import (
+    AdmissionOutcome,
+    ErrorCode,
+    Fence,
+    Job,
+    JobStatus,
+    StoredOutput,
+)
+
+from . import pg
+
+
+class Backend(Protocol):
+    store: JobStore
+
+    async def grant(self, user: str, amount: int, plan: str = "free") -> None: ...
+
+    async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID: ...
+
+    async def request_cancel(self, job_id: uuid.UUID) -> None: ...
+
+    async def job(self, job_id: uuid.UUID) -> Job: ...
+
+    async def balance(self, user: str) -> int: ...
+
+    async def hold(self, job_id: uuid.UUID, member: str) -> Fence: ...
+
+    async def steal(self, job_id: uuid.UUID) -> None: ...
+
+
+class Memory:
+    def __init__(self) -> None:
+        self.twin = InMemoryStore()
+        self.store: JobStore = self.twin
+
+    async def grant(self, user: str, amount: int, plan: str = "free") -> None:
+        self.twin.grant(user, amount, plan=plan)
+
+    async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID:
+        return self.twin.submit(user, prompt, num_outputs=num_outputs)
+
+    async def request_cancel(self, job_id: uuid.UUID) -> None:
+        assert self.twin.request_cancel(job_id)
+
+    async def job(self, job_id: uuid.UUID) -> Job:
+        return self.twin.jobs[job_id]
+
+    async def balance(self, user: str) -> int:
+        return self.twin.balance(user)
+
+    async def hold(self, job_id: uuid.UUID, member: str) -> Fence:
+        slot = self.twin.jobs[job_id].slot
+        held = self.twin.leases.get(slot)
+        fence = Fence(member, 1 if held is None else held.epoch + 1)
+        self.twin.leases[slot] = fence
+        return fence
+
+    async def steal(self, job_id: uuid.UUID) -> None:
+        await self.hold(job_id, "thief")
+
+
+class Postgres:
+    def __init__(self, db: Database, url: str) -> None:
+        self.db = db
+        self.url = url
+        self.store: JobStore = db
+
+    async def grant(self, user: str, amount: int, plan: str = "free") -> None:
+        await self.db.grant(user, amount, plan=plan)
+
+    async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID:
+        return await self.db.submit_job(user, prompt, num_outputs=num_outputs)
+
+    async def request_cancel(self, job_id: uuid.UUID) -> None:
+        assert await self.db.request_cancel(job_id)
+
+    async def job(self, job_id: uuid.UUID) -> Job:
+        job = await self.db.job(job_id)
+        assert job is not None
+        return job
+
+    async def balance(self, user: str) -> int:
+        account = await self.db.account(user)
+        assert account is not None
+        return account.balance
+
+    async def hold(self, job_id: uuid.UUID, member: str) -> Fence:
+        slot = (await self.job(job_id)).slot
+        held = await self.db.lease_round(member, ttl_s=60, keep=[], take=[slot], info={})
+        (row,) = [row for row in held if row.slot == slot]
+        return Fence(member, row.epoch)
+
+    async def steal(self, job_id: uuid.UUID) -> None:
+        slot = (await self.job(job_id)).slot
+        await pg.execute(
+            self.url,
+            "UPDATE orchestrator.partition_leases SET owner = 'thief', epoch = epoch + 1"
+            " WHERE slot = $1",
+            slot,
+        )
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def backend(
+    request: pytest.FixtureRequest, db: Database, db_url: str
+) -> AsyncIterator[Backend]:
+    yield Memory() if request.param == "memory" else Postgres(db, db_url)
+
+
+async def test_admission_charges_the_plan_price_once_and_takes_a_seat(backend: Backend):
+    await backend.grant("ann", 10, plan="free")
+    job_id = await backend.submit("ann", "two please", num_outputs=2)
+    first = await backend.store.admit(job_id, deadline_s=60)
+    assert (first.outcome, first.cost, first.balance, first.seat) == (
+        AdmissionOutcome.ADMITTED,
+        2,
+        8,
+        1,
+    )
+    again = await backend.store.admit(job_id, deadline_s=60)
+    assert again.outcome is AdmissionOutcome.NOT_QUEUED
+    assert (await backend.job(job_id)).status is JobStatus.STARTING
+    assert await backend.balance("ann") == 8
+
+
+async def test_admission_refuses_without_a_seat_or_credits_and_charges_nothing(backend: Backend):
+    await backend.grant("bo", 2, plan="free")  # the free plan has two seats
+    jobs = [await backend.submit("bo", f"job {n}") for n in range(3)]
+    outcomes = [(await backend.store.admit(job, deadline_s=60)).outcome for job in jobs]
+    assert outcomes == [AdmissionOutcome.ADMITTED] * 2 + [AdmissionOutcome.NO_SEAT]
+    await backend.grant("cy", 1, plan="pro")
+    costly = await backend.submit("cy", "three", num_outputs=3)
+    assert (await backend.store.admit(costly, deadline_s=60)).outcome is (
+        AdmissionOutcome.INSUFFICIENT_CREDITS
+    )
+    assert await backend.balance("cy") == 1
+    assert (await backend.job(costly)).status is JobStatus.QUEUED
+
+
+async def test_a_cancel_before_admission_wins_and_a_rejection_is_final_and_uncharged(
+    backend: Backend,
+):
+    await backend.grant("di", 5)
+    canceled = await backend.submit("di", "never mind")
+    await backend.request_cancel(canceled)
+    assert (await backend.store.admit(canceled, deadline_s=60)).outcome is (
+        AdmissionOutcome.CANCELED
+    )
+    refused = await backend.submit("di", "refused")
+    assert await backend.store.reject(refused, ErrorCode.DUPLICATE, "identical job in flight")
+    assert not await backend.store.reject(refused, ErrorCode.DUPLICATE, "again")
+    job = await backend.job(refused)
+    assert (job.status, job.error_code, job.cost) == (JobStatus.REJECTED, ErrorCode.DUPLICATE, None)
+    assert job.finished_at is not None
+    assert await backend.balance("di") == 5
+
+
+async def test_finishing_refunds_what_was_not_delivered_and_a_second_finish_is_a_no_op(
+    backend: Backend,
+):
+    await backend.grant("ed", 10, plan="pro")
+    partial = await backend.submit("ed", "three", num_outputs=3)
+    await backend.store.admit(partial, deadline_s=60)
+    done = await backend.store.finish(
+        partial, JobStatus.SUCCEEDED, outputs=(StoredOutput(url="https://cdn.test/a.png"),)
+    )
+    assert (done.status, done.refunded, done.balance) == (JobStatus.SUCCEEDED, 2, 9)
+    again = await backend.store.finish(partial, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR)
+    assert (again.status, again.refunded) == (JobStatus.SUCCEEDED, 0)
+    failed = await backend.submit("ed", "one")
+    await backend.store.admit(failed, deadline_s=60)
+    ended = await backend.store.finish(failed, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR)
+    assert ended.refunded == 1
+    assert await backend.balance("ed") == 9
+
+
+async def test_a_resume_finds_the_recorded_predictions_and_the_deadline_left(backend: Backend):
+    await backend.grant("fi", 5, plan="pro")
+    job_id = await backend.submit("fi", "two", num_outputs=2)
+    await backend.store.admit(job_id, deadline_s=60)
+    assert await backend.store.mark_processing(
+        job_id, provider="replicate", prediction_id="p1", idx=1
+    )
+    in_flight = await backend.store.in_flight_job(job_id)
+    assert in_flight is not None
+    assert in_flight.predictions == {1: "p1"}
+    assert 55 < in_flight.remaining_s <= 60
+    assert in_flight.job.status is JobStatus.PROCESSING
+    await backend.store.finish(job_id, JobStatus.CANCELED, code=ErrorCode.CANCELED)
+    assert await backend.store.in_flight_job(job_id) is None
+    assert not await backend.store.mark_processing(
+        job_id, provider="replicate", prediction_id="p2", idx=0
+    )
+
+
+async def test_admission_context_counts_seats_generations_and_duplicates(backend: Backend):
+    await backend.grant("gu", 10, plan="pro")
+    first = await backend.submit("gu", "same", num_outputs=2)
+    await backend.store.admit(first, deadline_s=60)
+    twin = await backend.submit("gu", "same", num_outputs=2)
+    other = await backend.submit("gu", "different")
+    context = await backend.store.admission_context(twin)
+    assert context is not None
+    usage = context.usage
+    assert (usage.balance, usage.in_flight, usage.month_generations, usage.duplicate) == (
+        8,
+        1,
+        2,
+        True,
+    )
+    assert usage.plan is not None
+    assert usage.plan.name == "pro"
+    different = await backend.store.admission_context(other)
+    assert different is not None
+    assert not different.usage.duplicate
+    assert await backend.store.admission_context(uuid.uuid4()) is None
+
+
+async def test_every_write_under_a_stale_fence_is_refused_and_changes_nothing(backend: Backend):
+    await backend.grant("ho", 10, plan="pro")
+    running = await backend.submit("ho", "running")
+    queued = await backend.submit("ho", "queued")
+    fence = await backend.hold(running, "me")
+    assert (await backend.store.admit(running, deadline_s=60, fence=fence)).outcome is (
+        AdmissionOutcome.ADMITTED
+    )
+    await backend.steal(running)
+    with pytest.raises(FencedOff):
+        await backend.store.admit(queued, deadline_s=60, fence=fence)
+    with pytest.raises(FencedOff):
+        await backend.store.reject(queued, ErrorCode.DUPLICATE, "stale", fence=fence)
+    with pytest.raises(FencedOff):
+        await backend.store.mark_processing(
+            running, provider="replicate", prediction_id="p", fence=fence
+        )
+    with pytest.raises(FencedOff):
+        await backend.store.finish(
+            running, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR, fence=fence
+        )
+    assert (await backend.job(running)).status is JobStatus.STARTING
+    assert (await backend.job(queued)).status is JobStatus.QUEUED
+    assert await backend.balance("ho") == 9
