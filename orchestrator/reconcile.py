@@ -165,12 +165,6 @@ class Reconciler:
                     log.info(
                         "reconcile.unreadable", prediction_id=ref.prediction_id, error=exc.summary
                     )
-                except ValueError:
-                    log.warning(
-                        "reconcile.unreadable",
-                        prediction_id=ref.prediction_id,
-                        error="unusable prediction id",
-                    )
             if status is None:
                 tally.unreadable += 1
                 return

@@ -23,6 +23,7 @@ from orchestrator.providers import (
     PredictionRequest,
     PredictionStatus,
     ProviderRateLimited,
+    ProviderRejected,
     ProviderUnreachable,
     TaggedPrediction,
 )
@@ -71,7 +72,7 @@ class FakeProvider:
     async def get(self, prediction_id: str) -> Prediction:
         self.gets.append(trio.current_time())
         if prediction_id in self.unusable_ids:
-            raise ValueError("prediction_id is not a Replicate prediction id")
+            raise ProviderRejected("replicate: prediction_id is not a Replicate prediction id")
         created, request = self.predictions[prediction_id]
         if prediction_id in self.canceled:
             return Prediction(prediction_id, PredictionStatus.CANCELED)
@@ -425,13 +426,13 @@ async def test_the_idle_timer_never_cuts_an_admission_after_its_commit(autojump_
 
 
 async def test_an_unusable_prediction_id_cannot_take_the_daemon_down(autojump_clock, nursery):
-    """A provider answer the adapter refuses ends that job, refunded; the actor goes on."""
+    """An id the adapter refuses to use is the provider's garbage: UPSTREAM_ERROR, refunded."""
     rig = await make_rig(nursery, latency=1.0, unusable_ids={"p0"})
     rig.store.grant("lin", 5, plan="pro")
     broken = rig.submit("lin", "broken id")
     await rig.settled(broken)
     job = rig.store.jobs[broken]
-    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.UPSTREAM_ERROR)
     healthy = rig.submit("lin", "next one")
     await rig.settled(healthy)
     assert rig.status(healthy) is JobStatus.SUCCEEDED

@@ -145,7 +145,7 @@ async def test_more_than_one_output_is_refused_before_any_request():
         return httpx.Response(200, json=envelope({"taskId": "task_abc"}))
 
     async with kie(handler) as provider:
-        with pytest.raises(ValueError, match="num_outputs"):
+        with pytest.raises(ProviderRejected, match="num_outputs"):
             await provider.submit(request(num_outputs=2))
     assert seen == []
 
@@ -180,9 +180,9 @@ async def test_cancel_is_a_no_op_that_still_validates_the_id():
 
     async with kie(handler) as provider:
         assert await provider.cancel("task_123") is None
-        with pytest.raises(ValueError, match="prediction id"):
+        with pytest.raises(ProviderRejected, match="prediction id"):
             await provider.cancel("../../admin")
-        with pytest.raises(ValueError, match="prediction id"):
+        with pytest.raises(ProviderRejected, match="prediction id"):
             await provider.get("a&taskId=b")
     assert seen == []
 

@@ -169,7 +169,7 @@ async def test_an_id_that_could_escape_the_path_is_refused_before_any_request():
         return httpx.Response(200, json=prediction_json())
 
     async with replicate(handler) as provider:
-        with pytest.raises(ValueError, match="prediction id"):
+        with pytest.raises(ProviderRejected, match="prediction id"):
             await provider.get("../models/owner/name")
     assert seen == []
 

@@ -8,7 +8,6 @@ twin is wrong and this test says so.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
@@ -120,10 +119,8 @@ class Postgres:
 
 
 @pytest.fixture(params=["memory", "postgres"])
-async def backend(
-    request: pytest.FixtureRequest, db: Database, db_url: str
-) -> AsyncIterator[Backend]:
-    yield Memory() if request.param == "memory" else Postgres(db, db_url)
+async def backend(request: pytest.FixtureRequest, db: Database, db_url: str) -> Backend:
+    return Memory() if request.param == "memory" else Postgres(db, db_url)
 
 
 async def test_admission_charges_the_plan_price_once_and_takes_a_seat(backend: Backend):

@@ -18,14 +18,12 @@ async def cancel_within(cancel: Callable[[], Awaitable[None]], timeout_s: float)
     """Run `cancel` for at most `timeout_s`; None once it is sent, else why not.
 
     `cancel` is a provider's `cancel` bound to one prediction (possibly wrapped, to be
-    counted). A `ValueError` is the adapter refusing an id it could never send.
+    counted).
     """
     with trio.move_on_after(timeout_s):
         try:
             await cancel()
         except ProviderError as exc:
             return exc.summary
-        except ValueError:
-            return "unusable prediction id"
         return None
     return "timed out"

@@ -66,11 +66,15 @@ class ProviderRateLimited(ProviderUnavailable):
 
 
 class ProviderRejected(ProviderError):
-    """The provider refused this request (401, 404, 422, ...); sending it again is pointless."""
+    """The provider refused this request (401, 404, 422, ...); sending it again is pointless.
 
-    def __init__(self, summary: str, *, status_code: int) -> None:
+    ``status_code`` is ``None`` when the adapter refused it before sending anything (an id
+    that could escape its URL, a request the API cannot express).
+    """
+
+    def __init__(self, summary: str, *, status_code: int | None = None) -> None:
         super().__init__(summary)
-        self.status_code: int = status_code
+        self.status_code: int | None = status_code
 
 
 class ProviderProtocolError(ProviderError):

@@ -168,10 +168,10 @@ def checked_id(prediction_id: str, label: str) -> str:
     """Refuse an id that could escape a URL path or query before it becomes a request.
 
     Raises:
-        ValueError: ``prediction_id`` is not a plain token.
+        ProviderRejected: ``prediction_id`` is not a plain token; no request is ever sent.
     """
     if _PREDICTION_ID.fullmatch(prediction_id) is None:
-        raise ValueError(f"prediction_id is not a {label} prediction id")
+        raise ProviderRejected(f"{label}: prediction_id is not a {label} prediction id")
     return prediction_id
 
 

@@ -17,7 +17,7 @@ from typing import Final
 import httpx
 
 from ._base import Prediction, PredictionRequest, PredictionStatus, TaggedPrediction
-from ._errors import ProviderProtocolError, safe_summary
+from ._errors import ProviderProtocolError, ProviderRejected, safe_summary
 from ._http import (
     checked_id,
     mapped_errors,
@@ -73,11 +73,11 @@ class KieProvider:
         """Create a task; KIE answers with its id only, so the prediction starts ``starting``.
 
         Raises:
-            ValueError: ``request.num_outputs`` is not 1.
+            ProviderRejected: ``request.num_outputs`` is not 1; nothing is sent.
             ProviderError: Any failure; see the hierarchy in `ProviderError`.
         """
         if request.num_outputs != 1:
-            raise ValueError("num_outputs must be 1: a KIE task makes exactly one image")
+            raise ProviderRejected("kie: num_outputs must be 1: a KIE task makes exactly one image")
         body: dict[str, object] = {
             "model": self._model,
             "input": {"prompt": request.prompt} | dict(request.params),
