@@ -3,6 +3,8 @@
 Code lives in private modules; this is the front door. The composition root
 builds a `Registry` with a `JobStore`, a `Provider` and an `ActorConfig`,
 runs it in a nursery, and delivers `Submit`, `Cancel` and `Resume` messages.
+The ports it sees the world through (`JobStore`, `Observer`, `OutputStore`,
+`Slots`) live in `orchestrator.core`, beside the values they carry.
 """
 
 from ._capacity import Capacity as Capacity
@@ -18,14 +20,6 @@ from ._messages import Cancel as Cancel
 from ._messages import Message as Message
 from ._messages import Resume as Resume
 from ._messages import Submit as Submit
-from ._ports import EverySlot as EverySlot
-from ._ports import JobStore as JobStore
-from ._ports import NullObserver as NullObserver
-from ._ports import Observer as Observer
-from ._ports import OutputStore as OutputStore
-from ._ports import OutputUnavailable as OutputUnavailable
-from ._ports import Slots as Slots
-from ._ports import UrlOnlyOutputs as UrlOnlyOutputs
 from ._registry import Registry as Registry
 from ._user import UserActor as UserActor
 from ._watch import ListingWatch as ListingWatch
@@ -34,25 +28,17 @@ __all__ = [
     "ActorConfig",
     "Cancel",
     "Capacity",
-    "EverySlot",
     "InFlightGate",
-    "JobStore",
     "JobTask",
     "ListingWatch",
     "LoadMonitor",
     "Mailbox",
     "Message",
-    "NullObserver",
-    "Observer",
     "Offer",
-    "OutputStore",
-    "OutputUnavailable",
     "RateBudget",
     "Registry",
     "Resume",
     "ServicePacer",
-    "Slots",
     "Submit",
-    "UrlOnlyOutputs",
     "UserActor",
 ]

@@ -21,25 +21,20 @@ import attrs
 import structlog
 import trio
 
-from orchestrator.exceptions import FencedOff, is_expected
-from orchestrator.lifecycle import (
+from orchestrator.core import (
     Abandoned,
     CanceledByUser,
     Delivered,
     Ending,
     Fence,
+    FencedOff,
     Finish,
     InFlight,
     Job,
-    Settlement,
-    StoredOutput,
-    TimedOut,
-    UpstreamFailed,
-    UpstreamRef,
-    poll_delays,
-    settle,
-)
-from orchestrator.providers import (
+    JobStore,
+    Observer,
+    OutputStore,
+    OutputUnavailable,
     Prediction,
     PredictionRequest,
     PredictionStatus,
@@ -50,12 +45,19 @@ from orchestrator.providers import (
     ProviderRejected,
     ProviderUnavailable,
     ProviderUnreachable,
+    Settlement,
+    StoredOutput,
+    TimedOut,
+    UpstreamFailed,
+    UpstreamRef,
     cancel_within,
+    is_expected,
+    poll_delays,
+    settle,
 )
 
 from ._capacity import Capacity
 from ._config import ActorConfig
-from ._ports import JobStore, Observer, OutputStore, OutputUnavailable
 from ._watch import ListingWatch
 
 log = structlog.get_logger("actors.job")

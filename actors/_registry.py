@@ -18,13 +18,21 @@ from collections.abc import Iterator
 import structlog
 import trio
 
-from orchestrator.providers import Provider
+from orchestrator.core import (
+    EverySlot,
+    JobStore,
+    NullObserver,
+    Observer,
+    OutputStore,
+    Provider,
+    Slots,
+    UrlOnlyOutputs,
+)
 
 from ._capacity import Capacity
 from ._config import ActorConfig
 from ._mailbox import Offer
 from ._messages import Cancel, Message, Resume
-from ._ports import EverySlot, JobStore, NullObserver, Observer, OutputStore, Slots, UrlOnlyOutputs
 from ._user import UserActor
 from ._watch import ListingWatch
 

@@ -17,25 +17,28 @@ import attrs
 import structlog
 import trio
 
-from orchestrator.exceptions import FencedOff
-from orchestrator.lifecycle import (
+from orchestrator.core import (
     AdmissionOutcome,
     ErrorCode,
     Fence,
+    FencedOff,
     InFlight,
     Job,
     JobStatus,
+    JobStore,
+    Observer,
+    OutputStore,
+    Prediction,
+    Provider,
     Reject,
     decide_admission,
 )
-from orchestrator.providers import Prediction, Provider
 
 from ._capacity import Capacity
 from ._config import ActorConfig
 from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
-from ._ports import JobStore, Observer, OutputStore
 from ._watch import ListingWatch
 
 if TYPE_CHECKING:

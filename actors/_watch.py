@@ -17,7 +17,7 @@ from typing import Final
 import structlog
 import trio
 
-from orchestrator.providers import Prediction, Provider, ProviderError
+from orchestrator.core import Prediction, Provider, ProviderError
 
 from ._capacity import RateBudget
 

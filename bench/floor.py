@@ -28,9 +28,10 @@ import structlog
 import trio
 from _setup import cpu_seconds, free_port
 
+from orchestrator.core import PredictionRequest
 from orchestrator.db import ensure_embedded_server, open_database, stop_embedded_server
 from orchestrator.logs import configure
-from orchestrator.providers import PredictionRequest, ReplicateProvider
+from orchestrator.providers import ReplicateProvider
 from orchestrator.storage import FilesystemStorage
 from orchestrator.transport import queued_client
 

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from orchestrator import logs, views
+from orchestrator.core import MAX_OUTPUTS, JobStatus, sole_exception
 from orchestrator.db import (
     OPERATOR_ROLE,
     Database,
@@ -32,8 +33,6 @@ from orchestrator.db import (
     open_database,
     stop_embedded_server,
 )
-from orchestrator.exceptions import sole_exception
-from orchestrator.lifecycle import MAX_OUTPUTS, JobStatus
 from orchestrator.settings import Settings, SettingsError, environment_variables, from_env
 
 EXIT_OK: Final = 0

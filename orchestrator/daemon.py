@@ -42,14 +42,14 @@ from actors import (
     ServicePacer,
 )
 from orchestrator.auditor import run_auditor
+from orchestrator.core import Provider, sole_exception
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
-from orchestrator.exceptions import sole_exception
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
 from orchestrator.leases import LeaseKeeper, member_id
 from orchestrator.metrics import Metrics, version
-from orchestrator.providers import KieProvider, Provider, ReplicateProvider
+from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.storage import FilesystemStorage

@@ -27,8 +27,8 @@ from rich.table import Table
 
 from orchestrator import daemon as daemon_module
 from orchestrator import logs, views
+from orchestrator.core import Job, JobStatus
 from orchestrator.db import Database, open_database
-from orchestrator.lifecycle import Job, JobStatus
 from orchestrator.settings import Settings
 from orchestrator.simulator import SimulatorConfig, serve_simulator
 

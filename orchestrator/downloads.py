@@ -20,8 +20,7 @@ import httpx
 import stamina
 import trio
 
-from actors import OutputUnavailable
-from orchestrator.lifecycle import StoredOutput
+from orchestrator.core import OutputUnavailable, StoredOutput
 from orchestrator.storage import Storage
 
 _EXTENSIONS: Final = {

@@ -21,7 +21,8 @@ import attrs
 import structlog
 import trio
 
-from actors import Cancel, Offer, Registry, Resume, Slots, Submit
+from actors import Cancel, Offer, Registry, Resume, Submit
+from orchestrator.core import JobRef, JobStatus, Slots
 from orchestrator.db import (
     MEMBERS_CHANNEL,
     Database,
@@ -31,7 +32,6 @@ from orchestrator.db import (
     slot_channel,
 )
 from orchestrator.leases import LeaseKeeper, SlotChange
-from orchestrator.lifecycle import JobRef, JobStatus
 from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.intake")

@@ -41,11 +41,11 @@ import attrs
 import structlog
 import trio
 
+from orchestrator.core import SLOTS, Fence
 from orchestrator.db import Database, DbError, HeldSlot
 from orchestrator.db._lease_session import LeaseSession
-from orchestrator.lifecycle import Fence
 from orchestrator.metrics import Metrics
-from orchestrator.placement import SLOTS, RoundPlan, plan_round
+from orchestrator.placement import RoundPlan, plan_round
 
 log = structlog.get_logger("orchestrator.leases")
 

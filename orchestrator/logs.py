@@ -17,9 +17,8 @@ from typing import Any, Final, TextIO
 import asyncpg
 import structlog
 
+from orchestrator.core import clean_text, is_expected
 from orchestrator.db import DbUnavailable, map_error
-from orchestrator.exceptions import is_expected
-from orchestrator.text import clean_text
 
 _SECRET_KEYS: Final = frozenset(
     {"prompt", "token", "authorization", "signature", "secret", "password", "api_key"}

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
 
 import attrs
 
-SLOTS: Final = 1024
-"""The fixed number of partition slots; `orchestrator.slot_of` in schema.sql agrees."""
-
-ALL_SLOTS: Final = tuple(range(SLOTS))
+from orchestrator.core import ALL_SLOTS
 
 
 def weight(member: str, slot: int) -> int:

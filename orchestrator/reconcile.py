@@ -21,16 +21,17 @@ import attrs
 import structlog
 import trio
 
-from orchestrator.db import Database
-from orchestrator.lifecycle import ListedClaim, UpstreamRef
-from orchestrator.metrics import Metrics
-from orchestrator.providers import (
+from orchestrator.core import (
+    ListedClaim,
     Prediction,
     PredictionStatus,
     Provider,
     ProviderError,
+    UpstreamRef,
     cancel_within,
 )
+from orchestrator.db import Database
+from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.reconcile")
 

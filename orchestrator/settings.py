@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import attrs
 
-from orchestrator.inputs import COST_MULTIPLIERS, RESERVED_PARAMS, default_allowed
+from orchestrator.core import COST_MULTIPLIERS, RESERVED_PARAMS, default_allowed
 
 DEFAULT_HOME: Final = Path("~/.local/share/orchestrator")
 
@@ -93,7 +93,7 @@ class Settings:
     kie_api_base: str = "https://api.kie.ai"
     kie_api_token: str | None = attrs.field(default=None, repr=False)
     kie_model: str = "google/nano-banana"
-    # None: the documented inputs of the configured model (orchestrator.inputs).
+    # None: the documented inputs of the configured model (orchestrator.core.default_allowed).
     params_allowed: tuple[str, ...] | None = attrs.field(default=None, validator=_input_names)
     output_concurrency: int = attrs.field(default=5, validator=_positive)
     storage_root: Path | None = None

@@ -23,12 +23,19 @@ from typing import Final
 import structlog
 import trio
 
-from actors import EverySlot, Registry, Slots
+from actors import Registry
+from orchestrator.core import (
+    ErrorCode,
+    EverySlot,
+    FencedOff,
+    JobRef,
+    JobStatus,
+    Provider,
+    Slots,
+    cancel_within,
+)
 from orchestrator.db import Database, DbError
-from orchestrator.exceptions import FencedOff
-from orchestrator.lifecycle import ErrorCode, JobRef, JobStatus
 from orchestrator.metrics import Metrics
-from orchestrator.providers import Provider, cancel_within
 from orchestrator.reconcile import Reconciler
 
 log = structlog.get_logger("orchestrator.sweeper")

@@ -17,8 +17,8 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.core import Job, JobStatus
 from orchestrator.db import AccountSummary, AuditReport, MemberRow, OwnerSummary
-from orchestrator.lifecycle import Job, JobStatus
 from orchestrator.reconcile import ReconcileReport
 
 _PROMPT_PREVIEW: Final = 40

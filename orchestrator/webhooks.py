@@ -20,10 +20,9 @@ import structlog
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from actors import Registry, Resume
+from orchestrator.core import MAX_OUTPUTS, Job, Prediction, Provider, ProviderProtocolError
 from orchestrator.db import Database, DbUnavailable, Fenced
-from orchestrator.lifecycle import MAX_OUTPUTS, Job
 from orchestrator.metrics import Metrics
-from orchestrator.providers import Prediction, Provider, ProviderProtocolError
 
 log = structlog.get_logger("orchestrator.webhooks")
 

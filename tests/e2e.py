@@ -11,9 +11,9 @@ from pathlib import Path
 import attrs
 import trio
 
+from orchestrator.core import Job
 from orchestrator.daemon import Daemon, serve
 from orchestrator.db import Database
-from orchestrator.lifecycle import Job
 from orchestrator.settings import Settings
 from orchestrator.simulator import SimulatorConfig, serve_simulator
 

@@ -15,10 +15,11 @@ import pytest
 import trio
 
 from actors import ActorConfig, Cancel, Offer, Registry, Resume, Submit
-from orchestrator.db import DbUnavailable
-from orchestrator.db.testing import InMemoryStore
-from orchestrator.lifecycle import ErrorCode, Fence, JobStatus, Plan
-from orchestrator.providers import (
+from orchestrator.core import (
+    ErrorCode,
+    Fence,
+    JobStatus,
+    Plan,
     Prediction,
     PredictionRequest,
     PredictionStatus,
@@ -27,6 +28,8 @@ from orchestrator.providers import (
     ProviderUnreachable,
     TaggedPrediction,
 )
+from orchestrator.db import DbUnavailable
+from orchestrator.db.testing import InMemoryStore
 
 CONFIG = ActorConfig(
     deadline_s=120.0,

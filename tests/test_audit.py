@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
+from orchestrator.core import ErrorCode, JobStatus, StoredOutput
 from orchestrator.db import Database
 from orchestrator.db._audit import CHECKS
-from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
 from . import pg
 

@@ -26,9 +26,9 @@ from actors import (
     Submit,
 )
 from actors._capacity import next_limit, reserve, sustainable_rate
+from orchestrator.core import JobStatus, Plan
 from orchestrator.db import Database
 from orchestrator.db.testing import InMemoryStore
-from orchestrator.lifecycle import JobStatus, Plan
 
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
 from .test_actors import CONFIG, FakeProvider

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import Database
-from orchestrator.lifecycle import ErrorCode, JobStatus
 from orchestrator.simulator import SimulatorConfig, serve_simulator
 
 from . import pg

@@ -11,8 +11,8 @@ import tempfile
 import pytest
 import trio
 
+from orchestrator.core import JobStatus
 from orchestrator.db import Database
-from orchestrator.lifecycle import JobStatus
 
 from . import pg
 from .e2e import start_simulator, wait_terminal

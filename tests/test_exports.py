@@ -6,7 +6,13 @@ import importlib
 
 import pytest
 
-PACKAGES = ["orchestrator.db", "orchestrator.providers", "orchestrator.simulator"]
+PACKAGES = [
+    "actors",
+    "orchestrator.core",
+    "orchestrator.db",
+    "orchestrator.providers",
+    "orchestrator.simulator",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

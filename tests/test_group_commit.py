@@ -6,9 +6,9 @@ import uuid
 
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import Database, UnknownJob
 from orchestrator.db._group import GroupCommit
-from orchestrator.lifecycle import ErrorCode, JobStatus
 
 
 async def test_calls_arriving_during_a_batch_go_together_as_the_next(autojump_clock):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import trio
 
+from orchestrator.core import JobStatus, PredictionRequest
 from orchestrator.db import Database
-from orchestrator.lifecycle import JobStatus
-from orchestrator.providers import PredictionRequest, ReplicateProvider
+from orchestrator.providers import ReplicateProvider
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

@@ -24,9 +24,8 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 
+from orchestrator.core import COST_MULTIPLIERS, ErrorCode, JobStatus, validate
 from orchestrator.db import Database, open_database
-from orchestrator.inputs import COST_MULTIPLIERS
-from orchestrator.lifecycle import ErrorCode, JobStatus, validate
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

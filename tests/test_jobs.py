@@ -7,6 +7,7 @@ import uuid
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import (
     Database,
     IdempotencyConflict,
@@ -16,7 +17,6 @@ from orchestrator.db import (
     open_database,
     slot_channel,
 )
-from orchestrator.lifecycle import ErrorCode, JobStatus
 
 from . import pg
 

@@ -13,8 +13,7 @@ import httpx
 import pytest
 import trio
 
-from orchestrator.providers import (
-    KieProvider,
+from orchestrator.core import (
     Prediction,
     PredictionRequest,
     PredictionStatus,
@@ -25,6 +24,7 @@ from orchestrator.providers import (
     ProviderUnavailable,
     ProviderUnreachable,
 )
+from orchestrator.providers import KieProvider
 from orchestrator.simulator import SimulatorConfig, serve_simulator
 
 from .test_simulator import assert_decodable_png

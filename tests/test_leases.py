@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, Fence, JobStatus
 from orchestrator.db import Database, Fenced
 from orchestrator.leases import LeaseKeeper
-from orchestrator.lifecycle import ErrorCode, Fence, JobStatus
 
 from . import pg
 

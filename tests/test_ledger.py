@@ -7,8 +7,8 @@ import uuid
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus, StoredOutput
 from orchestrator.db import Database, IntegrityViolation, InvalidRequest, UnknownUser
-from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
 from . import pg
 

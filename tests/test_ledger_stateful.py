@@ -20,8 +20,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from orchestrator.core import ErrorCode, JobStatus, StoredOutput
 from orchestrator.db import Database, IntegrityViolation
-from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
 from . import pg
 from .portal import Portal

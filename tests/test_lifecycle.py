@@ -10,7 +10,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from orchestrator.lifecycle import (
+from orchestrator.core import (
     Abandoned,
     Admit,
     CanceledByUser,

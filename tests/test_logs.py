@@ -11,8 +11,8 @@ import structlog
 import trio
 
 from orchestrator import logs
+from orchestrator.core import ProviderUnavailable
 from orchestrator.db import DbUnavailable, IntegrityViolation, map_error
-from orchestrator.providers import ProviderUnavailable
 
 
 def _lines_logged_for(exc: BaseException) -> list[dict[str, object]]:

@@ -22,8 +22,8 @@ import attrs
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import Database, slot_channel
-from orchestrator.lifecycle import ErrorCode, JobStatus
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

@@ -10,8 +10,8 @@ import structlog
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import Database
-from orchestrator.lifecycle import ErrorCode, JobStatus
 from orchestrator.metrics import Metrics
 
 from . import pg

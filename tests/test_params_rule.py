@@ -9,15 +9,19 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from orchestrator.inputs import (
+from orchestrator.core import (
     COST_MULTIPLIERS,
     DEFAULT_ALLOWED,
     MAX_PARAMS_BYTES,
+    ErrorCode,
+    Job,
+    JobStatus,
+    Reject,
     default_allowed,
     params_problem,
     user_id_problem,
+    validate,
 )
-from orchestrator.lifecycle import ErrorCode, Job, JobStatus, Reject, validate
 from orchestrator.settings import Settings, SettingsError, from_env
 
 FLUX = default_allowed("replicate", "black-forest-labs/flux-schnell")

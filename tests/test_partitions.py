@@ -8,10 +8,9 @@ import uuid
 import httpx
 import trio
 
+from orchestrator.core import SLOTS, JobStatus
 from orchestrator.daemon import Daemon, serve
 from orchestrator.db import Database
-from orchestrator.lifecycle import JobStatus
-from orchestrator.placement import SLOTS
 
 from . import pg
 from .e2e import settings_for, start_simulator, wait_status, wait_terminal

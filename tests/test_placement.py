@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.placement import SLOTS, moved, plan_round, target_owner, targets
+from orchestrator.core import SLOTS
+from orchestrator.placement import moved, plan_round, target_owner, targets
 
 names = st.text(alphabet="abcdefghij0123456789:.-", min_size=1, max_size=12)
 crowds = st.lists(names, min_size=2, max_size=8, unique=True)

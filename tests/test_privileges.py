@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus, StoredOutput
 from orchestrator.daemon import ensure_schema
 from orchestrator.db import (
     DAEMON_ROLE,
@@ -24,7 +25,6 @@ from orchestrator.db import (
     SchemaNotCurrent,
     open_database,
 )
-from orchestrator.lifecycle import ErrorCode, JobStatus, StoredOutput
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

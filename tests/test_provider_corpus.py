@@ -23,13 +23,8 @@ import httpx
 import pytest
 
 from orchestrator import providers
-from orchestrator.providers import (
-    KieProvider,
-    Prediction,
-    PredictionRequest,
-    PredictionStatus,
-    ReplicateProvider,
-)
+from orchestrator.core import Prediction, PredictionRequest, PredictionStatus
+from orchestrator.providers import KieProvider, ReplicateProvider
 
 CORPUS = Path(__file__).parent / "corpus" / "provider"
 TOKENS = {  # fakes, to prove they never leak

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus, ListedClaim, PredictionRequest, PredictionStatus
 from orchestrator.db import Database
-from orchestrator.lifecycle import ErrorCode, JobStatus, ListedClaim
 from orchestrator.metrics import Metrics
-from orchestrator.providers import PredictionRequest, PredictionStatus, ReplicateProvider
+from orchestrator.providers import ReplicateProvider
 from orchestrator.reconcile import Reconciler, ReconcileReport, is_stray, verdict
 
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from actors import ActorConfig, Registry
+from orchestrator.core import ErrorCode, JobStatus, PredictionRequest, TaggedPrediction
 from orchestrator.db import Database
-from orchestrator.lifecycle import ErrorCode, JobStatus
 from orchestrator.metrics import Metrics
-from orchestrator.providers import PredictionRequest, ReplicateProvider, TaggedPrediction
+from orchestrator.providers import ReplicateProvider
 from orchestrator.sweeper import Sweeper
 
 from . import pg

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from orchestrator import providers
-from orchestrator.providers import (
+from orchestrator.core import (
     Prediction,
     PredictionRequest,
     PredictionStatus,
@@ -23,8 +23,8 @@ from orchestrator.providers import (
     ProviderRejected,
     ProviderUnavailable,
     ProviderUnreachable,
-    ReplicateProvider,
 )
+from orchestrator.providers import ReplicateProvider
 
 BASE = "https://api.replicate.test"
 TOKEN = "r8_SuperSecretTokenValue0123456789"  # noqa: S105 -- a fake, to prove it never leaks

@@ -9,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from orchestrator.core import AdmissionOutcome, ErrorCode, JobStatus
 from orchestrator.db import Database, schema_text
 from orchestrator.db._queries import parse
-from orchestrator.lifecycle import AdmissionOutcome, ErrorCode, JobStatus
 
 from . import pg
 

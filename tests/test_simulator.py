@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from orchestrator import simulator
-from orchestrator.providers import (
+from orchestrator.core import (
     Prediction,
     PredictionRequest,
     PredictionStatus,
@@ -23,8 +23,8 @@ from orchestrator.providers import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
-    ReplicateProvider,
 )
+from orchestrator.providers import ReplicateProvider
 from orchestrator.simulator import (
     FaultKind,
     InvalidPredictionInput,
@@ -55,7 +55,7 @@ def create(state: SimulatorState, **prediction_input: Any) -> str:
     return state.create({"prompt": "a cat"} | prediction_input).id
 
 
-def status(state: SimulatorState, prediction_id: str) -> PredictionStatus:
+def status(state: SimulatorState, prediction_id: str) -> str:
     got = state.get(prediction_id)
     assert got is not None
     return got.status
@@ -94,14 +94,14 @@ def test_a_prediction_starts_then_processes_then_succeeds_at_its_drawn_time():
     state = state_with(clock, latency=(1.0, 1.0))
     prediction_id = create(state, num_outputs=3)
 
-    assert status(state, prediction_id) is PredictionStatus.STARTING
+    assert status(state, prediction_id) == PredictionStatus.STARTING
     clock.advance(0.3)
-    assert status(state, prediction_id) is PredictionStatus.PROCESSING
+    assert status(state, prediction_id) == PredictionStatus.PROCESSING
     assert state.output_png(prediction_id, 0) is None
     clock.advance(0.7)
     done = state.get(prediction_id)
     assert done is not None
-    assert done.status is PredictionStatus.SUCCEEDED
+    assert done.status == PredictionStatus.SUCCEEDED
     assert done.completed_at == pytest.approx(1001.0)
     assert done.error is None
     assert state.output_png(prediction_id, 2) is not None
@@ -115,12 +115,12 @@ def test_a_hanging_prediction_stays_processing_until_cancelled():
     prediction_id = create(state, simulate="hang")
 
     clock.advance(1e6)
-    assert status(state, prediction_id) is PredictionStatus.PROCESSING
+    assert status(state, prediction_id) == PredictionStatus.PROCESSING
     cancelled = state.cancel(prediction_id)
     assert cancelled is not None
-    assert cancelled.status is PredictionStatus.CANCELED
+    assert cancelled.status == PredictionStatus.CANCELED
     clock.advance(1e6)
-    assert status(state, prediction_id) is PredictionStatus.CANCELED
+    assert status(state, prediction_id) == PredictionStatus.CANCELED
     stats = state.stats()
     assert stats["cancels"] == 1
     assert stats["canceled"] == 1
@@ -135,7 +135,7 @@ def test_the_fail_directive_ends_failed_with_an_error_and_no_output():
     clock.advance(0.1)
     failed = state.get(prediction_id)
     assert failed is not None
-    assert failed.status is PredictionStatus.FAILED
+    assert failed.status == PredictionStatus.FAILED
     assert failed.error
     assert state.output_png(prediction_id, 0) is None
 
@@ -148,8 +148,8 @@ def test_the_succeed_directive_overrides_a_certain_failure():
     drawn = create(state)
 
     clock.advance(10)
-    assert status(state, forced) is PredictionStatus.SUCCEEDED
-    assert status(state, drawn) is PredictionStatus.PROCESSING
+    assert status(state, forced) == PredictionStatus.SUCCEEDED
+    assert status(state, drawn) == PredictionStatus.PROCESSING
 
 
 def test_the_slow_directive_takes_ten_times_the_drawn_latency():
@@ -160,10 +160,10 @@ def test_the_slow_directive_takes_ten_times_the_drawn_latency():
     normal = create(state)
 
     clock.advance(5.0)
-    assert status(state, normal) is PredictionStatus.SUCCEEDED
-    assert status(state, slow) is PredictionStatus.PROCESSING
+    assert status(state, normal) == PredictionStatus.SUCCEEDED
+    assert status(state, slow) == PredictionStatus.PROCESSING
     clock.advance(5.0)
-    assert status(state, slow) is PredictionStatus.SUCCEEDED
+    assert status(state, slow) == PredictionStatus.SUCCEEDED
 
 
 def test_cancelling_a_finished_prediction_leaves_it_unchanged():
@@ -175,7 +175,7 @@ def test_cancelling_a_finished_prediction_leaves_it_unchanged():
 
     after = state.cancel(prediction_id)
     assert after is not None
-    assert after.status is PredictionStatus.SUCCEEDED
+    assert after.status == PredictionStatus.SUCCEEDED
     assert state.stats()["cancels"] == 1
     assert state.stats()["canceled"] == 0
 
@@ -190,7 +190,7 @@ def test_cancelling_before_start_never_reports_a_start():
 
     got = state.get(prediction_id)
     assert got is not None
-    assert got.status is PredictionStatus.CANCELED
+    assert got.status == PredictionStatus.CANCELED
     assert got.started_at is None
     assert got.completed_at == pytest.approx(1000.0)
 
@@ -376,7 +376,7 @@ async def test_a_prediction_runs_to_success_and_its_outputs_download_as_pngs():
     with trio.fail_after(5):
         async with running(SimulatorConfig(latency=(0.02, 0.05), seed=1)) as (base, client, sim):
             submitted = await sim.submit(job())
-            assert submitted.status is PredictionStatus.STARTING
+            assert submitted.status == PredictionStatus.STARTING
             done = await poll_until(sim, submitted.id, PredictionStatus.SUCCEEDED)
 
             assert len(done.output) == 2
@@ -398,10 +398,10 @@ async def test_a_hanging_prediction_is_cancelled_upstream_and_counted():
             hung = await sim.submit(job(simulate="hang"))
             await poll_until(sim, hung.id, PredictionStatus.PROCESSING)
             await trio.sleep(0.1)
-            assert (await sim.get(hung.id)).status is PredictionStatus.PROCESSING
+            assert (await sim.get(hung.id)).status == PredictionStatus.PROCESSING
 
             await sim.cancel(hung.id)
-            assert (await sim.get(hung.id)).status is PredictionStatus.CANCELED
+            assert (await sim.get(hung.id)).status == PredictionStatus.CANCELED
             await sim.cancel(hung.id)
 
             stats = (await client.get(f"{base}/_sim/stats")).json()
@@ -489,7 +489,7 @@ async def test_a_wrong_token_is_rejected_and_the_right_one_accepted():
             right = ReplicateProvider(client, base_url=base, token=TOKEN, model="sim/image")
             accepted = await right.submit(job())
     assert caught.value.status_code == 401
-    assert accepted.status is PredictionStatus.STARTING
+    assert accepted.status == PredictionStatus.STARTING
 
 
 async def test_unknown_routes_ids_and_bad_bodies_get_json_errors():

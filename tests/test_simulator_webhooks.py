@@ -19,12 +19,8 @@ import pytest
 import trio
 from standardwebhooks import Webhook
 
-from orchestrator.providers import (
-    KieProvider,
-    PredictionRequest,
-    PredictionStatus,
-    ReplicateProvider,
-)
+from orchestrator.core import PredictionRequest, PredictionStatus
+from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.simulator import (
     SimulatorConfig,
     SimulatorState,
@@ -59,7 +55,7 @@ def test_a_completed_webhook_falls_due_exactly_when_the_prediction_finishes():
     assert message.kind is WebhookKind.COMPLETED
     assert message.url == HOOK
     assert message.prediction.id == created.id
-    assert message.prediction.status is PredictionStatus.SUCCEEDED
+    assert message.prediction.status == PredictionStatus.SUCCEEDED
     assert state.take_due_webhooks() == []
     assert state.next_webhook_at() is None
 
@@ -73,7 +69,7 @@ def test_without_a_filter_replicate_sends_start_then_completed():
 
     ((start, completed),) = state.take_due_webhooks()
     assert (start.kind, completed.kind) == (WebhookKind.START, WebhookKind.COMPLETED)
-    assert start.prediction.status is PredictionStatus.PROCESSING
+    assert start.prediction.status == PredictionStatus.PROCESSING
     assert start.webhook_id != completed.webhook_id
 
 
@@ -91,7 +87,7 @@ def test_a_hung_prediction_owes_nothing_until_cancelled_then_is_due_at_once():
     state.cancel(created.id)
     assert state.next_webhook_at() == clock.now
     ((message,),) = state.take_due_webhooks()
-    assert message.prediction.status is PredictionStatus.CANCELED
+    assert message.prediction.status == PredictionStatus.CANCELED
     assert len(changes) == 2
 
 
@@ -110,7 +106,7 @@ def test_duplicates_and_stale_events_are_drawn_after_the_final_one():
     assert twin.prediction == final.prediction
     assert stale.kind is WebhookKind.STALE
     assert stale.webhook_id != final.webhook_id
-    assert stale.prediction.status is PredictionStatus.PROCESSING
+    assert stale.prediction.status == PredictionStatus.PROCESSING
     assert stale.moment < final.moment
     webhooks = state.stats()["webhooks"]
     assert isinstance(webhooks, dict)
@@ -251,7 +247,7 @@ async def test_a_completed_replicate_event_arrives_signed_and_verifiable():
     assert delivery.query["job_id"] == [str(request.job_id)]
     assert delivery.headers["webhook-id"].startswith("msg_")
     parsed = provider.parse_webhook(delivery.body)
-    assert parsed.status is PredictionStatus.SUCCEEDED
+    assert parsed.status == PredictionStatus.SUCCEEDED
     assert len(parsed.output) == 1
     assert stats["attempted"] == 1
     assert stats["failed"] == 0
@@ -360,7 +356,7 @@ async def test_kie_mode_delivers_the_callback_envelope_to_the_callback_url():
     assert delivery.query["job_id"] == [str(request.job_id)]
     assert "webhook-signature" not in delivery.headers
     parsed = provider.parse_webhook(delivery.body)
-    assert parsed.status is PredictionStatus.SUCCEEDED
+    assert parsed.status == PredictionStatus.SUCCEEDED
     assert parsed.webhook == submitted.webhook
 
 

@@ -16,11 +16,10 @@ import hypercorn.trio
 import pytest
 import trio
 
-from actors import OutputUnavailable
 from orchestrator.asgi import lifespan
+from orchestrator.core import JobStatus, OutputUnavailable
 from orchestrator.db import Database
 from orchestrator.downloads import Downloader
-from orchestrator.lifecycle import JobStatus
 from orchestrator.storage import FilesystemStorage
 
 from . import pg

@@ -12,18 +12,18 @@ from typing import Protocol
 
 import pytest
 
-from actors import JobStore
-from orchestrator.db import Database
-from orchestrator.db.testing import InMemoryStore
-from orchestrator.exceptions import FencedOff
-from orchestrator.lifecycle import (
+from orchestrator.core import (
     AdmissionOutcome,
     ErrorCode,
     Fence,
+    FencedOff,
     Job,
     JobStatus,
+    JobStore,
     StoredOutput,
 )
+from orchestrator.db import Database
+from orchestrator.db.testing import InMemoryStore
 
 from . import pg
 

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import Database
-from orchestrator.lifecycle import ErrorCode, JobStatus
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

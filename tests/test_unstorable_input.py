@@ -11,11 +11,9 @@ import uuid
 import asyncpg
 import pytest
 
+from orchestrator.core import MAX_STORED_TEXT, ErrorCode, JobStatus, clean_text, safe_summary
 from orchestrator.db import Database
 from orchestrator.db._connector import UndecodableJson, decode_jsonb
-from orchestrator.lifecycle import ErrorCode, JobStatus
-from orchestrator.providers._errors import safe_summary
-from orchestrator.text import MAX_STORED_TEXT, clean_text
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal

@@ -9,9 +9,9 @@ import trio
 
 from actors import ListingWatch, Registry, Submit
 from actors._watch import page_budget
+from orchestrator.core import JobStatus, Plan
 from orchestrator.db import Database
 from orchestrator.db.testing import InMemoryStore
-from orchestrator.lifecycle import JobStatus, Plan
 
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
 from .test_actors import CONFIG, FakeProvider

@@ -18,8 +18,8 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.core import MAX_OUTPUTS
 from orchestrator.db import Database, DbUnavailable
-from orchestrator.lifecycle import MAX_OUTPUTS
 from orchestrator.metrics import Metrics
 from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.webhooks import Reply, WebhookHandler, output_index

@@ -22,7 +22,7 @@ import structlog
 import trio
 import trio_asyncio
 
-from orchestrator.exceptions import sole_exception
+from orchestrator.core import sole_exception
 
 from ._errors import DbError, DbUnavailable, RoleUnavailable, map_error
 from ._queries import queries

@@ -10,7 +10,8 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
-from orchestrator.lifecycle import (
+from orchestrator.core import (
+    ALL_SLOTS,
     Account,
     Admission,
     AdmissionContext,
@@ -25,7 +26,6 @@ from orchestrator.lifecycle import (
     StoredOutput,
     UpstreamRef,
 )
-from orchestrator.placement import ALL_SLOTS
 
 from . import _audit, _jobs, _leases, _ledger, _routing, _schema, _transitions, _upstream
 from ._connector import Connector, Role, open_connector

@@ -24,7 +24,7 @@ from typing import Final
 
 import asyncpg
 
-from orchestrator.exceptions import ExpectedFault, FencedOff
+from orchestrator.core import ExpectedFault, FencedOff
 
 
 class DbError(Exception):

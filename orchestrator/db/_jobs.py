@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from orchestrator.lifecycle import Job
+from orchestrator.core import Job
 
 from . import _rows
 from ._connector import Pool

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from orchestrator.lifecycle import Account
+from orchestrator.core import Account
 
 from . import _rows
 from ._connector import Pool

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from orchestrator.lifecycle import InFlight, JobRef, JobStatus
+from orchestrator.core import InFlight, JobRef, JobStatus
 
 from . import _rows
 from ._connector import Pool

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from orchestrator.lifecycle import Account, ErrorCode, Job, JobStatus
+from orchestrator.core import Account, ErrorCode, Job, JobStatus
 
 from ._connector import UndecodableJson
 

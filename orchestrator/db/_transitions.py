@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import asyncpg
 import attrs
 
-from orchestrator.lifecycle import (
+from orchestrator.core import (
     Admission,
     AdmissionContext,
     ErrorCode,
@@ -26,8 +26,8 @@ from orchestrator.lifecycle import (
     Plan,
     StoredOutput,
     Usage,
+    clean_text,
 )
-from orchestrator.text import clean_text
 
 from . import _rows
 from ._connector import Pool

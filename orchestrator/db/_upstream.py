@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from orchestrator.lifecycle import FoundBy, JobStatus, ListedClaim, UpstreamRef
+from orchestrator.core import FoundBy, JobStatus, ListedClaim, UpstreamRef
 
 from ._connector import Pool
 from ._queries import queries

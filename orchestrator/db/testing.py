@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import trio
 
-from orchestrator.lifecycle import (
+from orchestrator.core import (
     Admission,
     AdmissionContext,
     ErrorCode,

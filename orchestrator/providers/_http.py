@@ -17,7 +17,7 @@ from typing import Final
 
 import httpx
 
-from ._errors import (
+from orchestrator.core import (
     ProviderError,
     ProviderProtocolError,
     ProviderRateLimited,

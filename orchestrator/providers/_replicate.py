@@ -16,8 +16,15 @@ from typing import Final
 
 import httpx
 
-from ._base import Prediction, PredictionRequest, PredictionStatus, TaggedPrediction
-from ._errors import ProviderProtocolError, safe_summary
+from orchestrator.core import (
+    Prediction,
+    PredictionRequest,
+    PredictionStatus,
+    ProviderProtocolError,
+    TaggedPrediction,
+    safe_summary,
+)
+
 from ._http import (
     checked_id,
     mapped_errors,

@@ -25,7 +25,6 @@ from hypercorn.typing import (
 )
 
 from orchestrator.asgi import lifespan, read_body
-from orchestrator.providers import PredictionStatus
 
 from ._state import (
     Fault,
@@ -34,6 +33,7 @@ from ._state import (
     SimulatedPrediction,
     SimulatorState,
 )
+from ._wire import WireStatus
 
 MAX_BODY: Final = 1 << 20
 _FILE_NAME: Final = re.compile(r"(\d{1,3})\.png")
@@ -58,9 +58,9 @@ def _problem(status: int, detail: str) -> _Response:
 
 _NOT_FOUND: Final = _problem(404, "Not found.")
 _KIE_STATES: Final = {
-    PredictionStatus.STARTING: "waiting",
-    PredictionStatus.PROCESSING: "generating",
-    PredictionStatus.SUCCEEDED: "success",
+    WireStatus.STARTING: "waiting",
+    WireStatus.PROCESSING: "generating",
+    WireStatus.SUCCEEDED: "success",
 }
 _KIE_GENERATION_FAILED: Final = 501
 _HTTP_UNAVAILABLE: Final = 503
@@ -350,7 +350,7 @@ class SimulatorApp:
 
     def _kie_record(self, prediction: SimulatedPrediction, base: str) -> dict[str, object]:
         """KIE's task record: nested JSON as strings, times in epoch milliseconds."""
-        succeeded = prediction.status is PredictionStatus.SUCCEEDED
+        succeeded = prediction.status is WireStatus.SUCCEEDED
         urls = [f"{base}/files/{prediction.id}/{idx}.png" for idx in range(prediction.num_outputs)]
         original: dict[str, object] = {"model": prediction.model, "input": dict(prediction.input)}
         if prediction.webhook is not None:
@@ -383,7 +383,7 @@ class SimulatorApp:
         """
         if self._state.config.api == "replicate":
             return json.dumps(self._render(prediction, base)).encode()
-        failed = prediction.status.terminal and prediction.status is not PredictionStatus.SUCCEEDED
+        failed = prediction.status.terminal and prediction.status is not WireStatus.SUCCEEDED
         envelope = {
             "code": _KIE_GENERATION_FAILED if failed else 200,
             "msg": "Generation failed" if failed else "success",

@@ -21,10 +21,9 @@ from typing import Final, Literal
 
 import attrs
 
-from orchestrator.providers import PredictionStatus
-
 from ._config import SimulatorConfig
 from ._images import render_output
+from ._wire import WireStatus
 
 MAX_OUTPUTS: Final = 30
 _ID_ALPHABET: Final = string.ascii_lowercase + "234567"
@@ -146,16 +145,16 @@ class _Record:
         """When it ends: cancel only ever lands before the drawn finish, so it wins."""
         return self.canceled_at if self.canceled_at is not None else self.finish_at
 
-    def status(self, now: float) -> PredictionStatus:
+    def status(self, now: float) -> WireStatus:
         if self.canceled_at is not None:
-            return PredictionStatus.CANCELED
+            return WireStatus.CANCELED
         if self.finish_at is not None and now >= self.finish_at:
             if self.outcome in {_Outcome.FAIL, _Outcome.FAIL_GARBLED}:
-                return PredictionStatus.FAILED
-            return PredictionStatus.SUCCEEDED
+                return WireStatus.FAILED
+            return WireStatus.SUCCEEDED
         if now >= self.started_at:
-            return PredictionStatus.PROCESSING
-        return PredictionStatus.STARTING
+            return WireStatus.PROCESSING
+        return WireStatus.STARTING
 
 
 @attrs.frozen
@@ -168,7 +167,7 @@ class SimulatedPrediction:
     version: str | None
     input: Mapping[str, object]
     num_outputs: int
-    status: PredictionStatus
+    status: WireStatus
     created_at: float
     started_at: float | None
     completed_at: float | None
@@ -180,7 +179,7 @@ class SimulatedPrediction:
 def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
     status = record.status(now)
     completed_at: float | None = None
-    if status is PredictionStatus.CANCELED:
+    if status is WireStatus.CANCELED:
         completed_at = record.canceled_at
     elif status.terminal:
         completed_at = record.finish_at
@@ -198,7 +197,7 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
         created_at=record.created_at,
         started_at=record.started_at if started else None,
         completed_at=completed_at,
-        error=_error_text(record) if status is PredictionStatus.FAILED else None,
+        error=_error_text(record) if status is WireStatus.FAILED else None,
         webhook=record.webhook,
         webhook_events_filter=record.webhook_events_filter,
     )
@@ -213,7 +212,7 @@ def _processing_view(record: _Record) -> SimulatedPrediction:
     """The prediction as it was while running, even if its start and end coincide."""
     return attrs.evolve(
         _snapshot(record, record.started_at),
-        status=PredictionStatus.PROCESSING,
+        status=WireStatus.PROCESSING,
         started_at=record.started_at,
         completed_at=None,
         error=None,
@@ -411,14 +410,14 @@ class SimulatorState:
         record = self._records.get(prediction_id)
         if record is None or not 0 <= idx < record.num_outputs:
             return None
-        if record.status(self._clock()) is not PredictionStatus.SUCCEEDED:
+        if record.status(self._clock()) is not WireStatus.SUCCEEDED:
             return None
         return render_output(prediction_id, idx)
 
     def stats(self) -> dict[str, object]:
         """Counters so far, plus how many predictions are in each status right now."""
         now = self._clock()
-        statuses = dict.fromkeys((s.value for s in PredictionStatus), 0)
+        statuses = dict.fromkeys((s.value for s in WireStatus), 0)
         for record in self._order:
             statuses[record.status(now).value] += 1
         return {

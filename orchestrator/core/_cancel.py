@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ._errors import ProviderError
+from ._provider_errors import ProviderError
 
 
 async def cancel_within(cancel: Callable[[], Awaitable[None]], timeout_s: float) -> str | None:

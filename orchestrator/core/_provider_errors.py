@@ -22,8 +22,8 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from orchestrator.exceptions import ExpectedFault
-from orchestrator.text import clean_text
+from ._exceptions import ExpectedFault
+from ._text import clean_text
 
 
 class ProviderError(ExpectedFault):

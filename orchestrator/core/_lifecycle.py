@@ -14,7 +14,7 @@ from uuid import UUID
 
 import attrs
 
-from orchestrator.inputs import params_problem, user_id_problem
+from ._inputs import params_problem, user_id_problem
 
 MAX_PROMPT_CHARS: Final = 4000
 MAX_OUTPUTS: Final = 30

@@ -15,7 +15,8 @@ from typing import Final, Protocol
 
 import attrs
 
-MAX_OUTPUTS: Final = 30
+from ._lifecycle import MAX_OUTPUTS
+
 RESERVED_INPUTS: Final = frozenset({"prompt", "num_outputs"})
 
 

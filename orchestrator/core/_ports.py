@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-from orchestrator.lifecycle import (
+from ._lifecycle import (
     Admission,
     AdmissionContext,
     ErrorCode,
@@ -22,14 +22,14 @@ from orchestrator.lifecycle import (
     StoredOutput,
     UpstreamRef,
 )
-from orchestrator.placement import ALL_SLOTS
+from ._slots import ALL_SLOTS
 
 
 class JobStore(Protocol):
     """The job transitions the actors perform, each one atomic in the store.
 
     Every write takes the `fence` of the job's partition slot and raises
-    `orchestrator.exceptions.FencedOff` when the store no longer honours it.
+    `FencedOff` when the store no longer honours it.
     """
 
     async def admission_context(self, job_id: uuid.UUID) -> AdmissionContext | None: ...
