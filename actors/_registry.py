@@ -13,6 +13,7 @@ slot's next owner to resume.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import structlog
@@ -142,6 +143,11 @@ class Registry:
 
     def actor(self, user_id: str) -> UserActor | None:
         return self._actors.get(user_id)
+
+    def stop_job(self, user_id: str, job_id: uuid.UUID) -> bool:
+        """Stop a job's task if one runs here (its settle then finds the job ended)."""
+        actor = self._actors.get(user_id)
+        return actor is not None and actor.cancel_running(job_id)
 
     def drop_slots(self, slots: frozenset[int], *, graceful: bool = False) -> list[UserActor]:
         """Stop every actor of `slots` and its job tasks, settling nothing.

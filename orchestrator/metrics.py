@@ -297,6 +297,11 @@ class Metrics:
             )
         )
 
+    def job_swept(self, status: JobStatus, code: ErrorCode | None, *, refunded: int) -> None:
+        """A job the sweeper ended: counted and refunded like any other, with no timings."""
+        self.jobs_finished.labels(status=status.value, code=code.value if code else "").inc()
+        self.credits_refunded.inc(refunded)
+
     def job_finished(
         self,
         status: JobStatus,

@@ -32,7 +32,9 @@ from orchestrator.core import (
     JobStatus,
     Provider,
     Slots,
+    Stuck,
     cancel_within,
+    settle,
 )
 from orchestrator.db import Database, DbError
 from orchestrator.metrics import Metrics
@@ -118,24 +120,34 @@ class Sweeper:
         return ended
 
     async def _end(self, ref: JobRef) -> None:
+        """End a stuck job as `settle` says a `Stuck` ending ends, after its predictions."""
         minutes = self._stuck_after_s / 60
-        message = f"not finished {minutes:g} minutes after its deadline; credits refunded"
         fence = self._slots.fence(ref.slot)
         with structlog.contextvars.bound_contextvars(job_id=str(ref.id), user_id=ref.user_id):
             if ref.status is JobStatus.QUEUED:
                 await self._db.reject(
                     ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes", fence=fence
                 )
-            else:
-                for prediction_id in ref.prediction_ids:
-                    await self._cancel_upstream(prediction_id)
-                finish = await self._db.finish(
-                    ref.id, JobStatus.FAILED, code=ErrorCode.STUCK, message=message, fence=fence
-                )
-                log.warning("job.stuck", credits_refunded=finish.refunded)
-            actor = self._registry.actor(ref.user_id)
-            if actor is not None:
-                actor.cancel_running(ref.id)
+                return
+            job = await self._db.job(ref.id)
+            if job is None or not job.status.in_flight:
+                return
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as nursery:
+                    for prediction_id in ref.prediction_ids:
+                        nursery.start_soon(self._cancel_upstream, prediction_id)
+            settlement = settle(job, Stuck(minutes))
+            finish = await self._db.finish(
+                ref.id,
+                settlement.status,
+                code=settlement.code,
+                message=settlement.message,
+                fence=fence,
+            )
+            log.warning("job.stuck", credits_refunded=finish.refunded)
+            self._metrics.job_swept(settlement.status, settlement.code, refunded=finish.refunded)
+            # A task still running it (it should not be) stops: its settle finds it ended.
+            self._registry.stop_job(ref.user_id, ref.id)
 
     async def _cancel_upstream(self, prediction_id: str) -> None:
         reason = await cancel_within(

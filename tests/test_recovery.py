@@ -139,8 +139,14 @@ async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
     async with httpx.AsyncClient(trust_env=False) as client:
         provider = ReplicateProvider(client, base_url=provider_url, token="t", model="sim/image")
         registry = Registry(store=db, provider=provider, config=ActorConfig())
-        sweeper = Sweeper(db, provider, registry, stuck_after_s=1800, cancel_timeout_s=1)
+        metrics = Metrics()
+        sweeper = Sweeper(
+            db, provider, registry, stuck_after_s=1800, cancel_timeout_s=1, metrics=metrics
+        )
         assert await sweeper.sweep() == 2
+    sample = metrics.registry.get_sample_value
+    assert sample("orchestrator_credits_refunded_total") == 1  # the sweeper's refunds count
+    assert sample("orchestrator_jobs_finished_total", {"status": "failed", "code": "STUCK"}) == 1
     flight, queued, young, backlog = [
         await db.job(j) for j in (stuck_flight, stuck_queue, fresh, recent)
     ]

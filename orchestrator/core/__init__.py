@@ -45,6 +45,7 @@ from ._lifecycle import Plan as Plan
 from ._lifecycle import Reject as Reject
 from ._lifecycle import Settlement as Settlement
 from ._lifecycle import StoredOutput as StoredOutput
+from ._lifecycle import Stuck as Stuck
 from ._lifecycle import TimedOut as TimedOut
 from ._lifecycle import UpstreamFailed as UpstreamFailed
 from ._lifecycle import UpstreamRef as UpstreamRef
@@ -136,6 +137,7 @@ __all__ = [
     "Settlement",
     "Slots",
     "StoredOutput",
+    "Stuck",
     "TaggedPrediction",
     "TimedOut",
     "UpstreamFailed",

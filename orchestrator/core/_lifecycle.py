@@ -398,7 +398,14 @@ class Abandoned:
     reason: str
 
 
-Ending = Delivered | UpstreamFailed | TimedOut | CanceledByUser | Abandoned
+@attrs.frozen
+class Stuck:
+    """Still in flight `minutes` after its deadline: whatever ran it is long gone."""
+
+    minutes: float
+
+
+Ending = Delivered | UpstreamFailed | TimedOut | CanceledByUser | Abandoned | Stuck
 
 
 @attrs.frozen
@@ -459,6 +466,13 @@ def settle(job: Job, ending: Ending) -> Settlement:  # noqa: PLR0911  (one answe
         case Abandoned(reason=reason):
             return Settlement(
                 JobStatus.FAILED, ErrorCode.INTERNAL_ERROR, f"{reason}; credits refunded", full
+            )
+        case Stuck(minutes=minutes):
+            return Settlement(
+                JobStatus.FAILED,
+                ErrorCode.STUCK,
+                f"not finished {minutes:g} minutes after its deadline; credits refunded",
+                full,
             )
 
 
