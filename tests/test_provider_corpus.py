@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import providers
+from orchestrator import core
 from orchestrator.core import Prediction, PredictionRequest, PredictionStatus
 from orchestrator.providers import KieProvider, ReplicateProvider
 
@@ -136,7 +136,7 @@ async def test_a_garbage_answer_is_a_provider_error_or_a_sane_prediction(provide
                 outcome: Prediction | BaseException = await adapter.submit(request)
             else:
                 outcome = await adapter.get("pred123" if provider == "replicate" else "task_123")
-        except providers.ProviderError as exc:
+        except core.ProviderError as exc:
             outcome = exc
 
     if case["expect"] == "ok":
@@ -148,9 +148,9 @@ async def test_a_garbage_answer_is_a_provider_error_or_a_sane_prediction(provide
             _assert_clean(outcome.error, provider, where)
         return
     assert type(outcome).__name__ == case["expect"], f"{where}: {outcome!r}"
-    assert isinstance(outcome, providers.ProviderError)
+    assert isinstance(outcome, core.ProviderError)
     _assert_clean(outcome.summary, provider, where)
     _assert_clean(str(outcome), provider, where)
     if "retry_after" in case:
-        assert isinstance(outcome, providers.ProviderRateLimited)
+        assert isinstance(outcome, core.ProviderRateLimited)
         assert outcome.retry_after == case["retry_after"], where
