@@ -117,6 +117,7 @@ class LeaseKeeper:
         self._send_changes, self.changes = trio.open_memory_channel[SlotChange](math.inf)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._thread_done = threading.Event()
         self._leave = False
         self.rounds = 0
         self.unowned = SLOTS
@@ -177,6 +178,8 @@ class LeaseKeeper:
         """
         self._stop.set()
         self._wake.set()
+        # A round still in flight could take slots back after we free them: wait it out.
+        await trio.to_thread.run_sync(self._thread_done.wait, self._renew_s * 2)
         with self._lock:
             lost = frozenset(self._held)
             self._held.clear()
@@ -202,6 +205,7 @@ class LeaseKeeper:
                 self._wake.clear()
         finally:
             session.close()
+            self._thread_done.set()
 
     def _round(self, session: LeaseSession, token: trio.lowlevel.TrioToken) -> None:
         started = time.monotonic()
@@ -245,8 +249,9 @@ class LeaseKeeper:
                 if mine is not None:
                     mine.trusted_until = trusted_until
                 elif slot in wanted:
-                    # A kept slot missing here was dropped meanwhile (trust ran out): it is
-                    # given up next round and taken again under a new epoch, never reused.
+                    # Only slots asked for are new. A kept one missing from `_held` was
+                    # dropped meanwhile (its trust ran out): it is given up next round and
+                    # taken again under a new epoch, never reused under the old one.
                     fence = Fence(self.member, row.epoch)
                     self._held[slot] = _Held(fence, trusted_until)
                     taken[slot] = fence
