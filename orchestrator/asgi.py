@@ -7,7 +7,10 @@ answer hypercorn's lifespan protocol the same way.
 
 from __future__ import annotations
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the CLI need not load hypercorn to parse its flags
+    from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 
 
 async def read_body(receive: ASGIReceiveCallable, limit: int) -> bytes | None:

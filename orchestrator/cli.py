@@ -34,6 +34,7 @@ from orchestrator.db import (
     stop_embedded_server,
 )
 from orchestrator.settings import Settings, SettingsError, environment_variables, from_env
+from orchestrator.simulator import add_simulator_flags, simulator_config
 
 EXIT_OK: Final = 0
 EXIT_AUDIT_FAILED: Final = 1
@@ -157,6 +158,23 @@ async def _with_database(
         return await body(db)
 
 
+Command = Callable[[Settings, argparse.Namespace], int]
+DatabaseBody = Callable[[Database, Settings, argparse.Namespace], Awaitable[int]]
+
+
+def database_command(body: DatabaseBody) -> Command:
+    """A subcommand that runs `body` in one Trio program, on the operator role's database."""
+
+    @functools.wraps(body)
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        async def run(db: Database) -> int:
+            return await body(db, settings, args)
+
+        return trio.run(_with_database, settings, run)
+
+    return command
+
+
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     async def body(_db: Database) -> int:
         views.say("schema applied; the database is current")
@@ -165,142 +183,119 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return trio.run(lambda: _with_database(settings, body, migrate=True))
 
 
-def cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        balance = await db.grant(args.user, args.credits, ref=args.ref, plan=args.plan)
+@database_command
+async def cmd_grant(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    balance = await db.grant(args.user, args.credits, ref=args.ref, plan=args.plan)
+    views.say(f"{args.user}: balance {balance}")
+    return EXIT_OK
+
+
+@database_command
+async def cmd_adjust(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    balance = await db.adjust(args.user, args.amount, note=args.note, ref=args.ref)
+    if balance is None:
+        views.say(f"adjustment {args.ref} was already applied; nothing changed")
+    else:
         views.say(f"{args.user}: balance {balance}")
+    return EXIT_OK
+
+
+@database_command
+async def cmd_submit(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    job_id = await db.submit_job(
+        args.user,
+        args.prompt,
+        params=args.params,
+        num_outputs=args.outputs,
+        idempotency_key=args.idempotency_key,
+    )
+    print(job_id)  # noqa: T201  (the id is the command's output, for scripts)
+    if not args.wait:
         return EXIT_OK
+    job = await views.follow(db.job, job_id)
+    views.job(job, as_json=False)
+    return EXIT_OK if job.status is JobStatus.SUCCEEDED else EXIT_JOB_FAILED
 
-    return trio.run(_with_database, settings, body)
 
-
-def cmd_adjust(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        balance = await db.adjust(args.user, args.amount, note=args.note, ref=args.ref)
-        if balance is None:
-            views.say(f"adjustment {args.ref} was already applied; nothing changed")
-        else:
-            views.say(f"{args.user}: balance {balance}")
+@database_command
+async def cmd_cancel(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    if await db.request_cancel(args.job_id):
+        views.say(f"cancellation of {args.job_id} requested")
         return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
-
-
-def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        job_id = await db.submit_job(
-            args.user,
-            args.prompt,
-            params=args.params,
-            num_outputs=args.outputs,
-            idempotency_key=args.idempotency_key,
-        )
-        print(job_id)  # noqa: T201  (the id is the command's output, for scripts)
-        if not args.wait:
-            return EXIT_OK
-        job = await views.follow(db.job, job_id)
-        views.job(job, as_json=False)
-        return EXIT_OK if job.status is JobStatus.SUCCEEDED else EXIT_JOB_FAILED
-
-    return trio.run(_with_database, settings, body)
+    raise CliError(f"job {args.job_id} has already finished and cannot be cancelled")
 
 
-def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        if await db.request_cancel(args.job_id):
-            views.say(f"cancellation of {args.job_id} requested")
-            return EXIT_OK
-        raise CliError(f"job {args.job_id} has already finished and cannot be cancelled")
-
-    return trio.run(_with_database, settings, body)
-
-
-def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+@database_command
+async def cmd_delete(db: Database, settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.daemon import storage_root  # noqa: PLC0415
     from orchestrator.storage import FilesystemStorage  # noqa: PLC0415
 
-    async def body(db: Database) -> int:
-        job = await db.job(args.job_id)
-        if job is None:
-            raise CliError(f"unknown job {args.job_id}")
-        if not job.status.terminal:
-            raise CliError(f"job {args.job_id} is {job.status.value}: cancel it first")
-        paths = await db.stored_outputs(args.job_id)
-        removed = await FilesystemStorage(storage_root(settings)).delete(paths)
-        marked = await db.soft_delete_outputs(args.job_id)
-        views.say(f"job {args.job_id}: {removed} files removed, {marked} outputs marked deleted")
-        return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
+    job = await db.job(args.job_id)
+    if job is None:
+        raise CliError(f"unknown job {args.job_id}")
+    if not job.status.terminal:
+        raise CliError(f"job {args.job_id} is {job.status.value}: cancel it first")
+    paths = await db.stored_outputs(args.job_id)
+    removed = await FilesystemStorage(storage_root(settings)).delete(paths)
+    marked = await db.soft_delete_outputs(args.job_id)
+    views.say(f"job {args.job_id}: {removed} files removed, {marked} outputs marked deleted")
+    return EXIT_OK
 
 
-def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        jobs = await db.jobs(user_id=args.user, limit=args.limit)
-        views.jobs(jobs, as_json=args.json)
-        return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
+@database_command
+async def cmd_jobs(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    jobs = await db.jobs(user_id=args.user, limit=args.limit)
+    views.jobs(jobs, as_json=args.json)
+    return EXIT_OK
 
 
-def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        job = await db.job(args.job_id)
-        if job is None:
-            raise CliError(f"unknown job {args.job_id}")
-        views.job(job, as_json=args.json)
-        return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
+@database_command
+async def cmd_status(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    job = await db.job(args.job_id)
+    if job is None:
+        raise CliError(f"unknown job {args.job_id}")
+    views.job(job, as_json=args.json)
+    return EXIT_OK
 
 
-def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        views.accounts(await db.account_summaries(user_id=args.user), as_json=args.json)
-        return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
+@database_command
+async def cmd_accounts(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    views.accounts(await db.account_summaries(user_id=args.user), as_json=args.json)
+    return EXIT_OK
 
 
-def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        views.cluster(await db.cluster_members(), await db.cluster_owners(), as_json=args.json)
-        return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
+@database_command
+async def cmd_cluster(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    views.cluster(await db.cluster_members(), await db.cluster_owners(), as_json=args.json)
+    return EXIT_OK
 
 
-def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    async def body(db: Database) -> int:
-        report = await db.audit()
-        views.audit(report, as_json=args.json)
-        return EXIT_OK if report.ok else EXIT_AUDIT_FAILED
-
-    return trio.run(_with_database, settings, body)
+@database_command
+async def cmd_audit(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
+    report = await db.audit()
+    views.audit(report, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_AUDIT_FAILED
 
 
-def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+@database_command
+async def cmd_reconcile(db: Database, settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.daemon import open_provider  # noqa: PLC0415
     from orchestrator.reconcile import Reconciler  # noqa: PLC0415
 
     logs.configure(settings.log_level, settings.log_format)  # to stderr: stdout is the report
-
-    async def body(db: Database) -> int:
-        async with open_provider(settings) as provider:
-            reconciler = Reconciler(
-                db,
-                provider,
-                provider_name=settings.provider,
-                window_s=args.window_hours * 3600.0,
-                limit=args.limit,
-                cancel_timeout_s=settings.cancel_timeout_s,
-                dry_run=args.dry_run,
-            )
-            report = await reconciler.run_once()
-        views.reconcile(report, as_json=args.json)
-        return EXIT_OK
-
-    return trio.run(_with_database, settings, body)
+    async with open_provider(settings) as provider:
+        reconciler = Reconciler(
+            db,
+            provider,
+            provider_name=settings.provider,
+            window_s=args.window_hours * 3600.0,
+            limit=args.limit,
+            cancel_timeout_s=settings.cancel_timeout_s,
+            dry_run=args.dry_run,
+        )
+        report = await reconciler.run_once()
+    views.reconcile(report, as_json=args.json)
+    return EXIT_OK
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
@@ -358,25 +353,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_provider(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.simulator import SimulatorConfig, serve_simulator  # noqa: PLC0415
+    from orchestrator.simulator import serve_simulator  # noqa: PLC0415
 
     logs.configure(settings.log_level, settings.log_format)
     try:
-        config = SimulatorConfig(
-            latency=(args.latency[0], args.latency[1]),
-            failure_rate=args.failure_rate,
-            hang_rate=args.hang_rate,
-            rate_limit_rate=args.rate_limit_rate,
-            server_error_rate=args.server_error_rate,
-            malformed_rate=args.malformed_rate,
-            seed=args.seed,
-            token=args.token,
-            api=args.api,
-            webhook_secret=args.webhook_secret,
-            webhook_duplicate_rate=args.webhook_duplicate_rate,
-            webhook_reorder_rate=args.webhook_reorder_rate,
-            webhook_failure_rate=args.webhook_failure_rate,
-        )
+        config = simulator_config(args)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
 
@@ -513,21 +494,9 @@ def _add_daemon_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate-provider", help="serve a Replicate-compatible simulator on loopback"
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8090)
-    p.add_argument("--latency", type=float, nargs=2, default=(0.05, 0.2), metavar=("LOW", "HIGH"))
-    p.add_argument("--failure-rate", type=float, default=0.0)
-    p.add_argument("--hang-rate", type=float, default=0.0)
-    p.add_argument("--rate-limit-rate", type=float, default=0.0)
-    p.add_argument("--server-error-rate", type=float, default=0.0)
-    p.add_argument("--malformed-rate", type=float, default=0.0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--token", help="require this bearer token")
-    p.add_argument("--api", choices=("replicate", "kie"), default="replicate")
-    p.add_argument("--webhook-secret", help="sign webhooks with this whsec_ secret")
-    p.add_argument("--webhook-duplicate-rate", type=float, default=0.0)
-    p.add_argument("--webhook-reorder-rate", type=float, default=0.0)
-    p.add_argument("--webhook-failure-rate", type=float, default=0.0)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8090, help="port to listen on (default: 8090)")
+    add_simulator_flags(p)
     p.set_defaults(func=cmd_simulate_provider)
 
     p = sub.add_parser("db", help="the embedded Postgres: show its URL or stop it")

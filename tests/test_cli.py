@@ -229,3 +229,29 @@ def test_a_weak_or_malformed_webhook_secret_refuses_to_start_in_one_line(
 def test_a_secret_of_24_random_bytes_is_accepted():
     secret = "whsec_" + base64.b64encode(b"\x01" * 24).decode()
     assert from_env({"ORCHESTRATOR_WEBHOOK_SECRET": secret}).webhook_secret == secret
+
+
+def test_every_simulator_knob_is_a_documented_flag_with_the_configs_default():
+    """`simulate-provider` flags come from `SimulatorConfig`: none missing, none without help."""
+    import attrs  # noqa: PLC0415
+
+    from orchestrator.cli import build_parser  # noqa: PLC0415
+    from orchestrator.simulator import SimulatorConfig, simulator_config  # noqa: PLC0415
+
+    parser = build_parser()
+    args = parser.parse_args(["simulate-provider"])
+    assert simulator_config(args) == SimulatorConfig()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    flags = {action.dest: action for action in sub.choices["simulate-provider"]._actions}
+    for field in attrs.fields(SimulatorConfig):
+        assert field.name in flags, field.name
+        assert flags[field.name].help, field.name
+        assert "default" in flags[field.name].help
+    chosen = parser.parse_args(
+        ["simulate-provider", "--latency", "1", "2", "--hang-rate", "0.5", "--api", "kie"]
+    )
+    config = simulator_config(chosen)
+    assert (config.latency, config.hang_rate, config.api) == ((1.0, 2.0), 0.5, "kie")
+    shown = run("postgresql://unused", "simulate-provider", "--help").stdout
+    assert "--webhook-failure-rate" in shown
+    assert "Share of delivery attempts dropped" in shown

@@ -10,6 +10,8 @@ signed, retried, sometimes duplicated or reordered webhooks. Code lives in priva
 
 from ._app import SimulatorApp as SimulatorApp
 from ._config import SimulatorConfig as SimulatorConfig
+from ._flags import add_simulator_flags as add_simulator_flags
+from ._flags import simulator_config as simulator_config
 from ._server import serve_simulator as serve_simulator
 from ._state import Directive as Directive
 from ._state import Fault as Fault
@@ -33,5 +35,7 @@ __all__ = [
     "WebhookDelivery",
     "WebhookKind",
     "WebhookSender",
+    "add_simulator_flags",
     "serve_simulator",
+    "simulator_config",
 ]

@@ -14,15 +14,9 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGISendCallable,
-    HTTPScope,
-    Scope,
-)
 
 from orchestrator.asgi import lifespan, read_body
 
@@ -34,6 +28,9 @@ from ._state import (
     SimulatorState,
 )
 from ._wire import WireStatus
+
+if TYPE_CHECKING:  # annotations only: the CLI need not load hypercorn to parse its flags
+    from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 MAX_BODY: Final = 1 << 20
 _FILE_NAME: Final = re.compile(r"(\d{1,3})\.png")

@@ -7,8 +7,6 @@ import time
 from functools import partial
 from typing import Final
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from orchestrator.transport import queued_client
@@ -46,6 +44,9 @@ async def serve_simulator(
         access_log: Log every request to ``orchestrator.simulator.access``.
         task_status: Receives the base URL, e.g. ``"http://127.0.0.1:54321"``.
     """
+    import hypercorn.config  # noqa: PLC0415  (only serving pays for hypercorn)
+    import hypercorn.trio  # noqa: PLC0415
+
     server_config = hypercorn.config.Config()
     server_config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     server_config.accesslog = logging.getLogger(f"{_LOGGER}.access") if access_log else None
