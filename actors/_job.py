@@ -31,14 +31,10 @@ from orchestrator.core import (
     Finish,
     InFlight,
     Job,
-    JobStore,
-    Observer,
-    OutputStore,
     OutputUnavailable,
     Prediction,
     PredictionRequest,
     PredictionStatus,
-    Provider,
     ProviderError,
     ProviderProtocolError,
     ProviderRateLimited,
@@ -56,9 +52,7 @@ from orchestrator.core import (
     settle,
 )
 
-from ._capacity import Capacity
-from ._config import ActorConfig
-from ._watch import ListingWatch
+from ._deps import Deps
 
 log = structlog.get_logger("actors.job")
 
@@ -107,36 +101,30 @@ class JobTask:
     def __init__(
         self,
         in_flight: InFlight,
+        deps: Deps,
         *,
-        store: JobStore,
-        provider: Provider,
-        outputs: OutputStore,
-        config: ActorConfig,
-        observer: Observer,
         queued_s: float | None = None,
         on_done: Callable[[Job], None] | None = None,
         resumed: bool = False,
-        capacity: Capacity | None = None,
-        watch: ListingWatch | None = None,
         fence: Fence | None = None,
     ) -> None:
-        self._watch = watch
+        self._watch = deps.watch
         self._fence = fence
         self._dropped = trio.CancelScope()
         self._dropping = False
         self._submits = 0
         self.job = in_flight.job
         self._resumed = resumed
-        self._capacity = capacity or Capacity()
+        self._capacity = deps.capacity
         # Admission took the create tokens for a fresh job's outputs already.
         self._prepaid_creates = 0 if resumed else in_flight.job.num_outputs
         self._remaining_s = in_flight.remaining_s
         self._progress = _Progress(dict(in_flight.predictions))
-        self._store = store
-        self._provider = provider
-        self._outputs = outputs
-        self._config = config
-        self._observer = observer
+        self._store = deps.store
+        self._provider = deps.provider
+        self._outputs = deps.outputs
+        self._config = deps.config
+        self._observer = deps.observer
         self._queued_s = queued_s
         self._on_done = on_done
         self._polls = 0

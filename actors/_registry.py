@@ -32,6 +32,7 @@ from orchestrator.core import (
 
 from ._capacity import Capacity
 from ._config import ActorConfig
+from ._deps import Deps
 from ._mailbox import Offer
 from ._messages import Cancel, Message, Resume
 from ._user import UserActor
@@ -56,11 +57,15 @@ class Registry:
         self.slots: Slots = slots or EverySlot()
         self.capacity = capacity or Capacity()
         self.watch = watch
-        self._observer: Observer = observer or NullObserver()
-        self._outputs: OutputStore = outputs or UrlOnlyOutputs()
-        self._store = store
-        self._provider = provider
-        self._config = config
+        self._deps = Deps(
+            store=store,
+            provider=provider,
+            config=config,
+            observer=observer or NullObserver(),
+            outputs=outputs or UrlOnlyOutputs(),
+            capacity=self.capacity,
+            watch=watch,
+        )
         self._actors: dict[str, UserActor] = {}
         self._nursery: trio.Nursery | None = None
         self._draining = False
@@ -115,16 +120,11 @@ class Registry:
                 raise RuntimeError("the registry is not running")
             actor = UserActor(
                 user_id,
+                self._deps,
                 slot=slot,
                 fence=fence,
-                registry=self,
-                store=self._store,
-                provider=self._provider,
-                config=self._config,
-                observer=self._observer,
-                outputs=self._outputs,
-                capacity=self.capacity,
-                watch=self.watch,
+                retire=self.retire,
+                job_ended=self.job_finished,
             )
             self._actors[user_id] = actor
             self.started += 1

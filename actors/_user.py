@@ -11,7 +11,8 @@ the actor (`drop`), and its jobs are left, unsettled, to the slot's new owner.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final
 
 import attrs
 import structlog
@@ -25,24 +26,15 @@ from orchestrator.core import (
     InFlight,
     Job,
     JobStatus,
-    JobStore,
-    Observer,
-    OutputStore,
     Prediction,
-    Provider,
     Reject,
     decide_admission,
 )
 
-from ._capacity import Capacity
-from ._config import ActorConfig
+from ._deps import Deps
 from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
-from ._watch import ListingWatch
-
-if TYPE_CHECKING:
-    from ._registry import Registry
 
 log = structlog.get_logger("actors.user")
 
@@ -67,36 +59,38 @@ _REFUSAL_FOR_OUTCOME = {
 
 
 class UserActor:
+    """One user's admissions and running jobs.
+
+    It knows nothing of the registry: it retires through `retire` (refused while its
+    mailbox holds anything) and reports each job that ends through `job_ended`.
+    """
+
     def __init__(
         self,
         user_id: str,
+        deps: Deps,
         *,
         slot: int = 0,
         fence: Fence | None = None,
-        registry: Registry,
-        store: JobStore,
-        provider: Provider,
-        config: ActorConfig,
-        observer: Observer,
-        outputs: OutputStore,
-        capacity: Capacity,
-        watch: ListingWatch | None = None,
+        retire: Callable[[UserActor], bool] = lambda _actor: True,
+        job_ended: Callable[[], None] = lambda: None,
     ) -> None:
-        self._watch = watch
-        self._capacity = capacity
-        self._observer = observer
-        self._outputs = outputs
+        self._deps = deps
+        self._watch = deps.watch
+        self._capacity = deps.capacity
+        self._observer = deps.observer
+        self._outputs = deps.outputs
         self.user_id = user_id
         self.slot = slot
         self._fence = fence
         self._dropped = trio.CancelScope()
         self._dropping = False
         self.done = trio.Event()
-        self.mailbox = Mailbox(config.mailbox_size)
-        self._registry = registry
-        self._store = store
-        self._provider = provider
-        self._config = config
+        self.mailbox = Mailbox(deps.config.mailbox_size)
+        self._retire = retire
+        self._job_ended = job_ended
+        self._store = deps.store
+        self._config = deps.config
         self._running: dict[uuid.UUID, JobTask] = {}
         self._resuming: set[uuid.UUID] = set()
         self._stranger = False
@@ -194,13 +188,13 @@ class UserActor:
                 await self._handle(message)
                 # A user with no account gets no actor kept for them: a flood of
                 # strangers would otherwise hold one per id for the idle time.
-                if self._stranger and not self._running and self._registry.retire(self):
+                if self._stranger and not self._running and self._retire(self):
                     log.debug("actor.retired", reason="unknown user")
                     return
                 continue
             # Idle: retire unless a job runs or a message raced in; the check and the
             # removal are synchronous, so no delivery can land in between.
-            if not self._running and self._registry.retire(self):
+            if not self._running and self._retire(self):
                 log.debug("actor.retired")
                 return
 
@@ -304,16 +298,10 @@ class UserActor:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
             in_flight,
-            store=self._store,
-            provider=self._provider,
-            outputs=self._outputs,
-            config=self._config,
-            observer=self._observer,
+            self._deps,
             queued_s=lag_s,
             on_done=self._job_done,
             resumed=resumed,
-            capacity=self._capacity,
-            watch=self._watch,
             fence=self._fence,
         )
         self._running[in_flight.job.id] = task
@@ -323,7 +311,7 @@ class UserActor:
     def _job_done(self, job: Job) -> None:
         self._running.pop(job.id, None)
         self._capacity.gate.leave()
-        self._registry.job_finished()
+        self._job_ended()
 
     async def _cancel(self, job_id: uuid.UUID) -> None:
         task = self._running.get(job_id)
