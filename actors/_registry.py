@@ -25,6 +25,7 @@ from orchestrator.core import (
     NullObserver,
     Observer,
     OutputStore,
+    Prediction,
     Provider,
     Slots,
     UrlOnlyOutputs,
@@ -143,6 +144,11 @@ class Registry:
 
     def actor(self, user_id: str) -> UserActor | None:
         return self._actors.get(user_id)
+
+    def poke(self, user_id: str, job_id: uuid.UUID, prediction: Prediction | None = None) -> bool:
+        """Wake a job's task for a webhook if one runs here; see `JobTask.poke`."""
+        actor = self._actors.get(user_id)
+        return actor is not None and actor.poke(job_id, prediction)
 
     def stop_job(self, user_id: str, job_id: uuid.UUID) -> bool:
         """Stop a job's task if one runs here (its settle then finds the job ended)."""

@@ -196,11 +196,14 @@ class Intake:
                 accepted += self._offer(ref, Submit(ref.id))
             elif ref.status.in_flight and ref.cancel_requested:
                 accepted += self._offer(ref, Cancel(ref.id))
-            elif ref.status.in_flight and woken and self._slots.owns(ref.slot):
-                # A webhook that reached another daemon: poll now, or resume if not running.
-                actor = self._registry.actor(ref.user_id)
-                if actor is None or not actor.poke(ref.id):
-                    accepted += self._resume(ref)
+            elif (
+                ref.status.in_flight
+                and woken
+                and self._slots.owns(ref.slot)
+                and not self._registry.poke(ref.user_id, ref.id)
+            ):
+                # A webhook that reached another daemon, for a job not running here: resume it.
+                accepted += self._resume(ref)
         return accepted
 
     def _offer(self, ref: JobRef, message: Submit | Cancel | Resume) -> bool:

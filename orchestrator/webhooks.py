@@ -160,10 +160,9 @@ class WebhookHandler:
         if not job.status.in_flight:
             return Reply(200, "ignored")
         with structlog.contextvars.bound_contextvars(job_id=str(job_id), user_id=job.user_id):
-            actor = self._registry.actor(job.user_id)
             # A verified webhook is the provider's word; an unsigned one only a hint.
             told = prediction if self._verifier is not None else None
-            if actor is not None and actor.poke(job_id, told):
+            if self._registry.poke(job.user_id, job_id, told):
                 return Reply(200, "accepted")
             slots = self._registry.slots
             if not slots.owns(job.slot):

@@ -498,10 +498,9 @@ async def test_a_signed_terminal_webhook_ends_the_wait_without_a_single_poll(
     rig.store.grant("ola", 5, plan="pro")
     job_id = rig.submit("ola")
     await trio.sleep(2.0)
-    actor = rig.registry.actor("ola")
-    assert actor is not None
     done = Prediction("p0", PredictionStatus.SUCCEEDED, output=("https://cdn.test/p0/0.png",))
-    assert actor.poke(job_id, done)
+    assert rig.registry.poke("ola", job_id, done)
+    assert not rig.registry.poke("nobody", job_id, done)
     await rig.settled(job_id)
     assert rig.status(job_id) is JobStatus.SUCCEEDED
     assert rig.finished_at[job_id] == pytest.approx(2.0, abs=0.01)
@@ -513,9 +512,7 @@ async def test_an_unsigned_webhook_is_only_a_hint_to_poll_now(autojump_clock, nu
     rig.store.grant("pia", 5, plan="pro")
     job_id = rig.submit("pia")
     await trio.sleep(2.0)
-    actor = rig.registry.actor("pia")
-    assert actor is not None
-    assert actor.poke(job_id)
+    assert rig.registry.poke("pia", job_id)
     await rig.settled(job_id)
     assert rig.provider.gets == [pytest.approx(2.0, abs=0.01)]
 
