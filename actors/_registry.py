@@ -150,6 +150,10 @@ class Registry:
         actor = self._actors.get(user_id)
         return actor is not None and actor.poke(job_id, prediction)
 
+    def resume(self, user_id: str, job_id: uuid.UUID, *, slot: int) -> bool:
+        """Resume a job left in flight, if its slot is ours; True once it is taken up."""
+        return self.deliver(user_id, Resume(job_id), slot=slot) is Offer.ACCEPTED
+
     def stop_job(self, user_id: str, job_id: uuid.UUID) -> bool:
         """Stop a job's task if one runs here (its settle then finds the job ended)."""
         actor = self._actors.get(user_id)

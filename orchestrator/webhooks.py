@@ -19,8 +19,14 @@ import attrs
 import structlog
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from actors import Registry, Resume
-from orchestrator.core import MAX_OUTPUTS, Job, Prediction, Provider, ProviderProtocolError
+from orchestrator.core import (
+    MAX_OUTPUTS,
+    Job,
+    Prediction,
+    Provider,
+    ProviderProtocolError,
+    RunningJobs,
+)
 from orchestrator.db import Database, DbUnavailable, Fenced
 from orchestrator.metrics import Metrics
 
@@ -64,7 +70,7 @@ class WebhookHandler:
     def __init__(
         self,
         db: Database,
-        registry: Registry,
+        registry: RunningJobs,
         providers: Mapping[str, Provider],
         *,
         secret: str | None,
@@ -179,5 +185,5 @@ class WebhookHandler:
                     fence=slots.fence(job.slot),
                 )
                 log.info("webhook.matched_lost_prediction")
-            self._registry.deliver(job.user_id, Resume(job_id), slot=job.slot)
+            self._registry.resume(job.user_id, job_id, slot=job.slot)
             return Reply(200, "accepted")

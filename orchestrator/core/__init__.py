@@ -62,6 +62,7 @@ from ._ports import NullObserver as NullObserver
 from ._ports import Observer as Observer
 from ._ports import OutputStore as OutputStore
 from ._ports import OutputUnavailable as OutputUnavailable
+from ._ports import RunningJobs as RunningJobs
 from ._ports import Slots as Slots
 from ._ports import UrlOnlyOutputs as UrlOnlyOutputs
 from ._provider import RESERVED_INPUTS as RESERVED_INPUTS
@@ -134,6 +135,7 @@ __all__ = [
     "ProviderUnavailable",
     "ProviderUnreachable",
     "Reject",
+    "RunningJobs",
     "Settlement",
     "Slots",
     "StoredOutput",

@@ -22,6 +22,7 @@ from ._lifecycle import (
     StoredOutput,
     UpstreamRef,
 )
+from ._provider import Prediction
 from ._slots import ALL_SLOTS
 
 
@@ -139,6 +140,19 @@ class Slots(Protocol):
     def owns(self, slot: int) -> bool: ...
 
     def fence(self, slot: int) -> Fence | None: ...
+
+
+class RunningJobs(Protocol):
+    """What an edge (a webhook) may ask of the jobs this daemon runs, by message only."""
+
+    @property
+    def slots(self) -> Slots: ...
+
+    def poke(
+        self, user_id: str, job_id: uuid.UUID, prediction: Prediction | None = None
+    ) -> bool: ...
+
+    def resume(self, user_id: str, job_id: uuid.UUID, *, slot: int) -> bool: ...
 
 
 class EverySlot:
