@@ -364,7 +364,26 @@ async def serve(
         open_downloader(settings) as downloader,
     ):
         daemon = assemble(settings, db, provider, downloader)
+        await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)
+
+
+async def _refuse_a_live_twin(db: Database, member: str, renew_s: float) -> None:
+    """Two processes under one member id would take each other's slots: refuse to start.
+
+    A member that heartbeated within the last two renewals is alive. One that stopped
+    (a crash, then a restart under the same id) is not: the restart takes its slots
+    back in its first round instead of waiting for their leases to expire.
+
+    Raises:
+        SettingsError: a live daemon already has this id (a copied ORCHESTRATOR_MEMBER_ID).
+    """
+    for row in await db.cluster_members():
+        if row.member_id == member and row.alive and row.heartbeat_age_s < 2 * renew_s:
+            raise SettingsError(
+                f"ORCHESTRATOR_MEMBER_ID {member!r} belongs to a daemon that is alive"
+                f" (heartbeat {row.heartbeat_age_s:.1f} s ago): give each daemon its own"
+            )
 
 
 async def _run(

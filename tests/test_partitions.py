@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 import trio
 
 from orchestrator.core import SLOTS, JobStatus
 from orchestrator.daemon import Daemon, serve
 from orchestrator.db import Database
+from orchestrator.settings import SettingsError
 
 from . import pg
 from .e2e import settings_for, start_simulator, wait_status, wait_terminal
@@ -274,3 +276,38 @@ async def test_a_webhook_that_reaches_another_daemon_wakes_the_owner_at_once(
     assert trio.current_time() - told < 5  # not the 30 s safety-net poll
     assert other.registry.actor(user) is None  # the stranger ran nothing
     assert (await _writers(db_url, job_id))["finish"] == {owner.keeper.member}
+
+
+async def test_a_second_daemon_under_a_live_member_id_refuses_to_start(
+    nursery, db: Database, db_url: str
+):
+    """A copied ORCHESTRATOR_MEMBER_ID would make two daemons steal each other's slots."""
+    provider = await start_simulator(nursery)
+    settings = settings_for(db_url, provider, member_id="host-a:1", **LEASES)
+    first = await _start(nursery, settings, trio.CancelScope())
+    assert first.keeper.member == "host-a:1"
+    with pytest.raises(SettingsError, match="belongs to a daemon that is alive"):
+        await serve(settings, db_url, handle_signals=False)
+    assert len(first.keeper.slots) == SLOTS  # the first one kept everything
+
+
+async def test_a_restart_under_the_id_of_a_crashed_daemon_takes_its_slots_back_at_once(
+    nursery, db: Database, db_url: str
+):
+    """Its heartbeat stopped, so it is no twin: the new process re-takes the slots now."""
+    provider = await start_simulator(nursery)
+    settings = settings_for(
+        db_url,
+        provider,
+        member_id="host-b:1",
+        lease_ttl_s=30.0,
+        lease_renew_s=0.3,
+        max_slot_moves=SLOTS,
+    )
+    crash = trio.CancelScope()
+    await _start(nursery, settings, crash)
+    crash.cancel()  # its leases stay for 30 s
+    await trio.sleep(1.0)  # past two renewals without a heartbeat
+    again = await _start(nursery, settings, trio.CancelScope())
+    took = await _until(lambda: len(again.keeper.slots) == SLOTS, timeout=5)
+    assert took < 2
