@@ -181,3 +181,17 @@ def test_admission_outcomes_are_exactly_what_admit_job_v3_answers():
     body = schema[start : schema.index("$$;", schema.index("AS $$", start))]
     answered = set(re.findall(r"SELECT '([a-z_]+)'::text", body))
     assert answered == {outcome.value for outcome in AdmissionOutcome}
+
+
+def test_fragments_are_written_once_and_expanded_everywhere_they_are_used():
+    """The job's column list lives in one fragment; no query keeps a `{{…}}` unexpanded."""
+    text = (ROOT / "orchestrator/db/queries.sql").read_text()
+    queries = parse(text)
+    assert not any("{{" in sql for sql in queries.values())
+    assert "j.finished_at, j.slot" in queries["admission_context"]
+    assert "slot" in queries["get_job"]
+    assert text.count("idempotency_key, prediction_id") == 1  # the fragment, nothing else
+    parsed = parse("-- fragment: cols\na, b\n-- name: q\nSELECT {{t.cols}} FROM t;\n")
+    assert parsed == {"q": "SELECT t.a, t.b FROM t;"}
+    with pytest.raises(ValueError, match="not defined"):
+        parse("-- name: q\nSELECT {{missing}};\n")

@@ -12,30 +12,52 @@ import re
 from collections.abc import Mapping
 from typing import Final, LiteralString, cast
 
-_NAME: Final = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)$", re.MULTILINE)
+_HEADER: Final = re.compile(
+    r"^-- (?P<kind>name|fragment): (?P<name>[a-z_][a-z0-9_]*)$", re.MULTILINE
+)
+# `{{columns}}`, or `{{j.columns}}` for the same list with every column prefixed `j.`.
+_USE: Final = re.compile(r"\{\{(?:(?P<alias>[a-z]+)\.)?(?P<name>[a-z_][a-z0-9_]*)\}\}")
 
 
 def parse(text: str) -> dict[str, LiteralString]:
-    """Split a queries file on its `-- name:` headers.
+    """Split a queries file on its `-- name:` headers, expanding `-- fragment:` blocks.
+
+    A fragment is a comma-separated column list written once (the job's columns,
+    which `_rows.job` decodes) and used as `{{name}}` or `{{alias.name}}`.
 
     Raises:
-        ValueError: a name appears twice or a block has no statement.
+        ValueError: a name appears twice, a block has no statement, or a statement
+            uses a fragment that is not defined.
     """
-    queries: dict[str, LiteralString] = {}
-    matches = list(_NAME.finditer(text))
+    blocks: dict[tuple[str, str], str] = {}
+    matches = list(_HEADER.finditer(text))
     for match, following in zip(matches, [*matches[1:], None], strict=True):
         end = following.start() if following else len(text)
         body = text[match.end() : end].strip()
         lines = [line for line in body.splitlines() if not line.startswith("--")]
         statement = "\n".join(lines).strip()
-        name = match["name"]
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
+        key = (match["kind"], match["name"])
+        if key in blocks:
+            raise ValueError(f"{key[0]} {key[1]!r} is defined twice")
         if not statement:
-            raise ValueError(f"query {name!r} has no statement")
+            raise ValueError(f"{key[0]} {key[1]!r} has no statement")
+        blocks[key] = statement
+    fragments = {name: body for (kind, name), body in blocks.items() if kind == "fragment"}
+
+    def expand(use: re.Match[str]) -> str:
+        if use["name"] not in fragments:
+            raise ValueError(f"fragment {use['name']!r} is not defined")
+        columns = [column.strip() for column in fragments[use["name"]].split(",")]
+        if use["alias"]:
+            columns = [f"{use['alias']}.{column}" for column in columns]
+        return ", ".join(columns)
+
+    return {
         # The file is ours and shipped with the package, never user input.
-        queries[name] = cast("LiteralString", statement)  # type: ignore[redundant-cast]
-    return queries
+        name: cast("LiteralString", _USE.sub(expand, body))  # type: ignore[redundant-cast]
+        for (kind, name), body in blocks.items()
+        if kind == "name"
+    }
 
 
 @functools.cache

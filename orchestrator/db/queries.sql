@@ -2,8 +2,16 @@
 --
 -- Format: a block starts with `-- name: <identifier>` followed by one comment
 -- line saying what the statement is for; the statement runs until the next
--- block. `orchestrator/db/_queries.py` loads them once; no SQL lives anywhere
--- else in the Python code.
+-- block. A `-- fragment: <identifier>` block is a column list written once and
+-- used as `{{identifier}}` (or `{{alias.identifier}}`, every column prefixed).
+-- `orchestrator/db/_queries.py` loads them once; no SQL lives anywhere else in
+-- the Python code.
+
+-- fragment: job_columns
+-- A job's columns as `_rows.job` decodes them.
+id, user_id, prompt, params, num_outputs, status, cost, error_code, error_message,
+idempotency_key, prediction_id, deadline_at, cancel_requested_at, partial, created_at,
+updated_at, admitted_at, finished_at, slot
 
 -- name: schema_version
 -- The stamp migrate leaves, to tell whether the database matches this code.
@@ -59,10 +67,7 @@ SELECT amount, balance FROM orchestrator.refund_job_v1($1, $2);
 -- Everything admission decides on, in one read: the job, its account and plan,
 -- the user's jobs in flight, this month's generations, and whether an
 -- identical job is in flight or queued ahead of this one.
-SELECT j.id, j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.cost, j.error_code,
-       j.error_message, j.idempotency_key, j.prediction_id, j.deadline_at,
-       j.cancel_requested_at, j.partial, j.created_at, j.updated_at, j.admitted_at,
-       j.finished_at, j.slot,
+SELECT {{j.job_columns}},
        a.balance, a.plan, a.last_admitted_at,
        p.monthly_generations, p.max_inflight, p.min_seconds_between, p.cost_per_output,
        (SELECT count(*) FROM orchestrator.jobs i
@@ -154,9 +159,7 @@ SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requ
 -- name: in_flight_job
 -- One in-flight job with the seconds left before its deadline (negative when past),
 -- measured on the database's clock, the same clock that set the deadline.
-SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
-       error_message, idempotency_key, prediction_id, deadline_at,
-       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot,
+SELECT {{job_columns}},
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s,
        (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
           FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions
@@ -209,9 +212,7 @@ RETURNING event_id;
 -- (provider $2, event $3) is new. It is remembered only when the job has the
 -- output ($4) it is for, so a bad index can be refused and resent.
 WITH job AS (
-    SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
-           error_message, idempotency_key, prediction_id, deadline_at,
-           cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot
+    SELECT {{job_columns}}
       FROM orchestrator.jobs
      WHERE id = $1
 ), fresh AS (
@@ -319,17 +320,13 @@ SELECT orchestrator.request_cancel($1);
 
 -- name: get_job
 -- One job by id.
-SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
-       error_message, idempotency_key, prediction_id, deadline_at,
-       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot
+SELECT {{job_columns}}
   FROM orchestrator.jobs
  WHERE id = $1;
 
 -- name: list_jobs
 -- Newest jobs first, of one user or of everyone ($1 null).
-SELECT id, user_id, prompt, params, num_outputs, status, cost, error_code,
-       error_message, idempotency_key, prediction_id, deadline_at,
-       cancel_requested_at, partial, created_at, updated_at, admitted_at, finished_at, slot
+SELECT {{job_columns}}
   FROM orchestrator.jobs
  WHERE $1::text IS NULL OR user_id = $1
  ORDER BY created_at DESC, id DESC
