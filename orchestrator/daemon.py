@@ -359,6 +359,7 @@ async def serve(
             max_size=settings.db_pool_size,
             role=DAEMON_ROLE,
             reserved_size=settings.db_settle_pool_size,
+            listen_url=settings.listen_url,
         ) as db,
         open_provider(settings) as provider,
         open_downloader(settings) as downloader,

@@ -83,6 +83,7 @@ class Settings:
     """Everything the daemon and the CLI can be told; the README's table mirrors it."""
 
     database_url: str | None = attrs.field(default=None, repr=False)
+    listen_url: str | None = attrs.field(default=None, repr=False)
     home: Path = DEFAULT_HOME
     provider: str = attrs.field(
         default="replicate", validator=attrs.validators.in_(("replicate", "kie"))
@@ -185,6 +186,7 @@ def _names(raw: str) -> tuple[str, ...]:
 # environment variable -> (field, parser)
 _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "DATABASE_URL": ("database_url", str),
+    "ORCHESTRATOR_LISTEN_URL": ("listen_url", str),
     "ORCHESTRATOR_HOME": ("home", Path),
     "ORCHESTRATOR_PROVIDER": ("provider", str),
     "REPLICATE_API_BASE": ("replicate_api_base", str),

@@ -322,3 +322,21 @@ async def test_a_provider_that_refuses_connections_for_a_while_is_retried_not_fa
     account = await db.account("rhea")
     assert account is not None
     assert account.balance == 4
+
+
+async def test_listen_goes_to_its_own_url_and_the_pools_to_the_database_url(nursery, db: Database):
+    """Behind a transaction-pooling PgBouncer only LISTEN needs Postgres itself.
+
+    Here LISTEN goes to another database of the same server, so it hears nothing of
+    this one: the job still runs, found by the catch-up scan over the pools.
+    """
+    provider = await start_simulator(nursery)
+    elsewhere = pg.with_database(db.url, "postgres")
+    daemon = await start_daemon(nursery, settings_for(db.url, provider, listen_url=elsewhere))
+    assert (await daemon.readiness())["listener"]
+    await db.grant("lis", 5, plan="pro")
+    job_id = await db.submit_job("lis", "found by the scan")
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.SUCCEEDED
+    assert daemon.intake.stats.notifications == 0  # its NOTIFY went to a database not heard
+    assert daemon.intake.stats.scan_finds >= 1

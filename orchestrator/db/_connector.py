@@ -59,16 +59,22 @@ class Connector:
         loop: trio_asyncio.TrioEventLoop,
         role: Role | None = None,
         reserved: Pool | None = None,
+        listen_url: str | None = None,
     ) -> None:
         self._pool = pool
         self._reserved = reserved or pool
         self._loop = loop
         self.url = url
+        self.listen_url = listen_url or url
         self.role = role
 
     async def connect(self) -> asyncpg.Connection:
-        """A dedicated connection outside the pool, as the pool's role (for LISTEN)."""
-        conn = await self.call(asyncpg.connect(self.url))
+        """A dedicated connection outside the pool, as the pool's role (for LISTEN).
+
+        It goes to `listen_url`: notifications need a session of their own, so behind a
+        transaction-pooling PgBouncer it must reach Postgres directly.
+        """
+        conn = await self.call(asyncpg.connect(self.listen_url))
         try:
             await self.call(drop_to(conn, self.role))
         except BaseException:
@@ -205,18 +211,22 @@ async def open_connector(
     max_size: int = 10,
     role: Role | None = None,
     reserved_size: int = 0,
+    listen_url: str | None = None,
 ) -> AsyncIterator[Connector]:
     """Open a trio-asyncio loop and a pool on it, for the lifetime of the block.
 
     With `role`, every connection acts as that role from its first statement. With
     `reserved_size`, a second pool of that many connections serves `run_reserved`.
+    `listen_url` (default: `url`) is where LISTEN connections go.
 
     Raises:
         DbUnavailable: the server cannot be reached.
         RoleUnavailable: the login may not act as `role`.
     """
     try:
-        async with _loop_and_pools(url, min_size, max_size, role, reserved_size) as connector:
+        async with _loop_and_pools(
+            url, min_size, max_size, role, reserved_size, listen_url
+        ) as connector:
             yield connector
     except BaseExceptionGroup as group:
         raise sole_exception(group) from None
@@ -224,16 +234,21 @@ async def open_connector(
 
 @asynccontextmanager
 async def _loop_and_pools(
-    url: str, min_size: int, max_size: int, role: Role | None, reserved_size: int
+    url: str,
+    min_size: int,
+    max_size: int,
+    role: Role | None,
+    reserved_size: int,
+    listen_url: str | None,
 ) -> AsyncIterator[Connector]:
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(log_loop_error)
         async with _pool(loop, url, min_size, max_size, role) as pool:
             if not reserved_size:
-                yield Connector(pool, url, loop, role)
+                yield Connector(pool, url, loop, role, listen_url=listen_url)
                 return
             async with _pool(loop, url, reserved_size, reserved_size, role) as reserved:
-                yield Connector(pool, url, loop, role, reserved)
+                yield Connector(pool, url, loop, role, reserved, listen_url=listen_url)
 
 
 @asynccontextmanager

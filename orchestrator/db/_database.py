@@ -373,6 +373,7 @@ async def open_database(
     max_size: int = 10,
     role: Role | None = None,
     reserved_size: int = 0,
+    listen_url: str | None = None,
 ) -> AsyncIterator[Database]:
     """Connect for the lifetime of the block, acting as `role` when given.
 
@@ -384,6 +385,11 @@ async def open_database(
         RoleUnavailable: the login may not act as `role`.
     """
     async with open_connector(
-        url, min_size=min_size, max_size=max_size, role=role, reserved_size=reserved_size
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        role=role,
+        reserved_size=reserved_size,
+        listen_url=listen_url,
     ) as connector:
         yield Database(connector)
