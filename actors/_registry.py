@@ -188,10 +188,8 @@ class Registry:
         """Hand every actor over and wait until they are gone: a handover's first half."""
         self._draining = True
         jobs = self.running_jobs
-        actors = self.drop_slots(frozenset(actor.slot for actor in self), graceful=True)
-        for actor in actors:
-            await actor.done.wait()
-        if self._tasks:
+        self.drop_slots(frozenset(actor.slot for actor in self), graceful=True)
+        if self._tasks:  # every actor task, those of an earlier hand-over included
             await self._no_tasks.wait()
         return jobs
 

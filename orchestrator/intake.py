@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from actors import Cancel, Offer, Registry, Resume, Submit
-from orchestrator.core import JobRef, JobStatus, Slots
+from orchestrator.core import JobRef, JobStatus
 from orchestrator.db import (
     MEMBERS_CHANNEL,
     Database,
@@ -74,7 +74,6 @@ class Intake:
         self._db = db
         self._registry = registry
         self._keeper = keeper
-        self._slots: Slots = keeper
         self._scan_interval_s = scan_interval_s
         self.stats = IntakeStats()
 
@@ -112,7 +111,7 @@ class Intake:
         if change.lost:
             self._unresumed = [ref for ref in self._unresumed if ref.slot not in change.lost]
             await listener.remove(slot_channel(slot) for slot in change.lost)
-        taken = [slot for slot in change.taken if self._slots.owns(slot)]
+        taken = [slot for slot in change.taken if self._keeper.owns(slot)]
         if taken:
             await self._take_up(listener, taken)
 
@@ -168,10 +167,10 @@ class Intake:
                 next_scan = trio.current_time() + self._scan_interval_s
 
     async def _route(self, job_ids: list[uuid.UUID], wake_ids: list[uuid.UUID]) -> None:
-        if job_ids:
-            self._deliver(await self._db.route(job_ids))
-        if wake_ids:
-            self._deliver(await self._db.route(wake_ids), woken=True)
+        """One read for the whole batch, submissions and webhook wake-ups alike."""
+        if job_ids or wake_ids:
+            refs = await self._db.route([*job_ids, *wake_ids])
+            self._deliver(refs, woken=frozenset(wake_ids))
 
     async def _scan(self, slots: Sequence[int]) -> None:
         if not slots:
@@ -188,7 +187,7 @@ class Intake:
     def _resume(self, ref: JobRef) -> bool:
         return self._offer(ref, Resume(ref.id))
 
-    def _deliver(self, refs: Iterable[JobRef], *, woken: bool = False) -> int:
+    def _deliver(self, refs: Iterable[JobRef], *, woken: frozenset[uuid.UUID] = frozenset()) -> int:
         """Route each job to its actor; `woken` jobs in flight were named by a webhook."""
         accepted = 0
         for ref in refs:
@@ -198,8 +197,8 @@ class Intake:
                 accepted += self._offer(ref, Cancel(ref.id))
             elif (
                 ref.status.in_flight
-                and woken
-                and self._slots.owns(ref.slot)
+                and ref.id in woken
+                and self._keeper.owns(ref.slot)
                 and not self._registry.poke(ref.user_id, ref.id)
             ):
                 # A webhook that reached another daemon, for a job not running here: resume it.

@@ -42,8 +42,7 @@ import structlog
 import trio
 
 from orchestrator.core import SLOTS, Fence
-from orchestrator.db import Database, DbError, HeldSlot
-from orchestrator.db._lease_session import LeaseSession
+from orchestrator.db import Database, DbError, HeldSlot, LeaseSession
 from orchestrator.metrics import Metrics
 from orchestrator.placement import RoundPlan, plan_round
 
@@ -118,7 +117,6 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread_done = threading.Event()
-        self._leave = False
         self.rounds = 0
         self.unowned = SLOTS
 
@@ -259,14 +257,17 @@ class LeaseKeeper:
 
     # Back on the Trio loop.
 
-    def _report(self, change: SlotChange, missed: frozenset[int]) -> None:
+    def _report(
+        self, change: SlotChange, missed: frozenset[int], reason: str = "missed by the renewal"
+    ) -> None:
+        """Act on a change: hand over what is given up, drop what is lost, tell intake."""
         given_up = change.lost - missed
         if given_up and self._nursery is not None:
             log.info("lease.handing_over", slots=len(given_up))
             self._nursery.start_soon(self._hand_over, given_up)
         if missed:
             self._metrics.leases_lost.inc(len(missed))
-            log.warning("lease.lost", slots=len(missed), reason="missed by the renewal")
+            log.warning("lease.lost", slots=len(missed), reason=reason)
             self.on_lost(missed)
         if change.taken:
             self._metrics.slots_moved.labels(direction="taken").inc(len(change.taken))
@@ -300,7 +301,4 @@ class LeaseKeeper:
                 for slot in expired:
                     del self._held[slot]
             if expired:
-                self._metrics.leases_lost.inc(len(expired))
-                log.warning("lease.lost", slots=len(expired), reason="not renewed in time")
-                self.on_lost(expired)
-                self._send_changes.send_nowait(SlotChange({}, expired))
+                self._report(SlotChange({}, expired), expired, reason="not renewed in time")

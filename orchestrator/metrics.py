@@ -299,6 +299,9 @@ class Metrics:
 
     def job_swept(self, status: JobStatus, code: ErrorCode | None, *, refunded: int) -> None:
         """A job the sweeper ended: counted and refunded like any other, with no timings."""
+        self._ended(status, code, refunded)
+
+    def _ended(self, status: JobStatus, code: ErrorCode | None, refunded: int) -> None:
         self.jobs_finished.labels(status=status.value, code=code.value if code else "").inc()
         self.credits_refunded.inc(refunded)
 
@@ -312,8 +315,7 @@ class Metrics:
         total_s: float | None,
         polls: int,
     ) -> None:
-        self.jobs_finished.labels(status=status.value, code=code.value if code else "").inc()
-        self.credits_refunded.inc(refunded)
+        self._ended(status, code, refunded)
         self.provider_time.observe(provider_s)
         self.polls.observe(polls)
         if total_s is not None:

@@ -29,6 +29,7 @@ from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
 from ._errors import map_error as map_error
+from ._lease_session import LeaseSession as LeaseSession
 from ._leases import HeldSlot as HeldSlot
 from ._leases import MemberRow as MemberRow
 from ._leases import OwnerSummary as OwnerSummary
@@ -53,6 +54,7 @@ __all__ = [
     "IdempotencyConflict",
     "IntegrityViolation",
     "InvalidRequest",
+    "LeaseSession",
     "Listener",
     "MemberRow",
     "Notification",
