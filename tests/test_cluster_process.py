@@ -14,7 +14,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import urllib.request
@@ -28,6 +27,7 @@ from orchestrator.providers._http import webhook_tag
 
 from . import pg
 from .e2e import start_simulator
+from .test_webhooks import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +58,6 @@ _WRITES = """
            lag(w.epoch) OVER (PARTITION BY w.id ORDER BY w.at, w.write) AS epoch_before
       FROM writes w
       LEFT JOIN orchestrator.lease_history h ON (h.slot, h.epoch) = (w.slot, w.epoch)"""
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(db_url: str, provider: str, port: int) -> dict[str, str]:
@@ -238,7 +232,7 @@ async def test_three_daemons_through_kill_stop_and_restart_run_every_job_once(
     )
     for n in range(USERS):
         await db.grant(f"cl-{n}", 1000, plan="pro")
-    daemons = [_Daemon(name, _env(db_url, provider, _port()), tmp_path) for name in "abc"]
+    daemons = [_Daemon(name, _env(db_url, provider, free_port()), tmp_path) for name in "abc"]
     try:
         await _faults_and_restarts(db_url, daemons)
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import socket
 import uuid
 
 import asyncpg
@@ -21,6 +20,7 @@ from orchestrator.simulator import SimulatorConfig, serve_simulator
 
 from . import pg
 from .e2e import DEADLINE_S, settings_for, start_daemon, start_simulator, wait_status, wait_terminal
+from .test_webhooks import free_port
 
 
 async def _debits(db_url: str, user: str) -> int:
@@ -305,9 +305,7 @@ async def test_a_provider_that_refuses_connections_for_a_while_is_retried_not_fa
     nursery, db: Database
 ):
     """Connection refused means nothing was sent: the daemon tries again within the deadline."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     settings = settings_for(db.url, f"http://127.0.0.1:{port}", job_deadline_s=10.0)
     await start_daemon(nursery, settings)
     await db.grant("rhea", 5, plan="pro")

@@ -35,6 +35,16 @@ async def _until(predicate, timeout: float = 10.0) -> float:
     return trio.current_time() - started
 
 
+async def _split(first: Daemon, second: Daemon) -> None:
+    """Wait until two daemons hold every slot between them, each a fair share."""
+    await _until(
+        lambda: (
+            len(first.keeper.slots) + len(second.keeper.slots) == SLOTS
+            and min(len(first.keeper.slots), len(second.keeper.slots)) > SLOTS // 4
+        )
+    )
+
+
 async def _user_owned_by(db_url: str, daemon: Daemon, prefix: str) -> str:
     for n in range(10_000):
         user = f"{prefix}-{n}"
@@ -85,12 +95,7 @@ async def test_two_daemons_split_the_slots_and_each_admits_only_its_own_users(
     first = await _start(nursery, settings, trio.CancelScope())
     await _until(lambda: len(first.keeper.slots) == SLOTS)
     second = await _start(nursery, settings, trio.CancelScope())
-    await _until(
-        lambda: (
-            len(first.keeper.slots) + len(second.keeper.slots) == SLOTS
-            and len(second.keeper.slots) > SLOTS // 4
-        )
-    )
+    await _split(first, second)
     assert not set(first.keeper.slots) & set(second.keeper.slots)
 
     users = [f"split-{n}" for n in range(40)]
@@ -161,12 +166,7 @@ async def test_a_stop_hands_running_jobs_to_the_other_daemon_within_a_second(
     settings = settings_for(db_url, provider, job_deadline_s=6.0, **LEASES)
     leaving = await _start(nursery, settings, trio.CancelScope())
     staying = await _start(nursery, settings, trio.CancelScope())
-    await _until(
-        lambda: (
-            len(leaving.keeper.slots) + len(staying.keeper.slots) == SLOTS
-            and len(staying.keeper.slots) > SLOTS // 4
-        )
-    )
+    await _split(leaving, staying)
     user = await _user_owned_by(db_url, leaving, "hand")
     await db.grant(user, 5, plan="pro")
     job_id = await db.submit_job(user, "handed over")
@@ -195,12 +195,7 @@ async def test_a_crashed_daemons_slots_and_jobs_are_taken_over_after_the_lease_t
     crash = trio.CancelScope()
     doomed = await _start(nursery, settings, crash)
     survivor = await _start(nursery, settings, trio.CancelScope())
-    await _until(
-        lambda: (
-            len(doomed.keeper.slots) + len(survivor.keeper.slots) == SLOTS
-            and len(survivor.keeper.slots) > SLOTS // 4
-        )
-    )
+    await _split(doomed, survivor)
     user = await _user_owned_by(db_url, doomed, "crash")
     await db.grant(user, 5, plan="pro")
     job_id = await db.submit_job(user, "outlives its daemon")
@@ -242,12 +237,7 @@ async def test_a_webhook_that_reaches_another_daemon_wakes_the_owner_at_once(
         )
         for port in ports
     ]
-    await _until(
-        lambda: (
-            len(owner.keeper.slots) + len(other.keeper.slots) == SLOTS
-            and min(len(owner.keeper.slots), len(other.keeper.slots)) > SLOTS // 4
-        )
-    )
+    await _split(owner, other)
     user = await _user_owned_by(db_url, owner, "hook")
     await db.grant(user, 5, plan="pro")
     job_id = await db.submit_job(user, "told by a stranger")
