@@ -255,3 +255,27 @@ def test_every_simulator_knob_is_a_documented_flag_with_the_configs_default():
     shown = run("postgresql://unused", "simulate-provider", "--help").stdout
     assert "--webhook-failure-rate" in shown
     assert "Share of delivery attempts dropped" in shown
+
+
+def test_every_argument_of_every_command_says_what_it_is_for():
+    """`--help` is the manual: no subcommand, positional or flag goes without help text."""
+    import argparse  # noqa: PLC0415
+
+    from orchestrator.cli import build_parser  # noqa: PLC0415
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest for choice in action._choices_actions}
+                for name, child in action.choices.items():
+                    if name not in helped:
+                        missing.append((*path, name))
+                    walk(child, (*path, name))
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append((*path, action.dest))
+
+    walk(build_parser(), ())
+    assert missing == []
+    assert len(build_parser()._actions) > 2
