@@ -330,6 +330,9 @@ def main() -> None:
         upstream_s = _wait_upstream_settled(rig, limit_s=30.0)
         verdict = asyncio.run(_verdict(url))
         stray = asyncio.run(_as_we_knew_them(url, _listed_running(rig)))
+        succeeded = _listed(rig, {"succeeded"})
+        causes = asyncio.run(_undelivered_by_cause(url, succeeded))
+        causes["listed as succeeded"] = len(succeeded)
         audit = subprocess.run(
             [*CLI, "audit"],
             env={**os.environ, "DATABASE_URL": url},
@@ -344,6 +347,7 @@ def main() -> None:
         stop_embedded_server(home)
     figures = _figures(args, counts, drain_s, upstream_s, verdict, audit.returncode, upstream, rig)
     figures["still running upstream, as we knew them"] = stray
+    figures["undelivered successes by cause"] = causes
     if args.json:
         print(json.dumps(figures | {"wall time (s)": round(time.monotonic() - started, 1)}))
     else:
@@ -352,19 +356,65 @@ def main() -> None:
 
 def _listed_running(rig: Rig) -> list[dict[str, object]]:
     """The simulator's predictions still starting or processing, from its listing."""
+    return _listed(rig, {"starting", "processing"})
+
+
+def _listed(rig: Rig, statuses: set[str]) -> list[dict[str, object]]:
+    """The simulator's predictions in one of `statuses`, from its listing."""
     listed: list[dict[str, object]] = []
     page: object = f"http://127.0.0.1:{rig.sim_port}/v1/predictions"
-    while isinstance(page, str) and len(listed) < 5000:
+    while isinstance(page, str) and len(listed) < 20000:
         request = urllib.request.Request(page, headers={"Authorization": "Bearer soak"})
         try:
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
                 body = json.loads(response.read())
         except (OSError, ValueError):
             break
-        running = {"starting", "processing"}
-        listed += [e for e in body.get("results", []) if e.get("status") in running]
+        listed += [e for e in body.get("results", []) if e.get("status") in statuses]
         page = body.get("next")
     return listed
+
+
+def _job_and_idx(entry: dict[str, object]) -> tuple[str | None, int]:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(str(entry.get("webhook") or "")).query)
+    return (query.get("job_id") or [None])[0], int((query.get("idx") or ["0"])[0])
+
+
+async def _undelivered_by_cause(url: str, succeeded: list[dict[str, object]]) -> dict[str, int]:
+    """Why upstream successes were not delivered: the ending of the job each was made for."""
+    conn = await asyncpg.connect(url)
+    causes: dict[str, int] = {}
+    try:
+        for entry in succeeded:
+            job_id, idx = _job_and_idx(entry)
+            row = (
+                await conn.fetchrow(
+                    "SELECT j.status, j.error_code,"
+                    " EXISTS (SELECT 1 FROM orchestrator.outputs o"
+                    "   WHERE o.job_id = j.id AND o.idx = $2) AS delivered,"
+                    " (SELECT p.prediction_id FROM orchestrator.predictions p"
+                    "   WHERE p.job_id = j.id AND p.idx = $2) AS recorded"
+                    " FROM orchestrator.jobs j WHERE j.id = $1::uuid",
+                    job_id,
+                    idx,
+                )
+                if job_id
+                else None
+            )
+            if row is None:
+                cause = "no such job"
+            elif row["recorded"] == entry["id"] and row["delivered"]:
+                continue
+            elif row["delivered"]:
+                cause = "a second run of a delivered output"
+            else:
+                code = f" ({row['error_code']})" if row["error_code"] else ""
+                cause = f"job {row['status']}{code}"
+                cause += "" if row["recorded"] == entry["id"] else ", prediction not recorded"
+            causes[cause] = causes.get(cause, 0) + 1
+    finally:
+        await conn.close()
+    return causes
 
 
 async def _as_we_knew_them(url: str, listed: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -375,10 +425,7 @@ async def _as_we_knew_them(url: str, listed: list[dict[str, object]]) -> list[di
     try:
         found = []
         for entry in listed[:5]:
-            query = urllib.parse.parse_qs(
-                urllib.parse.urlsplit(str(entry.get("webhook") or "")).query
-            )
-            job_id = (query.get("job_id") or [None])[0]
+            job_id, idx = _job_and_idx(entry)
             row = (
                 await conn.fetchrow(
                     "SELECT j.status, j.error_code, j.num_outputs, $2 AS idx,"
@@ -393,7 +440,7 @@ async def _as_we_knew_them(url: str, listed: list[dict[str, object]]) -> list[di
                     "   WHERE u.prediction_id = $3) AS noted"
                     " FROM orchestrator.jobs j WHERE j.id = $1::uuid",
                     job_id,
-                    int((query.get("idx") or ["0"])[0]),
+                    idx,
                     entry["id"],
                 )
                 if job_id
