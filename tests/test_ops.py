@@ -59,7 +59,8 @@ def _promtool() -> str:
         pytest.skip("promtool is not installed and ORCHESTRATOR_SKIP_PROMTOOL=1")
     pytest.fail(
         "promtool is not on PATH, so the Prometheus config, alert rules and their unit "
-        "tests were not checked. Install it (as root, Debian): ops/install-promtool.sh; "
+        "tests were not checked. Install it (Debian, no root needed; as non-root it goes "
+        "into .venv/bin, which `uv run` puts on PATH): sh ops/install-promtool.sh; "
         "or set ORCHESTRATOR_SKIP_PROMTOOL=1 to skip these checks deliberately.",
         pytrace=False,
     )
