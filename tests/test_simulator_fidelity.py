@@ -29,10 +29,13 @@ import pytest
 import replicate
 import trio
 from replicate.exceptions import ReplicateError
+from replicate.prediction import Prediction as ReplicatePrediction
 
 from orchestrator.core import PredictionRequest, PredictionStatus
 from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.simulator import SimulatorConfig, serve_simulator
+
+from .test_simulator_webhooks import Receiver, world
 
 T = TypeVar("T")
 TOKEN: Final = "sim-token"  # noqa: S105 -- a fake for the loopback simulator
@@ -555,3 +558,54 @@ async def test_the_adapters_still_read_the_simulator():
                 assert got.output == (f"{base}/files/{submitted.id}/0.png",)
             page, _cursor = await provider.list_page()
     assert len(page) == 2
+
+
+# --- webhook bodies ----------------------------------------------------------------------
+
+
+async def test_replicate_webhooks_carry_the_same_conforming_prediction():
+    """Replicate POSTs what a GET returns: start and completed bodies pass the schema."""
+    receiver = Receiver()
+    with trio.fail_after(10):
+        async with world(receiver) as (base, hook, client):
+            created = await client.post(
+                f"{base}/v1/models/sim/image/predictions",
+                json={"input": {"prompt": "a cat"}, "webhook": f"{hook}/hook"},
+            )
+            start, completed = await receiver.next(), await receiver.next()
+
+    assert created.status_code == 201
+    bodies = [assert_prediction_schema(delivery.json()) for delivery in (start, completed)]
+    assert [body["status"] for body in bodies] == ["processing", "succeeded"]
+    assert "completed_at" not in bodies[0]
+    parsed = [ReplicatePrediction.parse_obj(body) for body in bodies]  # the client's own model
+    assert {prediction.id for prediction in parsed} == {created.json()["id"]}
+    assert parsed[1].output == [f"{base}/files/{created.json()['id']}/0.png"]
+
+
+async def test_kie_callbacks_carry_the_documented_record():
+    """A KIE callback is the recordInfo envelope; a failed task's code is 501."""
+    receiver = Receiver()
+    with trio.fail_after(10):
+        async with world(receiver, api="kie") as (base, hook, client):
+            for simulate in ("succeed", "fail"):
+                await client.post(
+                    f"{base}/api/v1/jobs/createTask",
+                    json={
+                        "model": "sim/image",
+                        "input": {"prompt": "a cat", "simulate": simulate},
+                        "callBackUrl": f"{hook}/hook",
+                    },
+                )
+            deliveries = [await receiver.next(), await receiver.next()]
+
+    envelopes = sorted((delivery.json() for delivery in deliveries), key=lambda e: e["code"])
+    assert [(e["code"], e["msg"]) for e in envelopes] == [
+        (200, "success"),
+        (501, "Generation failed"),
+    ]
+    for envelope in envelopes:
+        record = envelope["data"]
+        assert set(record) == set(KIE_RECORD)
+        assert [name for name, check in KIE_RECORD.items() if not check(record[name])] == []
+    assert [e["data"]["state"] for e in envelopes] == ["success", "fail"]
