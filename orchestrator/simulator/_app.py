@@ -7,6 +7,7 @@ same module renders webhook bodies, so a delivery reports a prediction exactly a
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -34,6 +35,8 @@ if TYPE_CHECKING:  # annotations only: the CLI need not load hypercorn to parse 
 
 MAX_BODY: Final = 1 << 20
 _FILE_NAME: Final = re.compile(r"(\d{1,3})\.png")
+_DEFAULT_MODEL: Final = "simulator/model"
+_VERSION_ID: Final = re.compile(r"[0-9a-f]{64}")
 _WEBHOOK_EVENTS: Final = frozenset({"start", "output", "logs", "completed"})
 
 
@@ -49,8 +52,15 @@ def _json(status: int, payload: object, *headers: tuple[bytes, bytes]) -> _Respo
     return _Response(status, json.dumps(payload).encode(), headers=headers)
 
 
+_SERVER_ERROR: Final = 500
+_TITLES: Final = {401: "Unauthenticated", 404: "Not found", 413: "Request too large"}
+
+
 def _problem(status: int, detail: str) -> _Response:
-    return _json(status, {"status": status, "detail": detail})
+    """Replicate's RFC 7807 problem details: ``title``, ``detail`` and ``status``."""
+    fallback = "Invalid request" if status < _SERVER_ERROR else "Internal server error"
+    title = _TITLES.get(status, fallback)
+    return _json(status, {"title": title, "detail": detail, "status": status})
 
 
 _NOT_FOUND: Final = _problem(404, "Not found.")
@@ -250,8 +260,10 @@ class SimulatorApp:
         request = _object(_decode(raw), "request body")
         prediction_input = _object(request.get("input"), "input")
         version = request.get("version")
-        if model is None and not isinstance(version, str):
+        if model is None and not (isinstance(version, str) and version):
             raise _BadRequestError("version is required")
+        if isinstance(version, str) and version:
+            model, version = _split_version(version)
         webhook = request.get("webhook")
         if webhook is not None and not (
             isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
@@ -266,7 +278,7 @@ class SimulatorApp:
             created = self._state.create(
                 prediction_input,
                 model=model,
-                version=version if isinstance(version, str) else None,
+                version=version if isinstance(version, str) else _model_version(model),
                 webhook=webhook,
                 webhook_events_filter=tuple(str(event) for event in events),
             )
@@ -282,11 +294,16 @@ class SimulatorApp:
             except ValueError:
                 raise _BadRequestError("cursor is invalid") from None
         page, next_cursor = self._state.list_page(cursor)
-        next_url = None if next_cursor is None else f"{base}/v1/predictions?cursor={next_cursor}"
+        listing = f"{base}/v1/predictions"
+        next_url = None if next_cursor is None else f"{listing}?cursor={next_cursor}"
+        # A cursor past the newest prediction reads the newest page, so no clamping is needed.
+        previous_url = None
+        if cursor is not None:
+            previous_url = f"{listing}?cursor={cursor + self._state.config.page_size}"
         return _json(
             200,
             {
-                "previous": None,
+                "previous": previous_url,
                 "next": next_url,
                 "results": [self._render(prediction, base) for prediction in page],
             },
@@ -316,34 +333,46 @@ class SimulatorApp:
         return _Response(200, png, content_type="image/png")
 
     def _render(self, prediction: SimulatedPrediction, base: str) -> dict[str, object]:
-        """Replicate's prediction JSON, with output URLs pointing back at this server."""
+        """Replicate's prediction JSON (``schemas_prediction_response``), outputs served here.
+
+        Every field the published schema requires is present with its type; ``started_at``
+        and ``completed_at`` are strings there, never null, so they are left out until they
+        happen, as Replicate does.
+        """
         output: list[str] | None = None
         if prediction.status == "succeeded":
             output = [
                 f"{base}/files/{prediction.id}/{idx}.png" for idx in range(prediction.num_outputs)
             ]
         metrics: dict[str, float] = {}
-        if prediction.started_at is not None and prediction.completed_at is not None:
-            metrics["predict_time"] = prediction.completed_at - prediction.started_at
+        if prediction.completed_at is not None:
+            if prediction.started_at is not None:
+                metrics["predict_time"] = prediction.completed_at - prediction.started_at
+            metrics["total_time"] = prediction.completed_at - prediction.created_at
         api = f"{base}/v1/predictions/{prediction.id}"
-        return {
+        model = prediction.model or _DEFAULT_MODEL
+        rendered: dict[str, object] = {
             "id": prediction.id,
-            "model": prediction.model or "simulator/model",
-            "version": prediction.version,
+            "model": model,
+            "version": prediction.version or _model_version(model),
             "input": dict(prediction.input),
             "logs": "",
             "output": output,
             "data_removed": False,
             "error": prediction.error,
             "status": prediction.status.value,
+            "source": "api",
             "created_at": self._timestamp(prediction.created_at),
-            "started_at": self._timestamp(prediction.started_at),
-            "completed_at": self._timestamp(prediction.completed_at),
-            "urls": {"get": api, "cancel": f"{api}/cancel"},
+            "urls": {"web": f"{base}/p/{prediction.id}", "get": api, "cancel": f"{api}/cancel"},
             "webhook": prediction.webhook,
             "webhook_events_filter": list(prediction.webhook_events_filter),
             "metrics": metrics,
         }
+        if prediction.started_at is not None:
+            rendered["started_at"] = self._timestamp(prediction.started_at)
+        if prediction.completed_at is not None:
+            rendered["completed_at"] = self._timestamp(prediction.completed_at)
+        return rendered
 
     def _kie_record(self, prediction: SimulatedPrediction, base: str) -> dict[str, object]:
         """KIE's task record: nested JSON as strings, times in epoch milliseconds."""
@@ -355,6 +384,11 @@ class SimulatorApp:
         cost: int | None = None
         if prediction.started_at is not None and prediction.completed_at is not None:
             cost = round((prediction.completed_at - prediction.started_at) * 1000)
+        updated = max(
+            moment
+            for moment in (prediction.created_at, prediction.started_at, prediction.completed_at)
+            if moment is not None
+        )
         return {
             "taskId": prediction.id,
             "model": prediction.model,
@@ -366,6 +400,7 @@ class SimulatorApp:
             "costTime": cost,
             "completeTime": self._millis(prediction.completed_at),
             "createTime": self._millis(prediction.created_at),
+            "updateTime": self._millis(updated),
         }
 
     def webhook_body(self, prediction: SimulatedPrediction, *, base: str) -> bytes:
@@ -393,9 +428,7 @@ class SimulatorApp:
             return None
         return round((monotonic + self._wall_offset) * 1000)
 
-    def _timestamp(self, monotonic: float | None) -> str | None:
-        if monotonic is None:
-            return None
+    def _timestamp(self, monotonic: float) -> str:
         moment = datetime.fromtimestamp(monotonic + self._wall_offset, UTC)
         return moment.isoformat().replace("+00:00", "Z")
 
@@ -411,6 +444,24 @@ def _malformed(fault: Fault, real: _Response, wrong_shape: object) -> _Response:
             return _json(200, ["unexpected", "shape"])
         case _:
             return _json(200, wrong_shape)
+
+
+def _model_version(model: str | None) -> str:
+    """A stable 64-hex version id for a model, as Replicate reports one for official models."""
+    return hashlib.sha256((model or _DEFAULT_MODEL).encode()).hexdigest()
+
+
+def _split_version(version: str) -> tuple[str | None, str]:
+    """``model`` and version id from ``id``, ``owner/name:id`` or an official ``owner/name``.
+
+    Those are the three spellings ``POST /v1/predictions`` accepts for ``version``.
+    """
+    if ":" in version:
+        model, _, version_id = version.partition(":")
+        return model, version_id
+    if "/" in version and _VERSION_ID.fullmatch(version) is None:
+        return version, _model_version(version)
+    return None, version
 
 
 def _decode(raw: bytes) -> object:
