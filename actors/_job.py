@@ -26,6 +26,7 @@ from orchestrator.core import (
     CanceledByUser,
     Delivered,
     Ending,
+    ExpectedFault,
     Fence,
     FencedOff,
     Finish,
@@ -47,7 +48,6 @@ from orchestrator.core import (
     UpstreamFailed,
     UpstreamRef,
     cancel_within,
-    is_expected,
     poll_delays,
     settle,
 )
@@ -58,7 +58,6 @@ log = structlog.get_logger("actors.job")
 
 _SETTLE_RETRY_S: Final = 0.2
 _SETTLE_RETRY_MAX_S: Final = 10.0
-_SETTLE_UNEXPECTED_TRIES: Final = 3
 # Upstream states in which a found prediction will never deliver.
 _DEAD: Final = frozenset(
     {PredictionStatus.FAILED, PredictionStatus.CANCELED, PredictionStatus.ABORTED}
@@ -78,14 +77,6 @@ class _Progress:
 
     def delivered(self) -> tuple[StoredOutput, ...]:
         return tuple(self.stored[idx] for idx in sorted(self.stored))
-
-
-@attrs.define
-class _SettleAttempts:
-    """The backoff of one settle, carried across its shielded and unshielded phases."""
-
-    delays: Iterator[float]
-    unexpected: int = 0
 
 
 class JobTask:
@@ -165,23 +156,31 @@ class JobTask:
             waiting.set()
 
     async def run(self) -> None:
-        """Run the job to its settlement; never raises into the actor's nursery."""
+        """Run the job to its settlement; never raises into the actor's nursery.
+
+        Two catch-alls, each with one meaning: a bug while the job runs ends it as
+        `Abandoned`, refunded whole (`_ending`); a bug in the settlement itself
+        leaves it in flight for recovery's orphan scan (here). Below them every
+        step catches only what its port declares: `ProviderError`,
+        `OutputUnavailable`, and the store's `ExpectedFault` and `FencedOff`.
+        """
         job = self.job
+        started = time.monotonic()
         try:
             with (
                 structlog.contextvars.bound_contextvars(job_id=str(job.id), user_id=job.user_id),
                 self._dropped,
             ):
-                await self._run()
+                ending = await self._ending()
+                await self._settle(ending, time.monotonic() - started)
         except Exception:
-            # A failure past settle's own guards: recovery's orphan scan resumes the job.
-            log.exception("job.task_failed")
+            log.exception("job.task_failed", note="recovery's orphan scan resumes the job")
         finally:
             if self._on_done is not None:
                 self._on_done(job)
 
-    async def _run(self) -> None:
-        started = time.monotonic()
+    async def _ending(self) -> Ending:
+        """How the job ended, with nothing left running upstream that nobody will use."""
         try:
             ending = await self._wait_for_ending()
         except Exception:
@@ -189,7 +188,7 @@ class JobTask:
             ending = Abandoned("the orchestrator failed while running the job")
         with trio.CancelScope(shield=True):
             await self._stop_paying()
-        await self._settle(ending, time.monotonic() - started)
+        return ending
 
     async def _stop_paying(self) -> None:
         """Cancel upstream whatever still runs for nothing: unfinished and cut-off predictions.
@@ -221,9 +220,9 @@ class JobTask:
                     status=found.status.value,
                     cancel_sent=running,
                 )
-            except Exception:
+            except ExpectedFault as exc:
                 # Reconciliation finds it again in the listing.
-                log.warning("job.upstream_not_noted", idx=idx, exc_info=True)
+                log.warning("job.upstream_not_noted", idx=idx, error=str(exc))
 
     async def _wait_for_ending(self) -> Ending:
         deadline = trio.current_time() + self._remaining_s
@@ -306,10 +305,6 @@ class JobTask:
         except OutputUnavailable as exc:
             log.warning("output.refused", idx=idx, reason=str(exc))
             self._progress.failures[idx] = f"output {idx}: {exc}"
-        except Exception:
-            # One output's unexpected failure must not throw away its siblings.
-            log.exception("output.failed", idx=idx)
-            self._progress.failures[idx] = f"output {idx}: could not be stored"
 
     async def _submit(self, idx: int) -> Prediction | UpstreamFailed:
         """Create the prediction; retry only what certainly did not reach the provider."""
@@ -375,8 +370,9 @@ class JobTask:
             )
         except FencedOff:
             self._fenced("record")
-        except Exception:
-            log.warning("job.prediction_not_recorded", idx=idx, exc_info=True)
+        except ExpectedFault as exc:
+            # Held in memory meanwhile; a resume finds it upstream by its tag.
+            log.warning("job.prediction_not_recorded", idx=idx, error=str(exc))
         else:
             log.info("job.processing", prediction_id=prediction_id, idx=idx)
 
@@ -430,16 +426,7 @@ class JobTask:
             with self._observed("cancel"):
                 await self._provider.cancel(prediction_id)
 
-        try:
-            reason = await cancel_within(counted, self._config.cancel_timeout_s)
-        except Exception as exc:
-            log.warning(
-                "provider.cancel_failed",
-                prediction_id=prediction_id,
-                error=type(exc).__name__,
-                exc_info=True,
-            )
-            return
+        reason = await cancel_within(counted, self._config.cancel_timeout_s)
         if reason is not None:
             log.warning("provider.cancel_failed", prediction_id=prediction_id, error=reason)
         else:
@@ -450,20 +437,18 @@ class JobTask:
 
         The first `settle_timeout_s` are shielded, so a shutdown does not cut a settle
         that is about to land; after that the retries go on unshielded for as long as
-        the daemon runs (a stop leaves the job to recovery). Only an unexpected error,
-        which a retry cannot fix, ends the attempts early.
+        the daemon runs (a stop leaves the job to recovery). An unexpected error is a
+        bug a retry cannot fix: it goes up to `run`, and the job to the orphan scan.
         """
         settlement = settle(self.job, ending)
-        attempts = _SettleAttempts(poll_delays(_SETTLE_RETRY_S, 2.0, _SETTLE_RETRY_MAX_S))
+        delays = poll_delays(_SETTLE_RETRY_S, 2.0, _SETTLE_RETRY_MAX_S)
         finish: Finish | None = None
         with trio.move_on_after(self._config.settle_timeout_s, shield=True) as first:
-            finish = await self._store_settlement(settlement, attempts)
+            finish = await self._store_settlement(settlement, delays)
         if first.cancelled_caught:
             log.warning("job.settle_slow", note="still retrying")
-            finish = await self._store_settlement(settlement, attempts)
+            finish = await self._store_settlement(settlement, delays)
         if finish is None:
-            if not self._dropped.cancel_called:
-                log.error("job.settle_abandoned", note="recovery will finish it")
             return
         log.info(
             "job.finished",
@@ -487,9 +472,9 @@ class JobTask:
             )
 
     async def _store_settlement(
-        self, settlement: Settlement, attempts: _SettleAttempts
+        self, settlement: Settlement, delays: Iterator[float]
     ) -> Finish | None:
-        """Store the settlement; None after an unexpected error survived its retries."""
+        """Store the settlement, retrying faults the store expects; None once fenced off."""
         while True:
             try:
                 return await self._store.finish(
@@ -503,16 +488,10 @@ class JobTask:
             except FencedOff:
                 self._fenced("finish")
                 return None
-            except Exception as exc:
-                if is_expected(exc):
-                    log.warning("job.settle_failed", error=str(exc))
-                else:
-                    attempts.unexpected += 1
-                    log.exception("job.settle_failed")
-                    if attempts.unexpected >= _SETTLE_UNEXPECTED_TRIES:
-                        return None
+            except ExpectedFault as exc:
+                log.warning("job.settle_failed", error=str(exc))
             self._observer.settle_retried()
-            await trio.sleep(next(attempts.delays))
+            await trio.sleep(next(delays))
 
     @contextlib.contextmanager
     def _observed(self, operation: str) -> Iterator[None]:

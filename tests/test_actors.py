@@ -19,6 +19,7 @@ from orchestrator.core import (
     ErrorCode,
     Fence,
     JobStatus,
+    OutputStore,
     Plan,
     Prediction,
     PredictionRequest,
@@ -26,6 +27,7 @@ from orchestrator.core import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnreachable,
+    StoredOutput,
     TaggedPrediction,
 )
 from orchestrator.db import DbUnavailable
@@ -168,6 +170,7 @@ async def make_rig(
     config: ActorConfig = CONFIG,
     *,
     slots: Leases | None = None,
+    outputs: OutputStore | None = None,
     **provider: object,
 ) -> Rig:
     store = InMemoryStore(
@@ -186,7 +189,7 @@ async def make_rig(
 
     store.finish = finish  # type: ignore[method-assign]
     fake = FakeProvider(**provider)  # type: ignore[arg-type]
-    registry = Registry(store=store, provider=fake, config=config, slots=slots)
+    registry = Registry(store=store, provider=fake, config=config, slots=slots, outputs=outputs)
     await nursery.start(registry.run)
     return Rig(store, fake, registry, finished_at)
 
@@ -475,7 +478,7 @@ async def test_a_settle_is_retried_with_backoff_until_stored_long_past_its_timeo
     assert rig.store.balance("liv") == 5
 
 
-async def test_a_settle_failing_on_a_bug_is_given_up_after_three_tries_for_recovery(
+async def test_a_settle_failing_on_a_bug_is_left_to_recovery_without_a_retry(
     autojump_clock, nursery
 ):
     """Retrying cannot fix an unexpected error: the job stays in flight for the orphan scan."""
@@ -484,10 +487,12 @@ async def test_a_settle_failing_on_a_bug_is_given_up_after_three_tries_for_recov
     attempts = _failing_finish(rig.store, RuntimeError("a bug"), 99)
     job_id = rig.submit("max", params={"simulate": "fail"})
     with trio.fail_after(600):
-        while rig.registry.running_jobs or len(attempts) < 3:
+        while rig.registry.running_jobs or not attempts:
             await trio.sleep(1)
-    assert len(attempts) == 3
+    await trio.sleep(60)
+    assert len(attempts) == 1
     assert rig.status(job_id).in_flight
+    assert not rig.registry.running_jobs
 
 
 async def test_a_signed_terminal_webhook_ends_the_wait_without_a_single_poll(
@@ -602,3 +607,23 @@ async def test_a_provider_that_cannot_be_reached_is_retried_within_the_deadline(
     assert list(rig.provider.predictions) == ["p0"]
     assert rig.provider.found == []  # nothing to look for: no request had gone out
     assert rig.store.balance("uma") == 4
+
+
+async def test_a_bug_while_storing_an_output_fails_the_job_refunded_whole(autojump_clock, nursery):
+    """Only `OutputUnavailable` is an output's own failure; a bug ends the job `Abandoned`."""
+
+    class BrokenOutputs:
+        async def store(self, _job_id: uuid.UUID, idx: int, _url: str) -> StoredOutput:
+            if idx == 0:
+                raise RuntimeError("a bug in the output store")
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    rig = await make_rig(nursery, latency=1.0, outputs=BrokenOutputs())
+    rig.store.grant("ada", 10, plan="pro")
+    job_id = rig.submit("ada", num_outputs=3)
+    await rig.settled(job_id)
+    job = rig.store.jobs[job_id]
+    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+    assert rig.store.balance("ada") == 10
+    assert job_id not in rig.store.outputs
