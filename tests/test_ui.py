@@ -29,6 +29,7 @@ import trio
 
 from orchestrator.core import JobStatus
 from orchestrator.db import DAEMON_ROLE, Database, open_database
+from orchestrator.db._queries import queries
 from orchestrator.http import HttpApp
 from orchestrator.metrics import Metrics
 from orchestrator.ui import WebUI
@@ -222,6 +223,17 @@ async def test_the_view_renders_jobs_timelines_books_and_the_audit_in_chromium(
         assert "simulate" in shown.texts["params"]
         listing = await dom(f"{base}/ui")
         assert PROMPTS["gus"] in "".join(listing.texts.values())
+
+
+def test_the_views_queries_are_bounded_reads():
+    """Every query the view adds is one SELECT with a LIMIT: it can change nothing."""
+    added = {name: sql for name, sql in queries().items() if name.startswith("ui_")}
+    assert len(added) == 7
+    for name, sql in added.items():
+        words = sql.upper().split()
+        assert words[0] == "SELECT", name
+        assert "LIMIT" in words, name
+        assert not {"INSERT", "UPDATE", "DELETE", "TRUNCATE"} & set(words), name
 
 
 async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(

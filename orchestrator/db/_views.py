@@ -112,19 +112,18 @@ async def jobs(
 async def timeline(pool: Pool, job_id: uuid.UUID) -> JobTimeline | None:
     q = queries()
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        row = await conn.fetchrow(q["get_job"], job_id)
+        row = await conn.fetchrow(q["ui_job"], job_id)
         if row is None:
             return None
-        extra = await conn.fetchrow(q["ui_job_extra"], job_id)
         predictions = await conn.fetch(q["ui_job_predictions"], job_id, _PER_JOB_LIMIT)
         upstream = await conn.fetch(q["ui_job_upstream"], job_id, _PER_JOB_LIMIT)
         outputs = await conn.fetch(q["ui_job_outputs"], job_id, _PER_JOB_LIMIT)
         ledger = await conn.fetch(q["ui_job_ledger"], job_id, _PER_JOB_LIMIT)
     return JobTimeline(
         job=_rows.job(row),
-        provider=None if extra is None else extra["provider"],
-        admit_epoch=None if extra is None else extra["admit_epoch"],
-        finish_epoch=None if extra is None else extra["finish_epoch"],
+        provider=row["provider"],
+        admit_epoch=row["admit_epoch"],
+        finish_epoch=row["finish_epoch"],
         predictions=tuple(PredictionRow(**_fields(PredictionRow, r)) for r in predictions),
         upstream=tuple(UpstreamRow(**_fields(UpstreamRow, r)) for r in upstream),
         outputs=tuple(OutputRow(**_fields(OutputRow, r)) for r in outputs),

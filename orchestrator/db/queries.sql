@@ -477,12 +477,13 @@ SELECT {{job_columns}}
  ORDER BY created_at DESC, id DESC
  LIMIT $5;
 
--- name: ui_job_extra
--- What the web view's timeline adds to a job: its provider and the lease epochs
--- it was admitted and finished under.
-SELECT provider, admit_epoch, finish_epoch
+-- name: ui_job
+-- One job for the web view's timeline, with its provider and the lease epochs
+-- it was admitted and ended under (one row: the primary key).
+SELECT {{job_columns}}, provider, admit_epoch, finish_epoch
   FROM orchestrator.jobs
- WHERE id = $1;
+ WHERE id = $1
+ LIMIT 1;
 
 -- name: ui_job_predictions
 -- A job's recorded predictions, by output index (at most num_outputs of them).
