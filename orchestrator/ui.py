@@ -245,7 +245,7 @@ class WebUI:
         return _page(f"Job {job.id}", body)
 
     async def _user(self, raw: str) -> Page:
-        user = urllib.parse.unquote(raw)
+        user = raw  # ASGI paths arrive percent-decoded
         if not USER_ID.fullmatch(user):
             raise _BadRequest("a user id is 1-128 of A-Z a-z 0-9 . _ @ : + -")
         summaries = await self._db.account_summaries(user_id=user)

@@ -241,6 +241,7 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
 ):
     """Never a 500: bad ids, unknown statuses and codes, unknown users, other methods."""
     await db.grant("ann", 2)
+    await db.grant("ann+ui@example.com", 3)
     job_id = await db.submit_job("ann", "<script>alert(1)</script>")
     async with serve_ui(db_url) as base, httpx.AsyncClient(trust_env=False) as client:
         cases = {
@@ -260,6 +261,7 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
             "/ui/": 200,
             f"/ui/jobs/{job_id}": 200,
             "/ui/users/ann": 200,
+            "/ui/users/ann%2Bui%40example.com": 200,
             "/ui/audit": 200,
             "/ui?status=queued&code=&user=ann": 200,
         }
@@ -281,6 +283,8 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
             assert refused.status_code == 405
             assert refused.headers["allow"] == "GET"
         assert (await client.get(f"{base}/healthz")).json() == {"status": "ok"}
+        books = await client.get(f"{base}/ui/users/ann%2Bui%40example.com")
+        assert '<span id="balance">3</span>' in books.text
         listing = await client.get(f"{base}/ui?status=queued")
         assert str(job_id) in listing.text
         assert "alert(1)" not in listing.text
