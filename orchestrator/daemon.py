@@ -55,6 +55,7 @@ from orchestrator.settings import Settings, SettingsError
 from orchestrator.storage import FilesystemStorage
 from orchestrator.sweeper import Sweeper
 from orchestrator.transport import queued_client
+from orchestrator.ui import WebUI
 from orchestrator.webhooks import WebhookHandler
 
 log = structlog.get_logger("orchestrator.daemon")
@@ -395,7 +396,8 @@ async def _run(
     task_status: trio.TaskStatus[Daemon],
 ) -> None:
     keeper, registry, metrics = daemon.keeper, daemon.registry, daemon.metrics
-    app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=daemon.webhooks)
+    ui = WebUI(daemon.db, show_prompts=settings.ui_show_prompts) if settings.ui_enabled else None
+    app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=daemon.webhooks, ui=ui)
     async with trio.open_nursery() as root:
         daemon.http_url = await root.start(_serve_http, app, settings)
         keeper.info.update(pid=os.getpid(), http_url=daemon.http_url, version=version())

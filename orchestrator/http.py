@@ -6,6 +6,7 @@ GET  /readyz                  200 when the database answers, the schema is
                               with the failing checks otherwise
 GET  /metrics                 Prometheus text format
 POST /webhooks/{provider}     provider callbacks (when enabled)
+GET  /ui, /ui/...             the read-only web view (orchestrator.ui), when enabled
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, S
 
 from orchestrator.asgi import lifespan, read_body
 from orchestrator.metrics import CONTENT_TYPE, Metrics
+from orchestrator.ui import HEADERS as UI_HEADERS
+from orchestrator.ui import WebUI
 from orchestrator.webhooks import WebhookHandler
 
 log = structlog.get_logger("orchestrator.http")
@@ -38,10 +41,12 @@ class HttpApp:
         metrics: Metrics,
         readiness: ReadinessCheck,
         webhooks: WebhookHandler | None,
+        ui: WebUI | None = None,
     ) -> None:
         self._metrics = metrics
         self._readiness = readiness
         self._webhooks = webhooks
+        self._ui = ui
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -51,15 +56,24 @@ class HttpApp:
             return
         if scope["type"] != "http":
             return
-        status, content_type, body = await self._route(scope, receive)
+        path = scope["path"]
+        if self._ui is not None and (path == "/ui" or path.startswith("/ui/")):
+            page = await self._ui.handle(scope["method"], path, scope["query_string"])
+            headers = [*UI_HEADERS, (b"content-length", str(len(page.body)).encode())]
+            if page.status == 405:  # noqa: PLR2004
+                headers.append((b"allow", b"GET"))
+            status, body = page.status, page.body
+        else:
+            status, content_type, body = await self._route(scope, receive)
+            headers = [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
+                "headers": headers,
                 "trailers": False,
             }
         )

@@ -123,6 +123,9 @@ class Settings:
     accept_unsigned_webhooks: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(default=8080, validator=_port)
+    # The read-only web view at /ui on the HTTP port; prompts and params hidden unless asked.
+    ui_enabled: bool = True
+    ui_show_prompts: bool = False
     webhook_poll_s: float = attrs.field(default=30.0, validator=_positive)
     list_poll_s: float = attrs.field(default=2.0, validator=_rate)
     db_pool_size: int = attrs.field(default=10, validator=_positive)
@@ -222,6 +225,8 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS": ("accept_unsigned_webhooks", _boolean),
     "ORCHESTRATOR_HTTP_HOST": ("http_host", str),
     "ORCHESTRATOR_HTTP_PORT": ("http_port", int),
+    "ORCHESTRATOR_UI": ("ui_enabled", _boolean),
+    "ORCHESTRATOR_UI_SHOW_PROMPTS": ("ui_show_prompts", _boolean),
     "ORCHESTRATOR_DB_POOL_SIZE": ("db_pool_size", int),
     "ORCHESTRATOR_WEBHOOK_POLL": ("webhook_poll_s", float),
     "ORCHESTRATOR_LIST_POLL": ("list_poll_s", float),

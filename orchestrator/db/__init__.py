@@ -38,6 +38,11 @@ from ._ledger import Refund as Refund
 from ._listener import Listener as Listener
 from ._listener import Notification as Notification
 from ._schema import schema_text as schema_text
+from ._views import JobTimeline as JobTimeline
+from ._views import LedgerRow as LedgerRow
+from ._views import OutputRow as OutputRow
+from ._views import PredictionRow as PredictionRow
+from ._views import UpstreamRow as UpstreamRow
 
 __all__ = [
     "DAEMON_ROLE",
@@ -54,18 +59,23 @@ __all__ = [
     "IdempotencyConflict",
     "IntegrityViolation",
     "InvalidRequest",
+    "JobTimeline",
     "LeaseSession",
+    "LedgerRow",
     "Listener",
     "MemberRow",
     "Notification",
+    "OutputRow",
     "OwnerSummary",
     "PermissionDenied",
+    "PredictionRow",
     "Refund",
     "Role",
     "RoleUnavailable",
     "SchemaNotCurrent",
     "UnknownJob",
     "UnknownUser",
+    "UpstreamRow",
     "embedded_server_running",
     "ensure_embedded_server",
     "map_error",

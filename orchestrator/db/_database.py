@@ -27,7 +27,17 @@ from orchestrator.core import (
     UpstreamRef,
 )
 
-from . import _audit, _jobs, _leases, _ledger, _routing, _schema, _transitions, _upstream
+from . import (
+    _audit,
+    _jobs,
+    _leases,
+    _ledger,
+    _routing,
+    _schema,
+    _transitions,
+    _upstream,
+    _views,
+)
 from ._connector import Connector, Role, open_connector
 from ._group import GroupCommit
 from ._lease_session import LeaseSession
@@ -357,6 +367,26 @@ class Database:
 
     async def audit(self) -> _audit.AuditReport:
         return await self._connector.run(_audit.run)
+
+    async def browse_jobs(
+        self,
+        *,
+        user_id: str | None = None,
+        status: JobStatus | None = None,
+        code: ErrorCode | None = None,
+        before: uuid.UUID | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; `before` pages on from that job (exclusive)."""
+        return await self._connector.run(_views.jobs, user_id, status, code, before, limit)
+
+    async def job_timeline(self, job_id: uuid.UUID) -> _views.JobTimeline | None:
+        """A job with its predictions, strays, outputs and ledger rows, in one snapshot."""
+        return await self._connector.run(_views.timeline, job_id)
+
+    async def user_ledger(self, user_id: str, *, limit: int = 100) -> list[_views.LedgerRow]:
+        """A user's ledger rows, newest first."""
+        return await self._connector.run(_views.user_ledger, user_id, limit)
 
     @asynccontextmanager
     async def listen(self, *channels: str) -> AsyncIterator[Listener]:

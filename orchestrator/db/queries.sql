@@ -462,3 +462,67 @@ SELECT l.prediction_id, l.job_id, l.idx, j.status, p.prediction_id AS recorded,
 -- name: note_upstream
 -- What was seen of a prediction upstream; returns the status seen before.
 SELECT orchestrator.note_upstream_v1($1, $2, $3, $4, $5, $6, $7);
+
+-- name: ui_jobs
+-- The web view's job list, newest first: filtered by user ($1), status ($2) and
+-- error code ($3), each null for any; $4 a job id to page from (the rows older
+-- than it), $5 the page size (the caller bounds it).
+SELECT {{job_columns}}
+  FROM orchestrator.jobs
+ WHERE ($1::text IS NULL OR user_id = $1)
+   AND ($2::text IS NULL OR status = $2)
+   AND ($3::text IS NULL OR error_code = $3)
+   AND ($4::uuid IS NULL
+        OR (created_at, id) < (SELECT c.created_at, c.id FROM orchestrator.jobs c WHERE c.id = $4))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $5;
+
+-- name: ui_job
+-- One job for the web view's timeline, with its provider and the lease epochs
+-- it was admitted and ended under (one row: the primary key).
+SELECT {{job_columns}}, provider, admit_epoch, finish_epoch
+  FROM orchestrator.jobs
+ WHERE id = $1
+ LIMIT 1;
+
+-- name: ui_job_predictions
+-- A job's recorded predictions, by output index (at most num_outputs of them).
+SELECT idx, provider, prediction_id, epoch, created_at
+  FROM orchestrator.predictions
+ WHERE job_id = $1
+ ORDER BY idx
+ LIMIT $2;
+
+-- name: ui_job_upstream
+-- Predictions that ran for a job without delivering to it, as reconciliation saw them.
+SELECT provider, prediction_id, idx, found_by, status, cancel_sent_at, checked_at, created_at
+  FROM orchestrator.upstream_predictions
+ WHERE job_id = $1
+ ORDER BY created_at, prediction_id
+ LIMIT $2;
+
+-- name: ui_job_outputs
+-- A job's stored outputs, deleted ones included (their rows stay for the audit).
+SELECT idx, url, path, size_bytes, sha256, content_type, created_at, deleted_at
+  FROM orchestrator.outputs
+ WHERE job_id = $1
+ ORDER BY idx
+ LIMIT $2;
+
+-- name: ui_job_ledger
+-- The ledger rows of one job: its debit and its refund, if any (a job's rows are
+-- only these two kinds; each is read through its own unique partial index).
+SELECT id, user_id, job_id, kind, amount, ref, note, created_at
+  FROM (SELECT * FROM orchestrator.ledger WHERE job_id = $1 AND kind = 'debit'
+        UNION ALL
+        SELECT * FROM orchestrator.ledger WHERE job_id = $1 AND kind = 'refund') rows
+ ORDER BY id
+ LIMIT $2;
+
+-- name: ui_user_ledger
+-- One user's ledger, newest first, at most $2 rows.
+SELECT id, user_id, job_id, kind, amount, ref, note, created_at
+  FROM orchestrator.ledger
+ WHERE user_id = $1
+ ORDER BY id DESC
+ LIMIT $2;
