@@ -330,9 +330,7 @@ def main() -> None:
         upstream_s = _wait_upstream_settled(rig, limit_s=30.0)
         verdict = asyncio.run(_verdict(url))
         stray = asyncio.run(_as_we_knew_them(url, _listed_running(rig)))
-        succeeded = _listed(rig, {"succeeded"})
-        causes = asyncio.run(_undelivered_by_cause(url, succeeded))
-        causes["listed as succeeded"] = len(succeeded)
+        causes = asyncio.run(_undelivered_by_cause(url, _listed(rig, {"succeeded"})))
         audit = subprocess.run(
             [*CLI, "audit"],
             env={**os.environ, "DATABASE_URL": url},
@@ -414,7 +412,7 @@ async def _undelivered_by_cause(url: str, succeeded: list[dict[str, object]]) ->
             causes[cause] = causes.get(cause, 0) + 1
     finally:
         await conn.close()
-    return causes
+    return causes | {"listed as succeeded": len(succeeded)}
 
 
 async def _as_we_knew_them(url: str, listed: list[dict[str, object]]) -> list[dict[str, object]]:

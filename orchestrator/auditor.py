@@ -6,18 +6,23 @@ which fires the moment any ledger invariant is found broken.
 
 from __future__ import annotations
 
-import time
+from typing import Protocol
 
 import structlog
 import trio
 
 from orchestrator.db import Database, DbError
-from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.auditor")
 
 
-async def run_auditor(db: Database, metrics: Metrics, *, interval_s: float) -> None:
+class AuditObserver(Protocol):
+    """Where each pass's count goes; `orchestrator.metrics.UpkeepMetrics` keeps it."""
+
+    def audited(self, violations: int) -> None: ...
+
+
+async def run_auditor(db: Database, observer: AuditObserver, *, interval_s: float) -> None:
     while True:
         try:
             report = await db.audit()
@@ -25,8 +30,7 @@ async def run_auditor(db: Database, metrics: Metrics, *, interval_s: float) -> N
             log.warning("audit.unavailable", error=str(exc))
         else:
             violations = sum(check.violations for check in report.checks)
-            metrics.audit_violations.set(violations)
-            metrics.audit_last_run.set(time.time())
+            observer.audited(violations)
             if violations:
                 failing = [check.name for check in report.checks if not check.ok]
                 log.error("audit.failed", violations=violations, checks=failing)

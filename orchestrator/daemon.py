@@ -252,7 +252,7 @@ def _sweeper(
         stuck_after_s=settings.stuck_after_s,
         cancel_timeout_s=settings.cancel_timeout_s,
         webhook_retention_s=settings.webhook_retention_s,
-        metrics=metrics,
+        observer=metrics,
         reconciler=Reconciler(
             db,
             provider,
@@ -260,7 +260,7 @@ def _sweeper(
             window_s=settings.reconcile_window_s,
             limit=settings.reconcile_limit,
             cancel_timeout_s=settings.cancel_timeout_s,
-            metrics=metrics,
+            observer=metrics.upkeep,
         ),
         slots=keeper,
     )
@@ -279,13 +279,13 @@ def assemble(
         ttl_s=settings.lease_ttl_s,
         renew_s=settings.lease_renew_s,
         max_moves=settings.max_slot_moves,
-        metrics=metrics,
+        observer=metrics.cluster,
     )
     registry = Registry(
         store=db,
         provider=provider,
         config=actor_config(settings, webhooks_at),
-        observer=metrics,
+        observer=metrics.jobs,
         outputs=downloader,
         capacity=limits,
         watch=listing_watch(settings, provider, limits, webhooks_at),
@@ -300,7 +300,7 @@ def assemble(
         scan_interval_s=settings.scan_interval_s,
         orphan_grace_s=settings.orphan_grace_s,
         per_user=settings.mailbox_size,
-        metrics=metrics,
+        observer=metrics.intake,
     )
     sweeper = _sweeper(settings, db, provider, registry, keeper, metrics)
     daemon = Daemon(db, registry, intake, sweeper, metrics, keeper)
@@ -319,7 +319,7 @@ def assemble(
             registry,
             {settings.provider: provider},
             secret=settings.webhook_secret,
-            metrics=metrics,
+            observer=metrics,
         )
     _bind_gauges(daemon)
     return daemon
@@ -327,13 +327,14 @@ def assemble(
 
 def _bind_gauges(daemon: Daemon) -> None:
     registry, keeper, monitor = daemon.registry, daemon.keeper, daemon.monitor
-    daemon.metrics.slots_unowned.set_function(lambda: float(keeper.unowned))
-    daemon.metrics.bind_gauges(
+    cluster = daemon.metrics.cluster
+    cluster.slots_unowned.set_function(lambda: float(keeper.unowned))
+    cluster.slots_owned.set_function(lambda: float(len(keeper.slots)))
+    daemon.metrics.process.bind(
         actors=lambda: len(registry),
         mailbox_depth=lambda: registry.mailbox_depth,
         jobs_running=lambda: registry.running_jobs,
         listener_connected=lambda: float(daemon.intake.stats.connected),
-        slots_owned=lambda: float(len(keeper.slots)),
         db_pool_in_use=lambda: daemon.db.pool_in_use,
         capacity_waiting=lambda: registry.capacity.gate.waiting,
         capacity_limit=lambda: float(registry.capacity.gate.limit or 0),
@@ -420,14 +421,17 @@ async def _run(
                         pacer = ServicePacer(
                             registry.capacity.admissions,
                             cpu_clock=time.process_time,
-                            finished=metrics.finished_count,
+                            finished=metrics.jobs.finished_count,
                         )
                         nursery.start_soon(pacer.run)
                     await nursery.start(daemon.intake.run)
                     nursery.start_soon(daemon.sweeper.run)
                     nursery.start_soon(
                         functools.partial(
-                            run_auditor, daemon.db, metrics, interval_s=settings.audit_interval_s
+                            run_auditor,
+                            daemon.db,
+                            metrics.upkeep,
+                            interval_s=settings.audit_interval_s,
                         )
                     )
                     task_status.started()
@@ -453,7 +457,7 @@ async def _run(
             except DbError as exc:
                 log.warning("lease.leave_failed", error=str(exc), note="the leases expire")
             else:
-                metrics.handover_seconds.observe(trio.current_time() - stopping)
+                metrics.cluster.handed_over(trio.current_time() - stopping)
                 log.info("lease.left", slots=released)
         root.cancel_scope.cancel()
     log.info("daemon.stopped", jobs_left_for_recovery=left)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import structlog
@@ -32,7 +32,6 @@ from orchestrator.db import (
     slot_channel,
 )
 from orchestrator.leases import LeaseKeeper, SlotChange
-from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.intake")
 
@@ -40,6 +39,27 @@ _BATCH: Final = 1000
 _WAKE: Final = "wake:"
 _RECONNECT_INITIAL_S: Final = 0.1
 _RECONNECT_MAX_S: Final = 10.0
+
+
+class IntakeObserver(Protocol):
+    """What intake reports for metrics; `orchestrator.metrics.IntakeMetrics` counts it."""
+
+    def notified(self, count: int, *, unreadable: int) -> None: ...
+
+    def scan_found(self, count: int) -> None: ...
+
+    def mailbox_refused(self) -> None: ...
+
+
+class NullIntakeObserver:
+    def notified(self, count: int, *, unreadable: int) -> None:
+        pass
+
+    def scan_found(self, count: int) -> None:
+        pass
+
+    def mailbox_refused(self) -> None:
+        pass
 
 
 @attrs.define
@@ -65,12 +85,12 @@ class Intake:
         scan_interval_s: float,
         orphan_grace_s: float = 60.0,
         per_user: int = 256,
-        metrics: Metrics | None = None,
+        observer: IntakeObserver | None = None,
     ) -> None:
         self._orphan_grace_s = orphan_grace_s
         self._per_user = per_user
         self._unresumed: list[JobRef] = []
-        self._metrics = metrics or Metrics()
+        self._observer = observer or NullIntakeObserver()
         self._db = db
         self._registry = registry
         self._keeper = keeper
@@ -149,7 +169,6 @@ class Intake:
                 self._keeper.wake()  # a member joined or left: rebalance now
             if jobs:
                 self.stats.notifications += len(jobs)
-                self._metrics.notifications.inc(len(jobs))
                 woken = [
                     note.payload.removeprefix(_WAKE)
                     for note in jobs
@@ -160,7 +179,9 @@ class Intake:
                     self.stats,
                 )
                 wake_ids = _job_ids(woken, self.stats)
-                self._metrics.bad_notifications.inc(len(jobs) - len(job_ids) - len(wake_ids))
+                self._observer.notified(
+                    len(jobs), unreadable=len(jobs) - len(job_ids) - len(wake_ids)
+                )
                 await self._route(job_ids, wake_ids)
             if trio.current_time() >= next_scan:
                 await self._scan(self._keeper.slots)
@@ -179,7 +200,7 @@ class Intake:
         found = await self._db.queued(per_user=self._per_user, slots=slots)
         accepted = self._deliver(found)
         self.stats.scan_finds += accepted
-        self._metrics.scan_finds.inc(accepted)
+        self._observer.scan_found(accepted)
         for ref in await self._db.orphaned(grace_s=self._orphan_grace_s, slots=slots):
             # A task lost after admission (a crash, a settle that gave up): settle it now.
             self.stats.orphans += self._resume(ref)
@@ -209,7 +230,7 @@ class Intake:
         offer = self._registry.deliver(ref.user_id, message, slot=ref.slot)
         if offer is Offer.FULL:
             self.stats.mailbox_full += 1  # still queued in the database: the next scan retries
-            self._metrics.mailbox_full.inc()
+            self._observer.mailbox_refused()
         accepted = offer is Offer.ACCEPTED
         self.stats.delivered += accepted
         return accepted

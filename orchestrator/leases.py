@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import structlog
@@ -43,7 +43,6 @@ import trio
 
 from orchestrator.core import SLOTS, Fence
 from orchestrator.db import Database, DbError, HeldSlot, LeaseSession
-from orchestrator.metrics import Metrics
 from orchestrator.placement import RoundPlan, plan_round
 
 log = structlog.get_logger("orchestrator.leases")
@@ -72,6 +71,35 @@ class _Held:
     handing_over: bool = False
 
 
+class LeaseObserver(Protocol):
+    """What the keeper reports for metrics; `orchestrator.metrics.ClusterMetrics` counts it.
+
+    `round_took` is called from the lease thread, the others from the Trio loop.
+    """
+
+    def round_took(self, seconds: float) -> None: ...
+
+    def slots_taken(self, count: int) -> None: ...
+
+    def slots_given_up(self, count: int) -> None: ...
+
+    def slots_lost(self, count: int) -> None: ...
+
+
+class NullLeaseObserver:
+    def round_took(self, seconds: float) -> None:
+        pass
+
+    def slots_taken(self, count: int) -> None:
+        pass
+
+    def slots_given_up(self, count: int) -> None:
+        pass
+
+    def slots_lost(self, count: int) -> None:
+        pass
+
+
 async def _nothing_to_hand_over(_slots: frozenset[int]) -> None:
     return None
 
@@ -93,7 +121,7 @@ class LeaseKeeper:
         renew_s: float,
         max_moves: int,
         info: Mapping[str, object] | None = None,
-        metrics: Metrics | None = None,
+        observer: LeaseObserver | None = None,
         on_lost: Callable[[frozenset[int]], object] = lambda _slots: None,
         on_hand_over: Callable[[frozenset[int]], Awaitable[None]] = _nothing_to_hand_over,
     ) -> None:
@@ -107,7 +135,7 @@ class LeaseKeeper:
         self._margin_s = min(renew_s, ttl_s / 2)
         self._max_moves = max_moves
         self.info = dict(info or {})
-        self._metrics = metrics or Metrics()
+        self._observer = observer or NullLeaseObserver()
         self.on_lost = on_lost
         self.on_hand_over = on_hand_over
         self._nursery: trio.Nursery | None = None
@@ -184,7 +212,7 @@ class LeaseKeeper:
         if lost:
             self.on_lost(lost)
         released = await self._db.leave_cluster(self.member)
-        self._metrics.slots_moved.labels(direction="given_up").inc(released)
+        self._observer.slots_given_up(released)
         return released
 
     # The round thread.
@@ -216,7 +244,7 @@ class LeaseKeeper:
         # A slot to give up is kept (renewed) until its work has stopped.
         keep = sorted({*plan.keep, *plan.release, *moving})
         held = session.lease_round(self.member, self._ttl_s, keep, list(plan.take), self.info)
-        self._metrics.lease_round_seconds.observe(time.monotonic() - started)
+        self._observer.round_took(time.monotonic() - started)
         if self._stop.is_set():
             return  # leaving: `leave` owns the slots from here
         change, missed = self._apply(plan, held, started)
@@ -266,11 +294,11 @@ class LeaseKeeper:
             log.info("lease.handing_over", slots=len(given_up))
             self._nursery.start_soon(self._hand_over, given_up)
         if missed:
-            self._metrics.leases_lost.inc(len(missed))
+            self._observer.slots_lost(len(missed))
             log.warning("lease.lost", slots=len(missed), reason=reason)
             self.on_lost(missed)
         if change.taken:
-            self._metrics.slots_moved.labels(direction="taken").inc(len(change.taken))
+            self._observer.slots_taken(len(change.taken))
             log.info("lease.taken", slots=len(change.taken), owned=len(self._held))
         self._send_changes.send_nowait(change)
 
@@ -282,7 +310,7 @@ class LeaseKeeper:
                 held = self._held.get(slot)
                 if held is not None and held.handing_over:
                     del self._held[slot]
-        self._metrics.slots_moved.labels(direction="given_up").inc(len(slots))
+        self._observer.slots_given_up(len(slots))
         log.info("lease.given_up", slots=len(slots), owned=len(self.slots))
         self._wake.set()
 

@@ -14,8 +14,8 @@ demand (``--dry-run`` only looks).
 from __future__ import annotations
 
 import functools
-import time
-from typing import Final, Literal
+from collections.abc import Mapping
+from typing import Final, Literal, Protocol
 
 import attrs
 import structlog
@@ -31,7 +31,6 @@ from orchestrator.core import (
     cancel_within,
 )
 from orchestrator.db import Database
-from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.reconcile")
 
@@ -97,6 +96,12 @@ class _Tally:
     listed: int = 0
 
 
+class ReconcileObserver(Protocol):
+    """Where each pass's counts go; `orchestrator.metrics.UpkeepMetrics` keeps them."""
+
+    def reconciled(self, outcomes: Mapping[str, int], *, running: int) -> None: ...
+
+
 class Reconciler:
     """Runs reconciliation passes for one provider.
 
@@ -122,7 +127,7 @@ class Reconciler:
         concurrency: int = 8,
         cancel_timeout_s: float = 5.0,
         dry_run: bool = False,
-        metrics: Metrics | None = None,
+        observer: ReconcileObserver | None = None,
     ) -> None:
         self._db = db
         self._provider = provider
@@ -132,7 +137,7 @@ class Reconciler:
         self._concurrency = concurrency
         self._timeout_s = cancel_timeout_s
         self._dry_run = dry_run
-        self._metrics = metrics
+        self._observer = observer
 
     async def run_once(self) -> ReconcileReport:
         """One bounded pass; provider trouble is counted, database trouble raises.
@@ -230,10 +235,9 @@ class Reconciler:
         return reason is None
 
     def _observe(self, report: ReconcileReport) -> None:
-        if self._metrics is None or report.dry_run:
+        if self._observer is None or report.dry_run:
             return
-        m = self._metrics
-        for outcome in ("canceled", "cancel_failed", "undelivered", "unreadable"):
-            m.upstream_predictions.labels(outcome=outcome).inc(getattr(report, outcome))
-        m.upstream_running.set(report.running)
-        m.reconcile_last_run.set(time.time())
+        outcomes = ("canceled", "cancel_failed", "undelivered", "unreadable")
+        self._observer.reconciled(
+            {outcome: getattr(report, outcome) for outcome in outcomes}, running=report.running
+        )

@@ -18,7 +18,7 @@ two daemons never race on one prediction.
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 import trio
@@ -37,12 +37,37 @@ from orchestrator.core import (
     settle,
 )
 from orchestrator.db import Database, DbError
-from orchestrator.metrics import Metrics
 from orchestrator.reconcile import Reconciler
 
 log = structlog.get_logger("orchestrator.sweeper")
 
 _MAX_INTERVAL_S: Final = 60.0
+
+
+class SweepObserver(Protocol):
+    """What the sweeper reports for metrics; `orchestrator.metrics.Metrics` counts it."""
+
+    def job_swept(self, status: JobStatus, code: ErrorCode | None, *, refunded: int) -> None: ...
+
+    def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None: ...
+
+    def write_fenced(self, write: str) -> None: ...
+
+    def webhook_events_forgotten(self, count: int) -> None: ...
+
+
+class NullSweepObserver:
+    def job_swept(self, status: JobStatus, code: ErrorCode | None, *, refunded: int) -> None:
+        pass
+
+    def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None:
+        pass
+
+    def write_fenced(self, write: str) -> None:
+        pass
+
+    def webhook_events_forgotten(self, count: int) -> None:
+        pass
 
 
 class Sweeper:
@@ -55,7 +80,7 @@ class Sweeper:
         stuck_after_s: float,
         cancel_timeout_s: float,
         webhook_retention_s: float = 3 * 86400.0,
-        metrics: Metrics | None = None,
+        observer: SweepObserver | None = None,
         reconciler: Reconciler | None = None,
         slots: Slots | None = None,
         lease_history_s: float = 7 * 86400.0,
@@ -64,7 +89,7 @@ class Sweeper:
         self._lease_history_s = lease_history_s
         self._reconciler = reconciler
         self._webhook_retention_s = webhook_retention_s
-        self._metrics = metrics or Metrics()
+        self._observer = observer or NullSweepObserver()
         self._db = db
         self._provider = provider
         self._registry = registry
@@ -95,19 +120,18 @@ class Sweeper:
                 await self._end(ref)
             except FencedOff:
                 log.warning("sweeper.fenced", job_id=str(ref.id))
-                self._metrics.write_fenced("sweep")
+                self._observer.write_fenced("sweep")
             except Exception:
                 # One job's trouble must not keep the others stuck.
                 log.exception("sweeper.job_failed", job_id=str(ref.id))
             else:
                 ended += 1
         self.swept += ended
-        self._metrics.stuck.inc(ended)
         if not self._slots.owns(0):
             return ended
         await self._db.prune_lease_history(older_than_s=self._lease_history_s)
         pruned = await self._db.prune_webhook_events(older_than_s=self._webhook_retention_s)
-        self._metrics.webhook_events_pruned.inc(pruned)
+        self._observer.webhook_events_forgotten(pruned)
         if self._reconciler is not None:
             report = await self._reconciler.run_once()
             if report.running or report.undelivered:
@@ -128,6 +152,7 @@ class Sweeper:
                 await self._db.reject(
                     ref.id, ErrorCode.STUCK, f"queued for {minutes:g} minutes", fence=fence
                 )
+                self._observer.job_rejected(ErrorCode.STUCK, None)
                 return
             job = await self._db.job(ref.id)
             if job is None or not job.status.in_flight:
@@ -145,7 +170,7 @@ class Sweeper:
                 fence=fence,
             )
             log.warning("job.stuck", credits_refunded=finish.refunded)
-            self._metrics.job_swept(settlement.status, settlement.code, refunded=finish.refunded)
+            self._observer.job_swept(settlement.status, settlement.code, refunded=finish.refunded)
             # A task still running it (it should not be) stops: its settle finds it ended.
             self._registry.stop_job(ref.user_id, ref.id)
 

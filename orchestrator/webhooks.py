@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import structlog
@@ -28,7 +28,6 @@ from orchestrator.core import (
     RunningJobs,
 )
 from orchestrator.db import Database, DbUnavailable, Fenced
-from orchestrator.metrics import Metrics
 
 log = structlog.get_logger("orchestrator.webhooks")
 
@@ -66,6 +65,22 @@ def _checked_delivery(idx_param: str | None, event_id: str) -> int | Reply:
     return Reply(400, "bad_output_index") if idx is None else idx
 
 
+class WebhookObserver(Protocol):
+    """What the handler reports for metrics; `orchestrator.metrics.Metrics` counts it."""
+
+    def webhook(self, provider: str, result: str) -> None: ...
+
+    def write_fenced(self, write: str) -> None: ...
+
+
+class NullWebhookObserver:
+    def webhook(self, provider: str, result: str) -> None:
+        pass
+
+    def write_fenced(self, write: str) -> None:
+        pass
+
+
 class WebhookHandler:
     def __init__(
         self,
@@ -74,13 +89,13 @@ class WebhookHandler:
         providers: Mapping[str, Provider],
         *,
         secret: str | None,
-        metrics: Metrics,
+        observer: WebhookObserver | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
         self._providers = providers
         self._verifier = Webhook(secret) if secret else None
-        self._metrics = metrics
+        self._observer = observer or NullWebhookObserver()
 
     async def handle(
         self,
@@ -102,8 +117,8 @@ class WebhookHandler:
         except Fenced:
             # The slot moved while we looked: the retry reaches the new owner's view.
             reply = Reply(503, "slot_moved")
-            self._metrics.write_fenced("webhook")
-        self._metrics.webhooks.labels(provider=provider_name, result=reply.result).inc()
+            self._observer.write_fenced("webhook")
+        self._observer.webhook(provider_name, reply.result)
         if reply.status >= 400:  # noqa: PLR2004
             log.warning("webhook.rejected", provider=provider_name, result=reply.result)
         return reply

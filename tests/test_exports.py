@@ -12,6 +12,8 @@ PACKAGES = [
     "orchestrator.db",
     "orchestrator.providers",
     "orchestrator.simulator",
+    "orchestrator.metrics",
+    "orchestrator.cli",
 ]
 
 

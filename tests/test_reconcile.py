@@ -76,15 +76,16 @@ async def test_a_recorded_prediction_still_running_for_a_timed_out_job_is_cancel
     await db.mark_processing(job_id, provider="replicate", prediction_id=prediction_id)
     await _time_out(db, job_id)
     metrics = Metrics()
-    first = await _reconciler(db, provider, metrics=metrics).run_once()
+    first = await _reconciler(db, provider, observer=metrics.upkeep).run_once()
     assert (first.checked, first.canceled, first.undelivered) == (1, 1, 0)
     assert await _status(provider, prediction_id) is PredictionStatus.CANCELED
-    second = await _reconciler(db, provider, metrics=metrics).run_once()
+    second = await _reconciler(db, provider, observer=metrics.upkeep).run_once()
     assert (second.checked, second.canceled) == (1, 0)
-    third = await _reconciler(db, provider, metrics=metrics).run_once()
+    third = await _reconciler(db, provider, observer=metrics.upkeep).run_once()
     assert third.checked == 0
-    assert metrics.upstream_predictions.labels(outcome="canceled")._value.get() == 1
-    assert metrics.upstream_running._value.get() == 0
+    canceled = {"outcome": "canceled"}
+    assert metrics.sample("orchestrator_upstream_predictions_total", canceled) == 1
+    assert metrics.sample("orchestrator_upstream_running_for_nothing") == 0
 
 
 async def test_a_success_upstream_for_a_failed_job_is_counted_undelivered_exactly_once(

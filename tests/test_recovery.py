@@ -141,12 +141,13 @@ async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
         registry = Registry(store=db, provider=provider, config=ActorConfig())
         metrics = Metrics()
         sweeper = Sweeper(
-            db, provider, registry, stuck_after_s=1800, cancel_timeout_s=1, metrics=metrics
+            db, provider, registry, stuck_after_s=1800, cancel_timeout_s=1, observer=metrics
         )
         assert await sweeper.sweep() == 2
     sample = metrics.registry.get_sample_value
     assert sample("orchestrator_credits_refunded_total") == 1  # the sweeper's refunds count
     assert sample("orchestrator_jobs_finished_total", {"status": "failed", "code": "STUCK"}) == 1
+    assert sample("orchestrator_jobs_rejected_total", {"code": "STUCK"}) == 1
     flight, queued, young, backlog = [
         await db.job(j) for j in (stuck_flight, stuck_queue, fresh, recent)
     ]
@@ -209,12 +210,12 @@ async def test_the_sweeper_forgets_webhook_deliveries_past_the_retry_window(
             stuck_after_s=1800,
             cancel_timeout_s=1,
             webhook_retention_s=3 * 86400,
-            metrics=metrics,
+            observer=metrics,
         )
         await sweeper.sweep()
     kept = await pg.fetch(db_url, "SELECT event_id FROM orchestrator.webhook_events")
     assert [row["event_id"] for row in kept] == ["recent"]
-    assert metrics.webhook_events_pruned._value.get() == 2
+    assert metrics.sample("orchestrator_webhook_events_pruned_total") == 2
     # A delivery forgotten and repeated is new again: it only wakes a task.
     assert await db.record_webhook_event("replicate", "old-1")
     pruned = await pg.fetch(

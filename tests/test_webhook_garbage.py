@@ -120,7 +120,7 @@ def test_garbage_never_raises_out_of_the_webhook_checks(
         if kie
         else ReplicateProvider(client, base_url="http://127.0.0.1:9", token="t", model="m/m")
     )
-    handler = WebhookHandler(None, None, {}, secret=SECRET, metrics=None)  # type: ignore[arg-type]
+    handler = WebhookHandler(None, None, {}, secret=SECRET)  # type: ignore[arg-type]
     sent = (
         headers(body)
         if signed
@@ -159,7 +159,7 @@ async def test_a_webhook_during_a_postgres_restart_gets_503_and_one_warning():
             None,  # type: ignore[arg-type]
             {"replicate": provider},
             secret=SECRET,
-            metrics=Metrics(),
+            observer=Metrics(),
         )
         body = json.dumps({"id": "abcdefghijklmnopqrstuvwxyz", "status": "succeeded"}).encode()
         with structlog.testing.capture_logs() as logged:
