@@ -48,8 +48,8 @@ from orchestrator.core import (
     UpstreamFailed,
     UpstreamRef,
     cancel_within,
+    finish,
     poll_delays,
-    settle,
 )
 
 from ._deps import Deps
@@ -440,51 +440,44 @@ class JobTask:
         the daemon runs (a stop leaves the job to recovery). An unexpected error is a
         bug a retry cannot fix: it goes up to `run`, and the job to the orphan scan.
         """
-        settlement = settle(self.job, ending)
         delays = poll_delays(_SETTLE_RETRY_S, 2.0, _SETTLE_RETRY_MAX_S)
-        finish: Finish | None = None
+        settled: tuple[Settlement, Finish] | None = None
         with trio.move_on_after(self._config.settle_timeout_s, shield=True) as first:
-            finish = await self._store_settlement(settlement, delays)
+            settled = await self._store_ending(ending, delays)
         if first.cancelled_caught:
             log.warning("job.settle_slow", note="still retrying")
-            finish = await self._store_settlement(settlement, delays)
-        if finish is None:
+            settled = await self._store_ending(ending, delays)
+        if settled is None:
             return
+        settlement, done = settled
         log.info(
             "job.finished",
             status=settlement.status.value,
             code=settlement.code.value if settlement.code else None,
             duration_s=round(duration_s, 3),
-            credits_refunded=finish.refunded,
+            credits_refunded=done.refunded,
             outputs=len(settlement.outputs),
-            noop=finish.status is not settlement.status,
+            noop=done.status is not settlement.status,
         )
-        if finish.refunded:
-            log.info("job.refunded", credits=finish.refunded)
-        if finish.status is settlement.status:
+        if done.refunded:
+            log.info("job.refunded", credits=done.refunded)
+        if done.status is settlement.status:
             self._observer.job_finished(
                 settlement.status,
                 settlement.code,
-                refunded=finish.refunded,
+                refunded=done.refunded,
                 provider_s=duration_s,
                 total_s=None if self._queued_s is None else self._queued_s + duration_s,
                 polls=self._polls,
             )
 
-    async def _store_settlement(
-        self, settlement: Settlement, delays: Iterator[float]
-    ) -> Finish | None:
-        """Store the settlement, retrying faults the store expects; None once fenced off."""
+    async def _store_ending(
+        self, ending: Ending, delays: Iterator[float]
+    ) -> tuple[Settlement, Finish] | None:
+        """Store the ending, retrying faults the store expects; None once fenced off."""
         while True:
             try:
-                return await self._store.finish(
-                    self.job.id,
-                    settlement.status,
-                    code=settlement.code,
-                    message=settlement.message,
-                    outputs=settlement.outputs,
-                    fence=self._fence,
-                )
+                return await finish(self._store, self.job, ending, fence=self._fence)
             except FencedOff:
                 self._fenced("finish")
                 return None

@@ -34,7 +34,7 @@ from orchestrator.core import (
     Slots,
     Stuck,
     cancel_within,
-    settle,
+    finish,
 )
 from orchestrator.db import Database, DbError
 from orchestrator.reconcile import Reconciler
@@ -161,16 +161,9 @@ class Sweeper:
                 async with trio.open_nursery() as nursery:
                     for prediction_id in ref.prediction_ids:
                         nursery.start_soon(self._cancel_upstream, prediction_id)
-            settlement = settle(job, Stuck(minutes))
-            finish = await self._db.finish(
-                ref.id,
-                settlement.status,
-                code=settlement.code,
-                message=settlement.message,
-                fence=fence,
-            )
-            log.warning("job.stuck", credits_refunded=finish.refunded)
-            self._observer.job_swept(settlement.status, settlement.code, refunded=finish.refunded)
+            settlement, done = await finish(self._db, job, Stuck(minutes), fence=fence)
+            log.warning("job.stuck", credits_refunded=done.refunded)
+            self._observer.job_swept(settlement.status, settlement.code, refunded=done.refunded)
             # A task still running it (it should not be) stops: its settle finds it ended.
             self._registry.stop_job(ref.user_id, ref.id)
 

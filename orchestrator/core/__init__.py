@@ -11,6 +11,7 @@ from ._exceptions import ExpectedFault as ExpectedFault
 from ._exceptions import FencedOff as FencedOff
 from ._exceptions import is_expected as is_expected
 from ._exceptions import sole_exception as sole_exception
+from ._finish import finish as finish
 from ._inputs import COST_MULTIPLIERS as COST_MULTIPLIERS
 from ._inputs import DEFAULT_ALLOWED as DEFAULT_ALLOWED
 from ._inputs import MAX_PARAMS_BYTES as MAX_PARAMS_BYTES
@@ -151,6 +152,7 @@ __all__ = [
     "cost_of",
     "decide_admission",
     "default_allowed",
+    "finish",
     "is_expected",
     "params_problem",
     "poll_delays",
