@@ -195,3 +195,32 @@ def test_fragments_are_written_once_and_expanded_everywhere_they_are_used():
     assert parsed == {"q": "SELECT t.a, t.b FROM t;"}
     with pytest.raises(ValueError, match="not defined"):
         parse("-- name: q\nSELECT {{missing}};\n")
+
+
+def _status_lists(sql: str) -> list[frozenset[str]]:
+    """The members of every `status IN (...)` / `status NOT IN (...)` list in `sql`."""
+    return [
+        frozenset(re.findall(r"'([a-z_]+)'", inner))
+        for inner in re.findall(r"\bstatus\s+(?:NOT\s+)?IN\s*\(([^)]*)\)", sql)
+    ]
+
+
+def test_every_job_status_set_in_the_sql_is_one_of_the_named_sets():
+    """queries.sql names its sets; schema.sql (literals, for its indexes) must match one."""
+    from orchestrator.db._statuses import STATUS_SETS, sql_list  # noqa: PLC0415
+
+    named = {frozenset(s.value for s in members) for members in STATUS_SETS.values()}
+    job_statuses = {s.value for s in JobStatus}
+    prediction_only = {"aborted"}
+    queries = parse((ROOT / "orchestrator/db/queries.sql").read_text())
+    lists = _status_lists(schema_text()) + [
+        found for sql in queries.values() for found in _status_lists(sql)
+    ]
+    job_lists = [found for found in lists if found <= job_statuses]
+    assert len(job_lists) >= 20
+    assert [found for found in job_lists if found not in named] == []
+    assert any(found & prediction_only for found in lists)  # the upstream sets stay as they are
+    assert sql_list("in_flight") == "'starting', 'processing'"
+    assert "status IN ('starting', 'processing')" in queries["in_flight_jobs"]
+    with pytest.raises(ValueError, match="status set 'nope'"):
+        parse("-- name: q\nSELECT 1 WHERE status IN ({{statuses:nope}});\n")

@@ -12,22 +12,27 @@ import re
 from collections.abc import Mapping
 from typing import Final, LiteralString, cast
 
+from ._statuses import STATUS_SETS, sql_list
+
 _HEADER: Final = re.compile(
     r"^-- (?P<kind>name|fragment): (?P<name>[a-z_][a-z0-9_]*)$", re.MULTILINE
 )
 # `{{columns}}`, or `{{j.columns}}` for the same list with every column prefixed `j.`.
 _USE: Final = re.compile(r"\{\{(?:(?P<alias>[a-z]+)\.)?(?P<name>[a-z_][a-z0-9_]*)\}\}")
+# `{{statuses:in_flight}}`: one of `_statuses.STATUS_SETS`, as the inside of an `IN (...)`.
+_STATUSES: Final = re.compile(r"\{\{statuses:(?P<name>[a-z_]+)\}\}")
 
 
 def parse(text: str) -> dict[str, LiteralString]:
     """Split a queries file on its `-- name:` headers, expanding `-- fragment:` blocks.
 
     A fragment is a comma-separated column list written once (the job's columns,
-    which `_rows.job` decodes) and used as `{{name}}` or `{{alias.name}}`.
+    which `_rows.job` decodes) and used as `{{name}}` or `{{alias.name}}`. A job
+    status set is `{{statuses:name}}`.
 
     Raises:
         ValueError: a name appears twice, a block has no statement, or a statement
-            uses a fragment that is not defined.
+            uses a fragment or status set that is not defined.
     """
     blocks: dict[tuple[str, str], str] = {}
     matches = list(_HEADER.finditer(text))
@@ -52,9 +57,16 @@ def parse(text: str) -> dict[str, LiteralString]:
             columns = [f"{use['alias']}.{column}" for column in columns]
         return ", ".join(columns)
 
+    def statuses(use: re.Match[str]) -> str:
+        if use["name"] not in STATUS_SETS:
+            raise ValueError(f"status set {use['name']!r} is not defined")
+        return sql_list(use["name"])
+
     return {
         # The file is ours and shipped with the package, never user input.
-        name: cast("LiteralString", _USE.sub(expand, body))  # type: ignore[redundant-cast]
+        name: cast(  # type: ignore[redundant-cast]
+            "LiteralString", _USE.sub(expand, _STATUSES.sub(statuses, body))
+        )
         for (kind, name), body in blocks.items()
         if kind == "name"
     }

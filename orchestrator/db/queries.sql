@@ -74,11 +74,11 @@ SELECT {{j.job_columns}},
          WHERE i.user_id = j.user_id AND i.inflight_seat IS NOT NULL) AS in_flight,
        (SELECT coalesce(sum(m.num_outputs), 0) FROM orchestrator.jobs m
          WHERE m.user_id = j.user_id AND m.admitted_at >= date_trunc('month', now())
-           AND m.status IN ('starting', 'processing', 'succeeded')) AS month_generations,
+           AND m.status IN ({{statuses:month_usage}})) AS month_generations,
        EXISTS (
            SELECT 1 FROM orchestrator.jobs d
             WHERE d.user_id = j.user_id AND d.fingerprint = j.fingerprint AND d.id <> j.id
-              AND d.status IN ('queued', 'starting', 'processing')
+              AND d.status IN ({{statuses:active}})
               AND d.prompt = j.prompt AND d.params = j.params AND d.num_outputs = j.num_outputs
               AND (d.status <> 'queued' OR (d.created_at, d.id) < (j.created_at, j.id))
        ) AS duplicate,
@@ -142,7 +142,7 @@ SELECT id, user_id, slot, status, cancel_requested
           FROM orchestrator.jobs
          WHERE slot = ANY($3::integer[])
            AND (status = 'queued'
-                OR (status IN ('starting', 'processing') AND cancel_requested_at IS NOT NULL))
+                OR (status IN ({{statuses:in_flight}}) AND cancel_requested_at IS NOT NULL))
        ) pending
  WHERE turn <= $2
  ORDER BY turn, created_at, id
@@ -153,7 +153,7 @@ SELECT id, user_id, slot, status, cancel_requested
 -- admission and its end, by whoever held them before.
 SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requested
   FROM orchestrator.jobs
- WHERE slot = ANY($1::integer[]) AND status IN ('starting', 'processing')
+ WHERE slot = ANY($1::integer[]) AND status IN ({{statuses:in_flight}})
  ORDER BY created_at, id;
 
 -- name: in_flight_job
@@ -164,7 +164,7 @@ SELECT {{job_columns}},
        (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
           FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions
   FROM orchestrator.jobs j
- WHERE id = $1 AND status IN ('starting', 'processing');
+ WHERE id = $1 AND status IN ({{statuses:in_flight}});
 
 -- name: stuck_jobs
 -- Jobs the sweeper ends: queued longer than the stuck limit, or in flight that
@@ -177,7 +177,7 @@ SELECT j.id, j.user_id, j.slot, j.status,
   FROM orchestrator.jobs j
  WHERE j.slot = ANY($3::integer[])
    AND ((j.status = 'queued' AND j.created_at < clock_timestamp() - make_interval(secs => $1))
-        OR (j.status IN ('starting', 'processing')
+        OR (j.status IN ({{statuses:in_flight}})
             AND coalesce(j.deadline_at, j.created_at)
                 < clock_timestamp() - make_interval(secs => $1)))
  ORDER BY j.created_at
@@ -188,7 +188,7 @@ SELECT j.id, j.user_id, j.slot, j.status,
 -- a lost settle), so their slot's owner resumes them to settle and refund.
 SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requested
   FROM orchestrator.jobs
- WHERE slot = ANY($3::integer[]) AND status IN ('starting', 'processing')
+ WHERE slot = ANY($3::integer[]) AND status IN ({{statuses:in_flight}})
    AND deadline_at < clock_timestamp() - make_interval(secs => $1)
  ORDER BY deadline_at
  LIMIT $2;
@@ -233,7 +233,7 @@ SELECT o.idx, o.path
   FROM orchestrator.outputs o
   JOIN orchestrator.jobs j ON j.id = o.job_id
  WHERE o.job_id = $1 AND o.deleted_at IS NULL AND o.path IS NOT NULL
-   AND j.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected');
+   AND j.status IN ({{statuses:terminal}});
 
 -- name: soft_delete_outputs
 -- Mark a job's outputs deleted once their files are gone; the rows stay for the audit.
@@ -292,10 +292,10 @@ WITH owned AS (
       FROM orchestrator.partition_leases l
 ), work AS (
     SELECT j.slot, count(*) FILTER (WHERE j.status = 'queued') AS queued,
-           count(*) FILTER (WHERE j.status IN ('starting', 'processing')) AS in_flight,
+           count(*) FILTER (WHERE j.status IN ({{statuses:in_flight}})) AS in_flight,
            min(j.created_at) FILTER (WHERE j.status = 'queued') AS oldest_queued
       FROM orchestrator.jobs j
-     WHERE j.status IN ('queued', 'starting', 'processing')
+     WHERE j.status IN ({{statuses:active}})
      GROUP BY j.slot
 )
 SELECT o.owner, count(*) AS slots, max(o.epoch) AS max_epoch,
@@ -392,14 +392,14 @@ SELECT r.job_id, r.amount AS refunded, -d.amount AS debited
 SELECT j.id AS job_id, j.status, l.kind
   FROM orchestrator.jobs j
   JOIN orchestrator.ledger l ON l.job_id = j.id
- WHERE j.status IN ('queued', 'rejected');
+ WHERE j.status IN ({{statuses:uncharged}});
 
 -- name: audit_admitted_jobs_debited
 -- Violations of: a job that was admitted carries exactly its cost as a debit.
 SELECT j.id AS job_id, j.status, j.cost, -d.amount AS debited
   FROM orchestrator.jobs j
   LEFT JOIN orchestrator.ledger d ON d.job_id = j.id AND d.kind = 'debit'
- WHERE j.status NOT IN ('queued', 'rejected')
+ WHERE j.status NOT IN ({{statuses:uncharged}})
    AND j.cost > 0
    AND (d.id IS NULL OR -d.amount <> j.cost);
 
@@ -409,7 +409,7 @@ SELECT j.id AS job_id, j.status, -d.amount AS debited, coalesce(r.amount, 0) AS 
   FROM orchestrator.jobs j
   JOIN orchestrator.ledger d ON d.job_id = j.id AND d.kind = 'debit'
   LEFT JOIN orchestrator.ledger r ON r.job_id = j.id AND r.kind = 'refund'
- WHERE j.status IN ('failed', 'timed_out', 'canceled')
+ WHERE j.status IN ({{statuses:refunded_whole}})
    AND coalesce(r.amount, 0) <> -d.amount;
 
 -- name: audit_outputs_within_num_outputs
