@@ -38,6 +38,9 @@ from ._ledger import Refund as Refund
 from ._listener import Listener as Listener
 from ._listener import Notification as Notification
 from ._schema import schema_text as schema_text
+from ._top import ProviderLoad as ProviderLoad
+from ._top import SlowJob as SlowJob
+from ._top import TopFigures as TopFigures
 
 __all__ = [
     "DAEMON_ROLE",
@@ -60,10 +63,13 @@ __all__ = [
     "Notification",
     "OwnerSummary",
     "PermissionDenied",
+    "ProviderLoad",
     "Refund",
     "Role",
     "RoleUnavailable",
     "SchemaNotCurrent",
+    "SlowJob",
+    "TopFigures",
     "UnknownJob",
     "UnknownUser",
     "embedded_server_running",
