@@ -322,6 +322,13 @@ def _daemons_table(daemons: Sequence[DaemonFigures]) -> Table:
     return table
 
 
+def _short_ranges(slots: Sequence[int], limit: int = 30) -> str:
+    text = views.slot_ranges(slots)
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(", ", 1)[0] + ", …"
+
+
 def _owners_table(members: Sequence[MemberRow], owners: Sequence[OwnerSummary]) -> Table:
     work = {owner.owner: owner for owner in owners}
     table = Table(title="slot owners", title_justify="left", expand=True)
@@ -334,7 +341,7 @@ def _owners_table(members: Sequence[MemberRow], owners: Sequence[OwnerSummary]) 
             member.member_id,
             "yes" if member.alive else "[red]no[/red]",
             f"{member.heartbeat_age_s:.1f} s ago",
-            f"{len(member.slots)} ({views.slot_ranges(member.slots)[:30]})",
+            f"{len(member.slots)} ({_short_ranges(member.slots)})",
             str(member.max_epoch),
             str(summary.queued if summary else 0),
             str(summary.in_flight if summary else 0),
@@ -527,9 +534,15 @@ def cmd_top(settings: Settings, args: argparse.Namespace) -> int:
                 await _watch(reader, args.interval)
         return EXIT_OK
 
+    # A Ctrl-C before the signal receiver is in place arrives as KeyboardInterrupt,
+    # alone or in a nursery's group: the user asked to stop, which is no failure.
     try:
         return trio.run(with_database, settings, body)
-    except KeyboardInterrupt:  # a Ctrl-C before the signal receiver was in place
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BaseExceptionGroup as group:
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
         return EXIT_OK
 
 
