@@ -316,5 +316,13 @@ def _status(status: JobStatus) -> str:
     return f"[{_STATUS_STYLE[status]}]{status.value}[/]"
 
 
+def status_style(status: str) -> str:
+    """The style a job status is shown in everywhere (`orchestrator top` included)."""
+    try:
+        return _STATUS_STYLE[JobStatus(status)]
+    except ValueError:
+        return ""
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")

@@ -55,7 +55,7 @@ def _chromium() -> str:
         pytest.skip("chromium is not installed and ORCHESTRATOR_SKIP_CHROMIUM=1")
     pytest.fail(
         "chromium is not on PATH, so the web view was not rendered. Install it (as root, "
-        "Debian): sh ops/install-chromium.sh; or set ORCHESTRATOR_SKIP_CHROMIUM=1 to skip.",
+        "Debian): sh ops/install-test-tools.sh; or set ORCHESTRATOR_SKIP_CHROMIUM=1 to skip.",
         pytrace=False,
     )
 

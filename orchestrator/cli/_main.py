@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from orchestrator import views
-from orchestrator.cli import _jobs, _ledger, _processes
+from orchestrator.cli import _jobs, _ledger, _processes, _top
 from orchestrator.cli._command import EXIT_USAGE, CliError
 from orchestrator.core import sole_exception
 from orchestrator.db import DbError
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger.add_commands(sub)
     _jobs.add_commands(sub)
     _processes.add_commands(sub)
+    _top.add_commands(sub)
     return parser
 
 

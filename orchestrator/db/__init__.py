@@ -38,6 +38,9 @@ from ._ledger import Refund as Refund
 from ._listener import Listener as Listener
 from ._listener import Notification as Notification
 from ._schema import schema_text as schema_text
+from ._top import ProviderLoad as ProviderLoad
+from ._top import SlowJob as SlowJob
+from ._top import TopFigures as TopFigures
 from ._views import JobTimeline as JobTimeline
 from ._views import LedgerRow as LedgerRow
 from ._views import OutputRow as OutputRow
@@ -69,10 +72,13 @@ __all__ = [
     "OwnerSummary",
     "PermissionDenied",
     "PredictionRow",
+    "ProviderLoad",
     "Refund",
     "Role",
     "RoleUnavailable",
     "SchemaNotCurrent",
+    "SlowJob",
+    "TopFigures",
     "UnknownJob",
     "UnknownUser",
     "UpstreamRow",

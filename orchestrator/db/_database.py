@@ -34,6 +34,7 @@ from . import (
     _ledger,
     _routing,
     _schema,
+    _top,
     _transitions,
     _upstream,
     _views,
@@ -364,6 +365,16 @@ class Database:
             status,
             cancel_sent,
         )
+
+    async def top_figures(
+        self, *, window_minutes: int = 5, slowest: int = 10, ledger_rows: int = 100_000
+    ) -> _top.TopFigures:
+        """What `orchestrator top` shows of jobs, refunds and in-flight work, read together.
+
+        Refunds are counted among the newest `ledger_rows` ledger rows only, so
+        the read stays bounded however long the ledger grows.
+        """
+        return await self._connector.run(_top.figures, window_minutes, slowest, ledger_rows)
 
     async def audit(self) -> _audit.AuditReport:
         return await self._connector.run(_audit.run)

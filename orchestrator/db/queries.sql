@@ -526,3 +526,64 @@ SELECT id, user_id, job_id, kind, amount, ref, note, created_at
  WHERE user_id = $1
  ORDER BY id DESC
  LIMIT $2;
+-- name: top_jobs_by_status
+-- `orchestrator top`: every status with its job count now (zero included).
+SELECT s.status, count(j.id)::bigint AS n
+  FROM orchestrator.job_statuses s
+  LEFT JOIN orchestrator.jobs j ON j.status = s.status
+ GROUP BY s.status
+ ORDER BY s.status;
+
+-- name: top_finished_by_status
+-- `orchestrator top`: jobs that ended in the last minute and the last $1 minutes,
+-- by status (served by jobs_finished_idx).
+SELECT status,
+       count(*) FILTER (WHERE finished_at >= clock_timestamp() - interval '1 minute')::bigint
+           AS last_minute,
+       count(*)::bigint AS in_window
+  FROM orchestrator.jobs
+ WHERE finished_at >= clock_timestamp() - make_interval(mins => $1)
+ GROUP BY status
+ ORDER BY status;
+
+-- name: top_refunds
+-- `orchestrator top`: refunds in the ledger in the last minute and the last $1
+-- minutes, with their credits; only the newest $2 ledger rows are scanned.
+SELECT count(*) FILTER (WHERE created_at >= clock_timestamp() - interval '1 minute')::bigint
+           AS last_minute,
+       coalesce(sum(amount) FILTER (
+           WHERE created_at >= clock_timestamp() - interval '1 minute'), 0)::bigint
+           AS credits_last_minute,
+       count(*)::bigint AS in_window,
+       coalesce(sum(amount), 0)::bigint AS credits_in_window
+  FROM orchestrator.ledger
+ WHERE kind = 'refund'
+   AND id > (SELECT coalesce(max(id), 0) - $2 FROM orchestrator.ledger)
+   AND created_at >= clock_timestamp() - make_interval(mins => $1);
+
+-- name: top_in_flight_by_provider
+-- `orchestrator top`: in-flight jobs and their recorded predictions by provider;
+-- a job with no prediction recorded yet counts under its job's provider, or NULL.
+SELECT coalesce(p.provider, j.provider) AS provider,
+       count(DISTINCT j.id)::bigint AS jobs,
+       count(p.job_id)::bigint AS predictions
+  FROM orchestrator.jobs j
+  LEFT JOIN orchestrator.predictions p ON p.job_id = j.id
+ WHERE j.status IN ({{statuses:in_flight}})
+ GROUP BY 1
+ ORDER BY 1 NULLS LAST;
+
+-- name: top_slowest_in_flight
+-- `orchestrator top`: the $1 in-flight jobs admitted longest ago (never the prompt).
+SELECT j.id, j.user_id, j.status, j.num_outputs, j.slot,
+       coalesce(j.provider, (SELECT min(p.provider) FROM orchestrator.predictions p
+                              WHERE p.job_id = j.id)) AS provider,
+       extract(epoch FROM clock_timestamp() - j.admitted_at)::float8 AS age_s,
+       extract(epoch FROM j.deadline_at - clock_timestamp())::float8 AS deadline_in_s,
+       (SELECT count(*) FROM orchestrator.predictions p WHERE p.job_id = j.id)::bigint
+           AS predictions,
+       j.cancel_requested_at IS NOT NULL AS cancel_requested
+  FROM orchestrator.jobs j
+ WHERE j.status IN ({{statuses:in_flight}})
+ ORDER BY j.admitted_at, j.id
+ LIMIT $1;
