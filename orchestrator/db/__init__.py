@@ -29,6 +29,8 @@ from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
 from ._errors import map_error as map_error
+from ._jobs import MAX_BULK_JOBS as MAX_BULK_JOBS
+from ._jobs import SubmitResult as SubmitResult
 from ._lease_session import LeaseSession as LeaseSession
 from ._leases import HeldSlot as HeldSlot
 from ._leases import MemberRow as MemberRow
@@ -41,6 +43,7 @@ from ._schema import schema_text as schema_text
 
 __all__ = [
     "DAEMON_ROLE",
+    "MAX_BULK_JOBS",
     "MEMBERS_CHANNEL",
     "OPERATOR_ROLE",
     "AccountSummary",
@@ -64,6 +67,7 @@ __all__ = [
     "Role",
     "RoleUnavailable",
     "SchemaNotCurrent",
+    "SubmitResult",
     "UnknownJob",
     "UnknownUser",
     "embedded_server_running",
