@@ -117,10 +117,12 @@ async def test_temporary_objects_never_run_inside_the_definer_functions(db: Data
         (
             "SELECT * FROM orchestrator.submit_jobs($1::jsonb)",
             (
-                '[{"user_id": "mallory", "prompt": "a cow"},'
-                ' {"user_id": "mallory", "prompt": "a dog", "idempotency_key": "k1"},'
-                ' {"user_id": "mallory", "prompt": "an elk", "idempotency_key": "k2"},'
-                ' {"user_id": "nobody", "prompt": "a gnu"}]',
+                (
+                    '[{"user_id": "mallory", "prompt": "a cow"},'
+                    ' {"user_id": "mallory", "prompt": "a dog", "idempotency_key": "k1"},'
+                    ' {"user_id": "mallory", "prompt": "an elk", "idempotency_key": "k2"},'
+                    ' {"user_id": "nobody", "prompt": "a gnu"}]'
+                ),
             ),
         ),
     ]
