@@ -327,3 +327,33 @@ async def test_a_retried_job_runs_and_is_charged_like_any_other(nursery, db: Dat
     assert account.balance == 3
     assert await db.retry_job(old) == new  # still the same retry, not a third charge
     assert (await db.audit()).ok
+
+
+async def test_a_database_from_before_bulk_and_retry_gains_them_by_migrating(
+    db: Database, db_url: str
+):
+    """The migration is additive and idempotent on a database that predates retry_of."""
+    await db.grant("jo", 5)
+    kept = await db.submit_job("jo", "from before")
+    await pg.script(
+        db_url,
+        "DROP FUNCTION orchestrator.submit_jobs(jsonb);"
+        " DROP FUNCTION orchestrator.retry_job_v1(uuid, text);"
+        " ALTER TABLE orchestrator.jobs DROP COLUMN retry_of;",
+    )
+    await db.migrate()
+    await db.migrate()
+
+    foreign_keys = await pg.fetch(
+        db_url,
+        "SELECT count(*) AS n FROM pg_constraint WHERE conrelid = 'orchestrator.jobs'::regclass"
+        " AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute"
+        "  WHERE attrelid = 'orchestrator.jobs'::regclass AND attname = 'retry_of')]",
+    )
+    assert foreign_keys[0]["n"] == 1
+    assert await db.schema_is_current()
+    old = await db.job(kept)
+    assert old is not None
+    assert old.retry_of is None
+    (result,) = await db.submit_jobs([{"user_id": "jo", "prompt": "after"}])
+    assert result.ok
