@@ -295,12 +295,24 @@ def test_submit_file_prints_one_result_per_line_and_fails_if_any_did(db_url: str
         '{"user_id": "nobody", "prompt": "a lamp"}\n'
         "{not json\n"
         '{"user_id": "kim", "prompt": "a desk", "num_outputs": 2}\n'
+        '{"user_id": "kim", "prompt": "a nul \\u0000"}\n'
+        '{"user_id": "kim", "prompt": "half \\udcff"}\n'
+        '{"user_id": "kim", "prompt": "a rug"}\n'
     )
     result = run(db_url, "submit", "--file", str(jobs), check=False)
     assert result.returncode == 3, result.stderr
     lines = _results(result.stdout)
-    assert [line["line"] for line in lines] == [1, 3, 4, 5]
-    assert [line.get("error") for line in lines] == [None, "UnknownUser", "InvalidRequest", None]
+    assert [line["line"] for line in lines] == [1, 3, 4, 5, 6, 7, 8]
+    assert [line.get("error") for line in lines] == [
+        None,
+        "UnknownUser",
+        "InvalidRequest",
+        None,
+        "InvalidRequest",
+        "InvalidRequest",
+        None,
+    ]
+    assert "NUL" in str(lines[4]["message"])
     assert "unknown user nobody" in str(lines[1]["message"])
     first, desk = str(lines[0]["job_id"]), str(lines[3]["job_id"])
     status = json.loads(run(db_url, "status", desk, "--json").stdout)

@@ -75,6 +75,12 @@ async def _follow(db: Database, job_id: uuid.UUID) -> int:
     return EXIT_OK if job.status is JobStatus.SUCCEEDED else EXIT_JOB_FAILED
 
 
+class _Unreadable(str):
+    """A line of the file that never reaches the database, and why."""
+
+    __slots__ = ()
+
+
 def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
@@ -85,15 +91,25 @@ def _read_items(lines: Iterable[str]) -> Iterator[tuple[int, object | str]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line, parse_constant=_refuse_constant)
+            item = json.loads(line, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             yield number, _Unreadable(f"line {number} is not a JSON value: {exc}")
+            continue
+        yield number, _unstorable(number, item) or item
 
 
-class _Unreadable(str):
-    """A line of the file that never reaches the database, and why."""
-
-    __slots__ = ()
+def _unstorable(number: int, item: object) -> _Unreadable | None:
+    """What Postgres's jsonb would refuse for the whole call, refused for this line alone."""
+    text = json.dumps(item, ensure_ascii=False)
+    if "\\u0000" in text:
+        return _Unreadable(
+            f"line {number} holds a NUL character (\\u0000), which jsonb cannot store"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _Unreadable(f"line {number} holds a lone surrogate escape, which is not text")
+    return None
 
 
 def _emit(record: dict[str, object]) -> None:

@@ -182,8 +182,9 @@ class Database:
         fails the others; a repeated key gives the first job's id.
 
         Raises:
-            InvalidRequest: more than `MAX_BULK_JOBS` items, or over 8 MiB of JSON;
-                nothing was submitted.
+            InvalidRequest: more than `MAX_BULK_JOBS` items, over 8 MiB of JSON, or
+                text jsonb cannot hold (NUL, a lone surrogate) in any item; nothing
+                was submitted.
         """
         return await self._connector.run(_jobs.submit_many, items)
 
