@@ -111,6 +111,7 @@ class Job:
     finished_at: datetime | None = None
     params_error: str | None = None
     slot: int = 0
+    retry_of: UUID | None = None  # the failed or timed-out job this one retries
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@
 -- A job's columns as `_rows.job` decodes them.
 id, user_id, prompt, params, num_outputs, status, cost, error_code, error_message,
 idempotency_key, prediction_id, deadline_at, cancel_requested_at, partial, created_at,
-updated_at, admitted_at, finished_at, slot
+updated_at, admitted_at, finished_at, slot, retry_of
 
 -- name: schema_version
 -- The stamp migrate leaves, to tell whether the database matches this code.
@@ -313,6 +313,15 @@ SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
 -- name: submit_job
 -- Submit through the SQL function (idempotency and NOTIFY live there).
 SELECT orchestrator.submit_job($1, $2, $3, $4, $5);
+
+-- name: submit_jobs
+-- Many submissions in one round trip (see submit_jobs): one row per item, in order.
+SELECT ordinal, job_id, code, message FROM orchestrator.submit_jobs($1::jsonb)
+ ORDER BY ordinal;
+
+-- name: retry_job
+-- A failed or timed-out job submitted again as a new job linked to it (see retry_job_v1).
+SELECT orchestrator.retry_job_v1($1, $2);
 
 -- name: request_cancel
 -- Ask for cancellation; false when the job is already terminal.
