@@ -47,7 +47,7 @@ from orchestrator.core import (
     TimedOut,
     UpstreamFailed,
     UpstreamRef,
-    cancel_within,
+    cancel_upstream,
     finish,
     poll_delays,
 )
@@ -421,16 +421,11 @@ class JobTask:
 
     async def _cancel_one(self, prediction_id: str) -> None:
         """Stop paying for a prediction nobody will use, within the cancel timeout."""
+        await cancel_upstream(self._counted_cancel, prediction_id, self._config.cancel_timeout_s)
 
-        async def counted() -> None:
-            with self._observed("cancel"):
-                await self._provider.cancel(prediction_id)
-
-        reason = await cancel_within(counted, self._config.cancel_timeout_s)
-        if reason is not None:
-            log.warning("provider.cancel_failed", prediction_id=prediction_id, error=reason)
-        else:
-            log.info("provider.canceled", prediction_id=prediction_id)
+    async def _counted_cancel(self, prediction_id: str) -> None:
+        with self._observed("cancel"):
+            await self._provider.cancel(prediction_id)
 
     async def _settle(self, ending: Ending, duration_s: float) -> None:
         """Terminal status and refund, retried with backoff until stored.

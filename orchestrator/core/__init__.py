@@ -6,7 +6,7 @@ other's; only the composition roots (`orchestrator.daemon`, `orchestrator.cli`) 
 concrete adapters in. Code lives in private modules; import from here only.
 """
 
-from ._cancel import cancel_within as cancel_within
+from ._cancel import cancel_upstream as cancel_upstream
 from ._exceptions import ExpectedFault as ExpectedFault
 from ._exceptions import FencedOff as FencedOff
 from ._exceptions import is_expected as is_expected
@@ -147,7 +147,7 @@ __all__ = [
     "UpstreamRef",
     "UrlOnlyOutputs",
     "Usage",
-    "cancel_within",
+    "cancel_upstream",
     "clean_text",
     "cost_of",
     "decide_admission",
