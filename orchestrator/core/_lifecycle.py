@@ -111,6 +111,8 @@ class Job:
     finished_at: datetime | None = None
     params_error: str | None = None
     slot: int = 0
+    # The W3C trace context the job's trace continues (tracing metadata, never sent upstream).
+    traceparent: str | None = None
 
 
 @attrs.frozen

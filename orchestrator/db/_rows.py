@@ -35,6 +35,7 @@ def job(row: asyncpg.Record) -> Job:
         finished_at=row["finished_at"],
         params_error=params_error,
         slot=row.get("slot", 0),
+        traceparent=row.get("traceparent"),
     )
 
 
