@@ -185,8 +185,6 @@ class JobTask:
         except Exception:
             log.exception("job.task_failed", note="recovery's orphan scan resumes the job")
         finally:
-            if self._dropped.cancelled_caught:
-                self._trace.set({"job.left_in_flight": True})
             self._trace.end()
             if self._on_done is not None:
                 self._on_done(job)

@@ -88,13 +88,14 @@ class OtelJobTrace:
     outputs cannot mix each other's context up.
     """
 
-    __slots__ = ("_context", "_ended", "_span", "_tracer")
+    __slots__ = ("_context", "_ended", "_settled", "_span", "_tracer")
 
     def __init__(self, tracer: trace.Tracer, span: trace.Span) -> None:
         self._tracer = tracer
         self._span = span
         self._context = trace.set_span_in_context(span, Context())
         self._ended = False
+        self._settled = False
 
     @property
     def traceparent(self) -> str | None:
@@ -116,13 +117,20 @@ class OtelJobTrace:
 
     def set(self, attributes: Attributes) -> None:
         self._span.set_attributes(attributes)
-        if attributes.get("job.status") in _FAILED:
-            self._span.set_status(Status(StatusCode.ERROR))
+        status = attributes.get("job.status")
+        if status is not None:
+            self._settled = True
+            if status in _FAILED:
+                self._span.set_status(Status(StatusCode.ERROR))
 
     def end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self._span.end()
+        """End the `job` span; one that saw no ending was left in flight for a resume."""
+        if self._ended:
+            return
+        self._ended = True
+        if not self._settled:
+            self._span.set_attributes({"job.left_in_flight": True})
+        self._span.end()
 
 
 class OtelTracing:
