@@ -31,6 +31,7 @@ from orchestrator.settings import Settings
 
 from . import pg
 from .e2e import settings_for, start_simulator, wait_status, wait_terminal
+from .test_webhooks import SECRET, free_port
 
 PROMPT = "a lighthouse drawn in violet ink, secret-prompt-7f3a"
 USER = "trace.user-91c2"
@@ -268,6 +269,31 @@ async def test_a_resumed_job_continues_the_trace_its_first_daemon_started(
     assert attributes["credits.refunded"] == job.cost
     # The resumed run re-attached to the recorded prediction: it waited, created nothing.
     assert _names(_children(exporter, resumed)) == ["job.finish", "prediction.wait"]
+
+
+async def test_a_signed_webhook_that_ends_a_wait_is_an_event_of_that_wait(
+    nursery, db: Database, db_url: str, traces
+):
+    exporter, traced = traces
+    provider = await start_simulator(nursery, webhook_secret=SECRET)
+    port = free_port()
+    settings = settings_for(
+        db_url,
+        provider,
+        http_port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        webhook_secret=SECRET,
+        webhook_poll_s=30.0,  # no safety-net poll within the test: only the webhook can end it
+    )
+    await _daemon(nursery, settings, traced)
+    await db.grant(USER, 2, plan="pro")
+    job_id = await db.submit_job(USER, PROMPT)
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.status is JobStatus.SUCCEEDED
+    (root,) = await _job_spans(exporter, job_id)
+    (wait,) = [c for c in _children(exporter, root) if c.name == "prediction.wait"]
+    assert [e.name for e in wait.events] == ["webhook"]  # woken once, no poll needed
+    assert (wait.attributes or {})["prediction.status"] == "succeeded"
 
 
 async def test_a_traceparent_must_be_a_w3c_trace_context(db: Database, db_url: str):
