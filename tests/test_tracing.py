@@ -296,6 +296,24 @@ async def test_a_signed_webhook_that_ends_a_wait_is_an_event_of_that_wait(
     assert (wait.attributes or {})["prediction.status"] == "succeeded"
 
 
+async def test_a_job_refused_at_admission_is_a_trace_of_its_admission_alone(
+    nursery, db: Database, db_url: str, traces
+):
+    exporter, traced = traces
+    provider = await start_simulator(nursery)
+    await _daemon(nursery, settings_for(db_url, provider), traced)
+    await db.grant(USER, 1, plan="pro")
+    job_id = await db.submit_job(USER, PROMPT, num_outputs=3)  # costs 3, the balance is 1
+    (job,) = await wait_terminal(db, [job_id])
+    assert job.error_code is ErrorCode.INSUFFICIENT_CREDITS
+    (root,) = await _job_spans(exporter, job_id)
+    attributes = dict(root.attributes or {})
+    assert attributes["job.status"] == "rejected"
+    assert attributes["error.code"] == "INSUFFICIENT_CREDITS"
+    assert "credits.cost" not in attributes  # never charged
+    assert _names(_children(exporter, root)) == ["admission"]
+
+
 async def test_a_traceparent_must_be_a_w3c_trace_context(db: Database, db_url: str):
     await db.grant(USER, 1, plan="pro")
     bad = [
