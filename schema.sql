@@ -161,6 +161,11 @@ CREATE TABLE IF NOT EXISTS orchestrator.jobs (
     finish_epoch        bigint,
     -- The failed or timed-out job this one retries (see retry_job_v1).
     retry_of            uuid REFERENCES orchestrator.jobs (id),
+    -- The job's W3C trace context (`traceparent`): the submitter's, or the one the
+    -- daemon's root span took at admission, so a resumed job continues its trace.
+    traceparent         text CONSTRAINT jobs_traceparent_format CHECK (
+                            traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                            AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-'),
     CONSTRAINT jobs_user_idempotency_key_key UNIQUE (user_id, idempotency_key),
     CONSTRAINT jobs_id_num_outputs_key UNIQUE (id, num_outputs),
     -- A seat is held exactly while the job is in flight.
@@ -181,7 +186,10 @@ ALTER TABLE orchestrator.jobs
         GENERATED ALWAYS AS (orchestrator.slot_of(user_id)) STORED,
     ADD COLUMN IF NOT EXISTS admit_epoch bigint,
     ADD COLUMN IF NOT EXISTS finish_epoch bigint,
-    ADD COLUMN IF NOT EXISTS retry_of uuid REFERENCES orchestrator.jobs (id);
+    ADD COLUMN IF NOT EXISTS retry_of uuid REFERENCES orchestrator.jobs (id),
+    ADD COLUMN IF NOT EXISTS traceparent text CONSTRAINT jobs_traceparent_format CHECK (
+        traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+        AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-');
 
 CREATE TABLE IF NOT EXISTS orchestrator.ledger (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -521,12 +529,18 @@ $$;
 -- Submit a job. The same (user, idempotency key) returns the first job's id
 -- and inserts nothing; reusing a key for a different request is an error
 -- rather than a silent answer about another job.
+-- The optional trailing `p_traceparent` (a W3C trace context) makes the job's
+-- trace a child of the submitter's span; it is never sent to the provider. The
+-- five-argument form it replaces is dropped first: two overloads with defaults
+-- would make every short call ambiguous.
+DROP FUNCTION IF EXISTS orchestrator.submit_job(text, text, jsonb, integer, text);
 CREATE OR REPLACE FUNCTION orchestrator.submit_job(
     p_user_id text,
     p_prompt text,
     p_params jsonb DEFAULT '{}',
     p_num_outputs integer DEFAULT 1,
-    p_idempotency_key text DEFAULT NULL
+    p_idempotency_key text DEFAULT NULL,
+    p_traceparent text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -536,9 +550,17 @@ DECLARE
 BEGIN
     PERFORM orchestrator.check_submit_v1(p_user_id, p_prompt, p_params, p_num_outputs,
                                          p_idempotency_key);
+    IF p_traceparent IS NOT NULL AND (
+           p_traceparent !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+           OR p_traceparent ~ '^00-0{32}-' OR p_traceparent ~ '-0{16}-') THEN
+        RAISE EXCEPTION 'a traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>'
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_traceparent_format';
+    END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key)
-        VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key)
+        INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key,
+                                       traceparent)
+        VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key,
+                p_traceparent)
         ON CONFLICT (user_id, idempotency_key) DO NOTHING
         RETURNING id INTO v_id;
         IF v_id IS NULL THEN
@@ -554,8 +576,8 @@ BEGIN
         END IF;
         RETURN v_id;
     END IF;
-    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs)
-    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs)
+    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, traceparent)
+    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_traceparent)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
@@ -1155,6 +1177,24 @@ BEGIN
 END
 $$;
 
+-- Keep a job's trace context, once: the daemon's root span at admission when the
+-- submitter gave none, so whoever resumes the job continues the same trace.
+-- Tracing metadata only (no status, no money); fenced like every daemon write.
+CREATE OR REPLACE FUNCTION orchestrator.note_traceparent_v1(
+    p_job_id uuid, p_traceparent text, p_member text, p_epoch bigint
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM orchestrator.check_fence_v1(j.slot, p_member, p_epoch)
+       FROM orchestrator.jobs j
+      WHERE j.id = p_job_id AND j.traceparent IS NULL FOR UPDATE;
+    UPDATE orchestrator.jobs SET traceparent = p_traceparent
+     WHERE id = p_job_id AND traceparent IS NULL;
+    RETURN FOUND;
+END
+$$;
+
 -- What was seen of a prediction upstream (see upstream_predictions). Returns the
 -- status seen before this call, so a caller counts a transition exactly once
 -- (an undelivered success is counted when first seen, not on every pass).
@@ -1293,10 +1333,10 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orchestrator FROM PUBLIC;
 GRANT USAGE ON SCHEMA orchestrator TO submitter;
 GRANT SELECT ON orchestrator.jobs, orchestrator.job_statuses, orchestrator.error_codes,
     orchestrator.outputs TO submitter;
-GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key)
+GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key, traceparent)
     ON orchestrator.jobs TO submitter;
 GRANT EXECUTE ON FUNCTION
-    orchestrator.submit_job(text, text, jsonb, integer, text),
+    orchestrator.submit_job(text, text, jsonb, integer, text, text),
     orchestrator.submit_jobs(jsonb),
     orchestrator.request_cancel(uuid),
     orchestrator.check_submission_v1(text, text, jsonb)
@@ -1317,6 +1357,7 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.reject_job_v2(uuid, text, text, text, bigint),
     orchestrator.record_prediction_v2(uuid, text, text, integer, text, bigint),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean),
+    orchestrator.note_traceparent_v1(uuid, text, text, bigint),
     orchestrator.lease_round_v1(text, double precision, integer[], integer[], jsonb),
     orchestrator.leave_cluster_v1(text),
     orchestrator.prune_lease_history_v1(double precision)
@@ -1338,7 +1379,7 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.grant_credits(text, bigint, text),
     orchestrator.adjust_balance_v1(text, bigint, text, text),
     orchestrator.refund_job_v1(uuid, bigint),
-    orchestrator.submit_job(text, text, jsonb, integer, text),
+    orchestrator.submit_job(text, text, jsonb, integer, text, text),
     orchestrator.submit_jobs(jsonb),
     orchestrator.retry_job_v1(uuid, text),
     orchestrator.request_cancel(uuid),

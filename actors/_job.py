@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from orchestrator.core import (
+    NULL_SPAN,
     Abandoned,
     CanceledByUser,
     Delivered,
@@ -32,6 +33,7 @@ from orchestrator.core import (
     Finish,
     InFlight,
     Job,
+    JobTrace,
     OutputUnavailable,
     Prediction,
     PredictionRequest,
@@ -43,6 +45,7 @@ from orchestrator.core import (
     ProviderUnavailable,
     ProviderUnreachable,
     Settlement,
+    Span,
     StoredOutput,
     TimedOut,
     UpstreamFailed,
@@ -98,7 +101,11 @@ class JobTask:
         on_done: Callable[[Job], None] | None = None,
         resumed: bool = False,
         fence: Fence | None = None,
+        trace: JobTrace | None = None,
     ) -> None:
+        self._trace = (
+            trace if trace is not None else deps.tracing.job_trace(in_flight.job, resumed=resumed)
+        )
         self._watch = deps.watch
         self._fence = fence
         self._dropped = trio.CancelScope()
@@ -115,6 +122,7 @@ class JobTask:
         self._provider = deps.provider
         self._outputs = deps.outputs
         self._config = deps.config
+        self._provider_name = deps.config.provider_name
         self._observer = deps.observer
         self._queued_s = queued_s
         self._on_done = on_done
@@ -172,10 +180,12 @@ class JobTask:
                 self._dropped,
             ):
                 ending = await self._ending()
-                await self._settle(ending, time.monotonic() - started)
+                with self._trace.span("job.finish"):
+                    await self._settle(ending, time.monotonic() - started)
         except Exception:
             log.exception("job.task_failed", note="recovery's orphan scan resumes the job")
         finally:
+            self._trace.end()
             if self._on_done is not None:
                 self._on_done(job)
 
@@ -242,6 +252,8 @@ class JobTask:
     async def _drive(self) -> Ending:
         limiter = trio.CapacityLimiter(self._config.output_concurrency)
         async with trio.open_nursery() as nursery:
+            if self._trace.traceparent is not None and self.job.traceparent is None:
+                nursery.start_soon(self._keep_trace, self._trace.traceparent)
             for idx in range(self.job.num_outputs):
                 nursery.start_soon(self._one_output, idx, limiter)
         progress = self._progress
@@ -260,7 +272,11 @@ class JobTask:
                 self._progress.submitting.add(idx)
                 self._submits += 1
                 try:
-                    submitted = await self._submit(idx)
+                    with self._trace.span(
+                        "prediction.create", {"output.idx": idx, "provider": self._provider_name}
+                    ) as span:
+                        submitted = await self._submit(idx)
+                        span.set(_created(submitted))
                     if isinstance(submitted, UpstreamFailed):
                         self._progress.submitting.discard(idx)
                         self._progress.failures[idx] = submitted.summary
@@ -271,14 +287,20 @@ class JobTask:
                     self._submits -= 1
                     if self._dropping and not self._submits:
                         self._dropped.cancel()
-            result = await self._until_terminal(prediction)
+            with self._trace.span(
+                "prediction.wait", {"output.idx": idx, "prediction.id": prediction.id}
+            ) as span:
+                result = await self._until_terminal(prediction, span)
+                span.set(_waited(result))
             self._progress.ended.add(idx)
             if isinstance(result, UpstreamFailed):
                 self._progress.failures[idx] = result.summary
             elif not result.output:
                 self._progress.failures[idx] = "the provider finished without any output"
             else:
-                await self._keep(idx, result.output[0])
+                with self._trace.span("output.download", {"output.idx": idx}) as span:
+                    await self._keep(idx, result.output[0])
+                    span.set({"output.stored": idx in self._progress.stored})
 
     async def _attach(self, idx: int) -> Prediction | None:
         """The prediction this output already has: recorded, or found upstream on resume."""
@@ -376,29 +398,45 @@ class JobTask:
         else:
             log.info("job.processing", prediction_id=prediction_id, idx=idx)
 
+    async def _keep_trace(self, traceparent: str) -> None:
+        """Keep this trace's context on the job, so whoever resumes it continues the trace."""
+        try:
+            await self._store.note_traceparent(self.job.id, traceparent, fence=self._fence)
+        except FencedOff:
+            self._fenced("trace")
+        except ExpectedFault as exc:
+            # Only tracing loses: a resume would start a trace of its own.
+            log.warning("job.trace_not_kept", error=str(exc))
+
     def _fenced(self, write: str) -> None:
         """The slot has a new owner: stop this task where it stands, settling nothing."""
         log.warning("job.fenced", write=write, note="the slot's new owner resumes the job")
         self._observer.write_fenced(write)
         self._dropped.cancel()
 
-    async def _until_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
+    async def _until_terminal(
+        self, prediction: Prediction, span: Span = NULL_SPAN
+    ) -> Prediction | UpstreamFailed:
         """Wait for the prediction's end: polls back off, or with webhooks are a safety net."""
         if self._watch is not None and not prediction.status.terminal:
             self._watch.watch(prediction.id, self.poke)
         try:
-            return await self._wait_terminal(prediction)
+            return await self._wait_terminal(prediction, span)
         finally:
             self._wakes.pop(prediction.id, None)
             if self._watch is not None:
                 self._watch.unwatch(prediction.id)
 
-    async def _wait_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
+    async def _wait_terminal(
+        self, prediction: Prediction, span: Span = NULL_SPAN
+    ) -> Prediction | UpstreamFailed:
         delays = self._poll_delays()
         while not prediction.status.terminal:
             wake = self._wakes[prediction.id] = trio.Event()
             with trio.move_on_after(next(delays)):
                 await wake.wait()
+            if wake.is_set():
+                span.event("webhook" if self._watch is None else "listing")
             told = self._told.pop(prediction.id, None)
             # A success seen in a listing may come without its output: then read it once.
             if told is not None and (told.output or told.status is not PredictionStatus.SUCCEEDED):
@@ -412,9 +450,13 @@ class JobTask:
                     prediction = await self._provider.get(prediction.id)
             except ProviderRejected as exc:
                 log.warning("provider.error", operation="get", error=exc.summary)
+                span.event("poll", {"outcome": "rejected"})
                 return UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.info("provider.retry", operation="get", error=exc.summary)
+                span.event("poll", {"outcome": _outcome(exc)})
+            else:
+                span.event("poll", {"prediction.status": prediction.status.value})
         if prediction.status is PredictionStatus.SUCCEEDED:
             return prediction
         return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
@@ -445,6 +487,9 @@ class JobTask:
         if settled is None:
             return
         settlement, done = settled
+        self._trace.set({"job.status": done.status.value, "credits.refunded": done.refunded})
+        if settlement.code is not None:
+            self._trace.set({"error.code": settlement.code.value})
         log.info(
             "job.finished",
             status=settlement.status.value,
@@ -500,6 +545,18 @@ class JobTask:
         return poll_delays(
             self._config.poll_initial_s, self._config.poll_multiplier, self._config.poll_max_s
         )
+
+
+def _created(submitted: Prediction | UpstreamFailed) -> dict[str, str]:
+    if isinstance(submitted, UpstreamFailed):
+        return {"outcome": "failed"}
+    return {"outcome": "ok", "prediction.id": submitted.id}
+
+
+def _waited(result: Prediction | UpstreamFailed) -> dict[str, str]:
+    if isinstance(result, UpstreamFailed):
+        return {"prediction.status": "failed"}
+    return {"prediction.status": result.status.value}
 
 
 def _outcome(exc: ProviderError) -> str:

@@ -22,7 +22,9 @@ import trio
 from orchestrator.core import (
     EverySlot,
     JobStore,
+    JobTracing,
     NullObserver,
+    NullTracing,
     Observer,
     OutputStore,
     Prediction,
@@ -54,6 +56,7 @@ class Registry:
         capacity: Capacity | None = None,
         watch: ListingWatch | None = None,
         slots: Slots | None = None,
+        tracing: JobTracing | None = None,
     ) -> None:
         self.slots: Slots = slots or EverySlot()
         self.capacity = capacity or Capacity()
@@ -66,6 +69,7 @@ class Registry:
             outputs=outputs or UrlOnlyOutputs(),
             capacity=self.capacity,
             watch=watch,
+            tracing=tracing or NullTracing(),
         )
         self._actors: dict[str, UserActor] = {}
         self._nursery: trio.Nursery | None = None

@@ -26,6 +26,7 @@ from orchestrator.core import (
     InFlight,
     Job,
     JobStatus,
+    JobTrace,
     Prediction,
     Reject,
     decide_admission,
@@ -79,6 +80,7 @@ class UserActor:
         self._watch = deps.watch
         self._capacity = deps.capacity
         self._observer = deps.observer
+        self._tracing = deps.tracing
         self._outputs = deps.outputs
         self.user_id = user_id
         self.slot = slot
@@ -232,20 +234,26 @@ class UserActor:
         if decided is None:
             return
         job, lag_s = decided
-        await self._capacity.gate.enter()
+        trace = self._tracing.job_trace(job)
         started = False
         try:
-            if self._capacity.admissions is not None:
-                await self._capacity.admissions.take()
-            if self._capacity.creates is not None:
-                await self._capacity.creates.take(job.num_outputs)
-            # Shielded and unbounded: a timeout here could land after the commit and
-            # leave a charged job without a task until the orphan scan.
-            with trio.CancelScope(shield=True):
-                started = await self._commit(job, lag_s)
+            with trace.span("admission"):
+                await self._capacity.gate.enter()
+                try:
+                    if self._capacity.admissions is not None:
+                        await self._capacity.admissions.take()
+                    if self._capacity.creates is not None:
+                        await self._capacity.creates.take(job.num_outputs)
+                    # Shielded and unbounded: a timeout here could land after the commit and
+                    # leave a charged job without a task until the orphan scan.
+                    with trio.CancelScope(shield=True):
+                        started = await self._commit(job, lag_s, trace)
+                finally:
+                    if not started:
+                        self._capacity.gate.leave()
         finally:
             if not started:
-                self._capacity.gate.leave()
+                trace.end()  # refused or interrupted; a started task ends its own trace
 
     async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None] | None:
         """Read and decide; a job to admit comes back, a refusal is stored here."""
@@ -260,12 +268,19 @@ class UserActor:
             job, context.usage, context.now, allowed_params=self._config.allowed_params
         )
         if isinstance(decision, Reject):
-            with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-                await self._reject(job_id, decision.code, decision.message, lag_s)
+            trace = self._tracing.job_trace(job)
+            try:
+                with (
+                    structlog.contextvars.bound_contextvars(job_id=str(job_id)),
+                    trace.span("admission"),
+                ):
+                    await self._reject(job_id, decision.code, decision.message, lag_s, trace)
+            finally:
+                trace.end()
             return None
         return job, lag_s
 
-    async def _commit(self, job: Job, lag_s: float | None) -> bool:
+    async def _commit(self, job: Job, lag_s: float | None, trace: JobTrace) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
@@ -275,25 +290,39 @@ class UserActor:
                 cost = admission.cost or 0
                 log.info("job.admitted", cost=cost, balance=admission.balance)
                 self._observer.job_admitted(cost, lag_s)
+                trace.set({"credits.cost": cost})
                 started = InFlight(
                     job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                 )
-                self._start(started, lag_s)
+                self._start(started, lag_s, trace=trace)
                 return True
+            trace.set({"admission.outcome": admission.outcome.value})
             if admission.outcome in _REFUSAL_FOR_OUTCOME:
                 code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
-                await self._reject(job.id, code, message, lag_s)
+                await self._reject(job.id, code, message, lag_s, trace)
             return False
 
     async def _reject(
-        self, job_id: uuid.UUID, code: ErrorCode, message: str, lag_s: float | None
+        self,
+        job_id: uuid.UUID,
+        code: ErrorCode,
+        message: str,
+        lag_s: float | None,
+        trace: JobTrace,
     ) -> None:
         if await self._store.reject(job_id, code, message, fence=self._fence):
             log.info("job.rejected", code=code.value)
             self._observer.job_rejected(code, lag_s)
+            status = JobStatus.CANCELED if code is ErrorCode.CANCELED else JobStatus.REJECTED
+            trace.set({"job.status": status.value, "error.code": code.value})
 
     def _start(
-        self, in_flight: InFlight, lag_s: float | None = None, *, resumed: bool = False
+        self,
+        in_flight: InFlight,
+        lag_s: float | None = None,
+        *,
+        resumed: bool = False,
+        trace: JobTrace | None = None,
     ) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
@@ -303,6 +332,7 @@ class UserActor:
             on_done=self._job_done,
             resumed=resumed,
             fence=self._fence,
+            trace=trace,
         )
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)

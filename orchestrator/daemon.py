@@ -42,7 +42,7 @@ from actors import (
     ServicePacer,
 )
 from orchestrator.auditor import run_auditor
-from orchestrator.core import Provider, sole_exception
+from orchestrator.core import JobTracing, NullTracing, Provider, sole_exception
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
 from orchestrator.http import HttpApp
@@ -65,6 +65,7 @@ _PUBLIC_KIE: Final = "api.kie.ai"
 # Admissions a second before the daemon has measured what it can finish.
 _FIRST_ADMISSION_RATE: Final = 50.0
 _REPLICATE_DELIVERY: Final = ("replicate.delivery", "pbxt.replicate.delivery")
+_TRACE_FLUSH_S: Final = 5.0
 
 
 class Daemon:
@@ -219,6 +220,34 @@ async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
         )
 
 
+@asynccontextmanager
+async def open_tracing(settings: Settings) -> AsyncIterator[JobTracing]:
+    """Job traces as the settings say; off, no-op spans and OpenTelemetry never imported.
+
+    On exit the spans still batched are flushed, for a few seconds at most.
+    """
+    exporter = settings.traces_to
+    if exporter is None:
+        yield NullTracing()
+        return
+    from orchestrator import tracing  # noqa: PLC0415  (imported only when on)
+
+    provider = tracing.provider_for(exporter)
+    if provider is None:
+        yield NullTracing()
+        return
+    try:
+        yield tracing.OtelTracing.of(provider)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(_TRACE_FLUSH_S):
+            await trio.to_thread.run_sync(provider.shutdown, abandon_on_cancel=True)
+
+
+@asynccontextmanager
+async def _given(tracing: JobTracing) -> AsyncIterator[JobTracing]:
+    yield tracing
+
+
 async def ensure_schema(database_url: str) -> None:
     """Migrate on the login's own rights when the schema is behind, before dropping them.
 
@@ -267,7 +296,12 @@ def _sweeper(
 
 
 def assemble(
-    settings: Settings, db: Database, provider: Provider, downloader: Downloader
+    settings: Settings,
+    db: Database,
+    provider: Provider,
+    downloader: Downloader,
+    *,
+    tracing: JobTracing | None = None,
 ) -> Daemon:
     """Every part of a daemon, wired; nothing runs yet."""
     webhooks_at = webhook_base(settings)
@@ -290,6 +324,7 @@ def assemble(
         capacity=limits,
         watch=listing_watch(settings, provider, limits, webhooks_at),
         slots=keeper,
+        tracing=tracing,
     )
     keeper.on_lost = registry.drop_slots
     keeper.on_hand_over = registry.hand_over
@@ -347,14 +382,17 @@ async def serve(
     database_url: str,
     *,
     handle_signals: bool = True,
+    tracing: JobTracing | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until stopped; `task_status` receives its handle once intake runs.
 
-    Every pooled connection acts as `orchestrator_daemon`, whatever the login.
+    Every pooled connection acts as `orchestrator_daemon`, whatever the login. Job
+    traces go to `tracing` when given (tests), else where the settings say.
     """
     await ensure_schema(database_url)
     async with (
+        open_tracing(settings) if tracing is None else _given(tracing) as traces,
         open_database(
             database_url,
             min_size=2,
@@ -366,7 +404,7 @@ async def serve(
         open_provider(settings) as provider,
         open_downloader(settings) as downloader,
     ):
-        daemon = assemble(settings, db, provider, downloader)
+        daemon = assemble(settings, db, provider, downloader, tracing=traces)
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)
 

@@ -138,6 +138,14 @@ class Settings:
     lease_renew_s: float = attrs.field(default=3.0, validator=_positive)
     max_slot_moves: int = attrs.field(default=64, validator=_positive)
     member_id: str | None = None
+    # Traces: on with ORCHESTRATOR_TRACING, or when OTEL_TRACES_EXPORTER names an exporter
+    # (`otlp`, the default once on, needs the `otlp` extra; `console`; `none` keeps it off).
+    tracing: bool = False
+    traces_exporter: str | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(_lower),
+        validator=attrs.validators.optional(attrs.validators.in_(("otlp", "console", "none"))),
+    )
     log_level: str = attrs.field(
         default="info",
         converter=_lower,
@@ -157,6 +165,13 @@ class Settings:
     @property
     def model(self) -> str:
         return self.kie_model if self.provider == "kie" else self.replicate_model
+
+    @property
+    def traces_to(self) -> str | None:
+        """The span exporter to use, or None when tracing is off."""
+        if self.traces_exporter == "none" or not (self.tracing or self.traces_exporter):
+            return None
+        return self.traces_exporter or "otlp"
 
     @property
     def allowed_params(self) -> frozenset[str]:
@@ -239,6 +254,8 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_LEASE_RENEW": ("lease_renew_s", float),
     "ORCHESTRATOR_MAX_SLOT_MOVES": ("max_slot_moves", int),
     "ORCHESTRATOR_MEMBER_ID": ("member_id", str),
+    "ORCHESTRATOR_TRACING": ("tracing", _boolean),
+    "OTEL_TRACES_EXPORTER": ("traces_exporter", str),
     "ORCHESTRATOR_LOG_LEVEL": ("log_level", str),
     "ORCHESTRATOR_LOG_FORMAT": ("log_format", str),
 }

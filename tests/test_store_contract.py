@@ -256,3 +256,18 @@ async def test_every_write_under_a_stale_fence_is_refused_and_changes_nothing(ba
     assert (await backend.job(running)).status is JobStatus.STARTING
     assert (await backend.job(queued)).status is JobStatus.QUEUED
     assert await backend.balance("ho") == 9
+
+
+async def test_a_trace_context_is_kept_once_and_only_under_the_slots_lease(backend: Backend):
+    await backend.grant("tia", 5)
+    job_id = await backend.submit("tia", "traced")
+    first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    fence = await backend.hold(job_id, "me")
+    await backend.steal(job_id)
+    with pytest.raises(FencedOff):
+        await backend.store.note_traceparent(job_id, first, fence=fence)
+    assert (await backend.job(job_id)).traceparent is None
+    assert await backend.store.note_traceparent(job_id, first)
+    assert not await backend.store.note_traceparent(job_id, other)
+    assert (await backend.job(job_id)).traceparent == first

@@ -83,6 +83,14 @@ from ._slots import ALL_SLOTS as ALL_SLOTS
 from ._slots import SLOTS as SLOTS
 from ._text import MAX_STORED_TEXT as MAX_STORED_TEXT
 from ._text import clean_text as clean_text
+from ._tracing import NULL_SPAN as NULL_SPAN
+from ._tracing import NULL_TRACE as NULL_TRACE
+from ._tracing import Attributes as Attributes
+from ._tracing import AttributeValue as AttributeValue
+from ._tracing import JobTrace as JobTrace
+from ._tracing import JobTracing as JobTracing
+from ._tracing import NullTracing as NullTracing
+from ._tracing import Span as Span
 
 __all__ = [
     "ALL_SLOTS",
@@ -94,6 +102,8 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_STORED_TEXT",
     "MAX_USER_ID_CHARS",
+    "NULL_SPAN",
+    "NULL_TRACE",
     "RESERVED_INPUTS",
     "RESERVED_PARAMS",
     "SLOTS",
@@ -104,6 +114,8 @@ __all__ = [
     "AdmissionContext",
     "AdmissionOutcome",
     "Admit",
+    "AttributeValue",
+    "Attributes",
     "CanceledByUser",
     "Delivered",
     "Ending",
@@ -119,8 +131,11 @@ __all__ = [
     "JobRef",
     "JobStatus",
     "JobStore",
+    "JobTrace",
+    "JobTracing",
     "ListedClaim",
     "NullObserver",
+    "NullTracing",
     "Observer",
     "OutputStore",
     "OutputUnavailable",
@@ -139,6 +154,7 @@ __all__ = [
     "RunningJobs",
     "Settlement",
     "Slots",
+    "Span",
     "StoredOutput",
     "Stuck",
     "TaggedPrediction",

@@ -112,6 +112,8 @@ class Job:
     params_error: str | None = None
     slot: int = 0
     retry_of: UUID | None = None  # the failed or timed-out job this one retries
+    # The W3C trace context the job's trace continues (tracing metadata, never sent upstream).
+    traceparent: str | None = None
 
 
 @attrs.frozen

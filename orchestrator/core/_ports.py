@@ -70,6 +70,12 @@ class JobStore(Protocol):
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...
 
+    async def note_traceparent(
+        self, job_id: uuid.UUID, traceparent: str, *, fence: Fence | None = None
+    ) -> bool:
+        """Keep the job's trace context unless it has one; True when stored."""
+        ...
+
     async def note_upstream(
         self, ref: UpstreamRef, *, status: str | None, cancel_sent: bool = False
     ) -> str | None: ...

@@ -172,15 +172,18 @@ class Database:
         params: Mapping[str, object] | None = None,
         num_outputs: int = 1,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> uuid.UUID:
         """Submit as submitters do, through `orchestrator.submit_job`.
+
+        ``traceparent`` (W3C) makes the job's trace a child of the caller's span.
 
         Raises:
             UnknownUser: the user has no account.
             IdempotencyConflict: the key was used for a different request.
         """
         return await self._connector.run(
-            _jobs.submit, user_id, prompt, params or {}, num_outputs, idempotency_key
+            _jobs.submit, user_id, prompt, params or {}, num_outputs, idempotency_key, traceparent
         )
 
     async def submit_jobs(self, items: Sequence[object]) -> list[_jobs.SubmitResult]:
@@ -304,6 +307,16 @@ class Database:
         return await self._connector.run_reserved(
             _transitions.mark_processing, job_id, provider, prediction_id, idx, fence
         )
+
+    async def note_traceparent(
+        self, job_id: uuid.UUID, traceparent: str, *, fence: Fence | None = None
+    ) -> bool:
+        """Keep the root span's trace context on a job that has none; False if it had one.
+
+        Raises:
+            Fenced: the fence is no longer the slot's live lease; nothing changed.
+        """
+        return await self._connector.run(_transitions.note_traceparent, job_id, traceparent, fence)
 
     async def route(self, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
         return await self._connector.run(_routing.route, job_ids)

@@ -48,9 +48,16 @@ async def submit(
     params: Mapping[str, object],
     num_outputs: int,
     idempotency_key: str | None,
+    traceparent: str | None = None,
 ) -> uuid.UUID:
     job_id: uuid.UUID = await pool.fetchval(
-        queries()["submit_job"], user_id, prompt, dict(params), num_outputs, idempotency_key
+        queries()["submit_job"],
+        user_id,
+        prompt,
+        dict(params),
+        num_outputs,
+        idempotency_key,
+        traceparent,
     )
     return job_id
 

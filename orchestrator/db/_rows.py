@@ -36,6 +36,7 @@ def job(row: asyncpg.Record) -> Job:
         params_error=params_error,
         slot=row.get("slot", 0),
         retry_of=row.get("retry_of"),
+        traceparent=row.get("traceparent"),
     )
 
 

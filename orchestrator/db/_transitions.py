@@ -80,6 +80,13 @@ async def admit(
     )
 
 
+async def note_traceparent(
+    pool: Pool, job_id: uuid.UUID, traceparent: str, fence: Fence | None
+) -> bool:
+    query = queries()["note_traceparent"]
+    return bool(await pool.fetchval(query, job_id, traceparent, *_fence(fence)))
+
+
 async def reject(
     pool: Pool, job_id: uuid.UUID, code: ErrorCode, message: str, fence: Fence | None
 ) -> bool:

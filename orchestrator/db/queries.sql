@@ -11,7 +11,7 @@
 -- A job's columns as `_rows.job` decodes them.
 id, user_id, prompt, params, num_outputs, status, cost, error_code, error_message,
 idempotency_key, prediction_id, deadline_at, cancel_requested_at, partial, created_at,
-updated_at, admitted_at, finished_at, slot, retry_of
+updated_at, admitted_at, finished_at, slot, retry_of, traceparent
 
 -- name: schema_version
 -- The stamp migrate leaves, to tell whether the database matches this code.
@@ -95,6 +95,10 @@ SELECT {{j.job_columns}},
 SELECT outcome, seat, cost, balance,
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS deadline_s
   FROM orchestrator.admit_job_v3($1, $2, $3, $4);
+
+-- name: note_traceparent
+-- Keep the root span's trace context on a job that has none (see note_traceparent_v1).
+SELECT orchestrator.note_traceparent_v1($1, $2, $3, $4);
 
 -- name: reject_job
 -- A queued job refused at admission, never charged (see reject_job_v2).
@@ -312,7 +316,7 @@ SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
 
 -- name: submit_job
 -- Submit through the SQL function (idempotency and NOTIFY live there).
-SELECT orchestrator.submit_job($1, $2, $3, $4, $5);
+SELECT orchestrator.submit_job($1, $2, $3, $4, $5, $6);
 
 -- name: submit_jobs
 -- Many submissions in one round trip (see submit_jobs): one row per item, in order.

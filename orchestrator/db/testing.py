@@ -89,6 +89,7 @@ class InMemoryStore:
         *,
         params: Mapping[str, object] | None = None,
         num_outputs: int = 1,
+        traceparent: str | None = None,
     ) -> uuid.UUID:
         job_id = uuid.uuid4()
         self.jobs[job_id] = Job(
@@ -99,6 +100,7 @@ class InMemoryStore:
             num_outputs=num_outputs,
             status=JobStatus.QUEUED,
             created_at=self.now(),
+            traceparent=traceparent,
         )
         return job_id
 
@@ -285,6 +287,16 @@ class InMemoryStore:
             self.deadlines[job_id] - trio.current_time(),
             dict(self.predictions.get(job_id, {})),
         )
+
+    async def note_traceparent(
+        self, job_id: uuid.UUID, traceparent: str, *, fence: Fence | None = None
+    ) -> bool:
+        job = self._job(job_id)
+        if job.traceparent is not None:
+            return False
+        self._check_fence(job, fence)
+        self.jobs[job_id] = attrs.evolve(job, traceparent=traceparent)
+        return True
 
     async def note_upstream(
         self, ref: UpstreamRef, *, status: str | None, cancel_sent: bool = False
