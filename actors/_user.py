@@ -231,8 +231,9 @@ class UserActor:
             decided = await self._decide(job_id)
         if decided is None:
             return
-        job, lag_s = decided
-        await self._capacity.gate.enter()
+        job, lag_s, priority = decided
+        # Beyond capacity the user's plan priority is its weight in the fair order.
+        await self._capacity.gate.enter(self.user_id, priority)
         started = False
         try:
             if self._capacity.admissions is not None:
@@ -242,13 +243,13 @@ class UserActor:
             # Shielded and unbounded: a timeout here could land after the commit and
             # leave a charged job without a task until the orphan scan.
             with trio.CancelScope(shield=True):
-                started = await self._commit(job, lag_s)
+                started = await self._commit(job, lag_s, priority)
         finally:
             if not started:
                 self._capacity.gate.leave()
 
-    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None] | None:
-        """Read and decide; a job to admit comes back, a refusal is stored here."""
+    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, int] | None:
+        """Read and decide; a job to admit comes back with its priority, a refusal is stored."""
         context = await self._store.admission_context(job_id)
         if context is not None:
             self._stranger = context.usage.balance is None
@@ -263,9 +264,9 @@ class UserActor:
             with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
                 await self._reject(job_id, decision.code, decision.message, lag_s)
             return None
-        return job, lag_s
+        return job, lag_s, decision.priority
 
-    async def _commit(self, job: Job, lag_s: float | None) -> bool:
+    async def _commit(self, job: Job, lag_s: float | None, priority: int) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
@@ -274,7 +275,7 @@ class UserActor:
             if admission.outcome is AdmissionOutcome.ADMITTED:
                 cost = admission.cost or 0
                 log.info("job.admitted", cost=cost, balance=admission.balance)
-                self._observer.job_admitted(cost, lag_s)
+                self._observer.job_admitted(cost, lag_s, priority=priority)
                 started = InFlight(
                     job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                 )
