@@ -40,9 +40,11 @@ class FairOrder(Generic[T]):
 
     Bounds, for keys of weights `w_i` (1..10) summing to `W` over `n` keys:
     * share: while a set of keys waits without a break from a fresh start, each key's
-      grants after any `N` grants stay within `n` of `N * w_i / W`;
-    * no starvation: once a key waits, at most `(W - w_i) / w_i + n - 1` grants go to
-      other keys before its own (with weights 3 and 1, the 1 waits at most 4 grants).
+      grants after any `N` grants are within `max(1, n * w_i / W)` (so within `n`) of
+      `N * w_i / W`;
+    * no starvation: once a key waits, at most `sum(w_j // w_i for j != i) + n - 1`
+      (so at most `(W - w_i) / w_i + n - 1`) grants go to other keys before its own:
+      with weights 3 and 1, the 1 waits at most 4 grants, the 3 at most 1.
 
     `key=None` is an anonymous waiter: served in arrival order with weight 1, nothing kept.
     """
@@ -64,6 +66,11 @@ class FairOrder(Generic[T]):
         return self._len
 
     @property
+    def remembered(self) -> int:
+        """How many keys not waiting have a due kept (bounded by `keep_at_most`)."""
+        return len(self._kept)
+
+    @property
     def now(self) -> int:
         """The virtual time: the due of the last key served."""
         return self._now
@@ -74,7 +81,7 @@ class FairOrder(Generic[T]):
         return None if entry is None else entry[0]
 
     def push(self, item: T, *, key: Hashable | None = None, weight: int = 1) -> None:
-        """Line `item` up under `key`; a key's own items go in arrival order."""
+        """Line `item` (not already waiting) up under `key`; a key's own go in arrival order."""
         if not MIN_PRIORITY <= weight <= MAX_PRIORITY:
             raise ValueError(f"a weight is between {MIN_PRIORITY} and {MAX_PRIORITY}, got {weight}")
         if key is None:
