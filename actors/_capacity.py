@@ -59,8 +59,8 @@ class FairOrder(Generic[T]):
         self._kept: dict[Hashable, int] = {}
         self._key_of: dict[int, Hashable] = {}
         self._len = 0
-        self._keep_at_most = keep_at_most
-        self._sweep_at = 1024
+        self._keep_at_most = max(2, keep_at_most)
+        self._sweep_at = min(1024, self._keep_at_most)
 
     def __len__(self) -> int:
         return self._len
@@ -143,14 +143,17 @@ class FairOrder(Generic[T]):
     def _sweep(self) -> None:
         """Drop kept dues that are past (joining would give the same); bound the rest.
 
-        Past the bound the nearest dues go first: such a key, coming back, is served
-        at most one stride early.
+        At the bound, half go, the nearest dues first: a kept due is never more than a
+        stride ahead of now, so such a key, coming back, is served at most a stride
+        early. Sweeps come after as many new kept dues as survived the last one, or half
+        the bound, so their cost is spread over the grants.
         """
         self._kept = {k: due for k, due in self._kept.items() if due > self._now}
-        if len(self._kept) > self._keep_at_most:
-            latest = heapq.nlargest(self._keep_at_most // 2, self._kept.items(), key=_second)
-            self._kept = dict(latest)
-        self._sweep_at = max(1024, 2 * len(self._kept))
+        half = self._keep_at_most // 2
+        if len(self._kept) >= self._keep_at_most:
+            self._kept = dict(heapq.nlargest(half, self._kept.items(), key=_second))
+        self._sweep_at = min(max(1024, 2 * len(self._kept)), self._keep_at_most)
+        self._sweep_at = max(self._sweep_at, len(self._kept) + 1)
 
 
 def _second(pair: tuple[Hashable, int]) -> int:
