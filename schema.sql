@@ -93,14 +93,23 @@ INSERT INTO orchestrator.error_codes (code, description) VALUES
 ON CONFLICT (code) DO NOTHING;
 
 -- Plans. Operators may change these rows; migrate never overwrites them.
+-- `priority` is the plan's weight when a daemon's capacity is short: waiting
+-- users are admitted in weighted fair order, each a share of priority over the
+-- sum of the waiting users' priorities, none starved. It changes nothing while
+-- there is room, and never what a job costs or may do.
 CREATE TABLE IF NOT EXISTS orchestrator.plans (
     name                text PRIMARY KEY,
     monthly_generations integer NOT NULL CHECK (monthly_generations >= 0),
     max_inflight        integer NOT NULL CHECK (max_inflight BETWEEN 1 AND 1000),
     min_seconds_between double precision NOT NULL DEFAULT 0
                         CHECK (min_seconds_between >= 0),
-    cost_per_output     bigint NOT NULL CHECK (cost_per_output > 0)
+    cost_per_output     bigint NOT NULL CHECK (cost_per_output > 0),
+    priority            smallint NOT NULL DEFAULT 1 CHECK (priority BETWEEN 1 AND 10)
 );
+-- Columns added after the first release, for databases created before them.
+ALTER TABLE orchestrator.plans
+    ADD COLUMN IF NOT EXISTS priority smallint NOT NULL DEFAULT 1
+        CHECK (priority BETWEEN 1 AND 10);
 INSERT INTO orchestrator.plans
     (name, monthly_generations, max_inflight, min_seconds_between, cost_per_output)
 VALUES

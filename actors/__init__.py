@@ -8,6 +8,7 @@ The ports it sees the world through (`JobStore`, `Observer`, `OutputStore`,
 """
 
 from ._capacity import Capacity as Capacity
+from ._capacity import FairOrder as FairOrder
 from ._capacity import InFlightGate as InFlightGate
 from ._capacity import LoadMonitor as LoadMonitor
 from ._capacity import RateBudget as RateBudget
@@ -28,6 +29,7 @@ __all__ = [
     "ActorConfig",
     "Cancel",
     "Capacity",
+    "FairOrder",
     "InFlightGate",
     "JobTask",
     "ListingWatch",

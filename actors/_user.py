@@ -233,12 +233,13 @@ class UserActor:
             decided = await self._decide(job_id)
         if decided is None:
             return
-        job, lag_s = decided
+        job, lag_s, priority = decided
         trace = self._tracing.job_trace(job)
         started = False
         try:
             with trace.span("admission"):
-                await self._capacity.gate.enter()
+                # Beyond capacity the user's plan priority is its weight in the fair order.
+                await self._capacity.gate.enter(self.user_id, priority)
                 try:
                     if self._capacity.admissions is not None:
                         await self._capacity.admissions.take()
@@ -247,7 +248,7 @@ class UserActor:
                     # Shielded and unbounded: a timeout here could land after the commit and
                     # leave a charged job without a task until the orphan scan.
                     with trio.CancelScope(shield=True):
-                        started = await self._commit(job, lag_s, trace)
+                        started = await self._commit(job, lag_s, priority, trace)
                 finally:
                     if not started:
                         self._capacity.gate.leave()
@@ -255,8 +256,8 @@ class UserActor:
             if not started:
                 trace.end()  # refused or interrupted; a started task ends its own trace
 
-    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None] | None:
-        """Read and decide; a job to admit comes back, a refusal is stored here."""
+    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, int] | None:
+        """Read and decide; a job to admit comes back with its priority, a refusal is stored."""
         context = await self._store.admission_context(job_id)
         if context is not None:
             self._stranger = context.usage.balance is None
@@ -278,9 +279,9 @@ class UserActor:
             finally:
                 trace.end()
             return None
-        return job, lag_s
+        return job, lag_s, decision.priority
 
-    async def _commit(self, job: Job, lag_s: float | None, trace: JobTrace) -> bool:
+    async def _commit(self, job: Job, lag_s: float | None, priority: int, trace: JobTrace) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
@@ -289,7 +290,7 @@ class UserActor:
             if admission.outcome is AdmissionOutcome.ADMITTED:
                 cost = admission.cost or 0
                 log.info("job.admitted", cost=cost, balance=admission.balance)
-                self._observer.job_admitted(cost, lag_s)
+                self._observer.job_admitted(cost, lag_s, priority=priority)
                 trace.set({"credits.cost": cost})
                 started = InFlight(
                     job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0

@@ -20,6 +20,7 @@ from orchestrator.core import (
     Job,
     JobStatus,
     JobStore,
+    Plan,
     StoredOutput,
 )
 from orchestrator.db import Database
@@ -32,6 +33,8 @@ class Backend(Protocol):
     store: JobStore
 
     async def grant(self, user: str, amount: int, plan: str = "free") -> None: ...
+
+    async def plan(self, *, priority: int) -> str: ...
 
     async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID: ...
 
@@ -53,6 +56,11 @@ class Memory:
 
     async def grant(self, user: str, amount: int, plan: str = "free") -> None:
         self.twin.grant(user, amount, plan=plan)
+
+    async def plan(self, *, priority: int) -> str:
+        name = f"plan-{uuid.uuid4().hex[:8]}"
+        self.twin.plans[name] = Plan(name, 1_000_000, 10, 0.0, 1, priority=priority)
+        return name
 
     async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID:
         return self.twin.submit(user, prompt, num_outputs=num_outputs)
@@ -85,6 +93,9 @@ class Postgres:
 
     async def grant(self, user: str, amount: int, plan: str = "free") -> None:
         await self.db.grant(user, amount, plan=plan)
+
+    async def plan(self, *, priority: int) -> str:
+        return await pg.plan(self.url, priority=priority)
 
     async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID:
         return await self.db.submit_job(user, prompt, num_outputs=num_outputs)
@@ -224,12 +235,23 @@ async def test_admission_context_counts_seats_generations_and_duplicates(backend
         2,
         True,
     )
-    assert usage.plan is not None
-    assert usage.plan.name == "pro"
+    assert usage.plan == Plan("pro", 10_000, 10, 0.0, 1, priority=1)
     different = await backend.store.admission_context(other)
     assert different is not None
     assert not different.usage.duplicate
     assert await backend.store.admission_context(uuid.uuid4()) is None
+
+
+async def test_admission_context_reads_the_plan_priority(backend: Backend):
+    """A plan's priority (its weight beyond capacity) reaches admission; it costs nothing."""
+    gold = await backend.plan(priority=7)
+    await backend.grant("iv", 10, plan=gold)
+    job_id = await backend.submit("iv", "a gold job")
+    context = await backend.store.admission_context(job_id)
+    assert context is not None
+    assert context.usage.plan == Plan(gold, 1_000_000, 10, 0.0, 1, priority=7)
+    admission = await backend.store.admit(job_id, deadline_s=60)
+    assert (admission.outcome, admission.cost) == (AdmissionOutcome.ADMITTED, 1)
 
 
 async def test_every_write_under_a_stale_fence_is_refused_and_changes_nothing(backend: Backend):

@@ -23,7 +23,9 @@ from ._inputs import default_allowed as default_allowed
 from ._inputs import params_problem as params_problem
 from ._inputs import user_id_problem as user_id_problem
 from ._lifecycle import MAX_OUTPUTS as MAX_OUTPUTS
+from ._lifecycle import MAX_PRIORITY as MAX_PRIORITY
 from ._lifecycle import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from ._lifecycle import MIN_PRIORITY as MIN_PRIORITY
 from ._lifecycle import Abandoned as Abandoned
 from ._lifecycle import Account as Account
 from ._lifecycle import Admission as Admission
@@ -99,9 +101,11 @@ __all__ = [
     "MAX_OUTPUTS",
     "MAX_PARAMS_BYTES",
     "MAX_PARAMS_DEPTH",
+    "MAX_PRIORITY",
     "MAX_PROMPT_CHARS",
     "MAX_STORED_TEXT",
     "MAX_USER_ID_CHARS",
+    "MIN_PRIORITY",
     "NULL_SPAN",
     "NULL_TRACE",
     "RESERVED_INPUTS",

@@ -84,7 +84,7 @@ class JobStore(Protocol):
 class Observer(Protocol):
     """Where the actors report what happened, for metrics; `orchestrator.metrics` implements it."""
 
-    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None: ...
+    def job_admitted(self, cost: int, intake_lag_s: float | None, *, priority: int = 1) -> None: ...
 
     def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None: ...
 
@@ -109,7 +109,7 @@ class Observer(Protocol):
 class NullObserver:
     """Counts nothing; the default when no metrics are wanted (most tests)."""
 
-    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None:
+    def job_admitted(self, cost: int, intake_lag_s: float | None, *, priority: int = 1) -> None:
         pass
 
     def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None:

@@ -46,6 +46,7 @@ async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext |
             max_inflight=row["max_inflight"],
             min_seconds_between=row["min_seconds_between"],
             cost_per_output=row["cost_per_output"],
+            priority=row["priority"],
         )
     usage = Usage(
         balance=row["balance"],

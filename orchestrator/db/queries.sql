@@ -64,12 +64,14 @@ SELECT balance FROM debited, entry;
 SELECT amount, balance FROM orchestrator.refund_job_v1($1, $2);
 
 -- name: admission_context
--- Everything admission decides on, in one read: the job, its account and plan,
+-- Everything admission decides on, in one read: the job, its account and plan
+-- (with its priority, the user's weight in the fair order beyond capacity),
 -- the user's jobs in flight, this month's generations, and whether an
 -- identical job is in flight or queued ahead of this one.
 SELECT {{j.job_columns}},
        a.balance, a.plan, a.last_admitted_at,
        p.monthly_generations, p.max_inflight, p.min_seconds_between, p.cost_per_output,
+       p.priority,
        (SELECT count(*) FROM orchestrator.jobs i
          WHERE i.user_id = j.user_id AND i.inflight_seat IS NOT NULL) AS in_flight,
        (SELECT coalesce(sum(m.num_outputs), 0) FROM orchestrator.jobs m
