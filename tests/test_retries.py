@@ -25,8 +25,11 @@ from orchestrator.core import (
     retry_delay,
     retry_margin,
 )
+from orchestrator.daemon import actor_config
 from orchestrator.db import Database
 from orchestrator.metrics import Metrics
+from orchestrator.settings import SettingsError, from_env
+from orchestrator.simulator import SimulatorConfig, SimulatorState
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
@@ -92,6 +95,20 @@ def test_the_margin_is_a_quarter_of_the_deadline_at_most_five_seconds():
     assert retry_margin(2.0) == 0.5
     assert retry_margin(12.0) == 3.0
     assert retry_margin(120.0) == 5.0
+
+
+def test_the_retry_settings_come_from_the_environment_and_reach_the_actors():
+    settings = from_env(
+        {"ORCHESTRATOR_PREDICTION_RETRIES": "0", "ORCHESTRATOR_RETRY_BACKOFF": "0.25"}
+    )
+    config = actor_config(settings, None)
+    assert (config.prediction_retries, config.retry_backoff_s) == (0, 0.25)
+    assert from_env({}).prediction_retries == 2
+    for bad in ("-1", "11"):
+        with pytest.raises(SettingsError, match="prediction_retries"):
+            from_env({"ORCHESTRATOR_PREDICTION_RETRIES": bad})
+    with pytest.raises(SettingsError, match="retry_backoff_s"):
+        from_env({"ORCHESTRATOR_RETRY_BACKOFF": "0"})
 
 
 # ---------------------------------------------------------------- the job task
@@ -405,3 +422,24 @@ async def test_e2e_kie_retries_a_failed_task_with_a_server_side_code(nursery, db
     assert await _money(db.url, ok) == [("debit", -1)]
     assert await _money(db.url, bad) == [("debit", -1), ("refund", 1)]
     assert (await db.audit()).ok
+
+
+# ---------------------------------------------------------------- the simulator's directives
+
+
+def test_the_simulator_fails_the_first_attempt_of_each_output_once_and_on_its_side():
+    now = [1000.0]
+    state = SimulatorState(SimulatorConfig(latency=(0.1, 0.1)), clock=lambda: now[0])
+    body = {"prompt": "a cat", "simulate": "fail_once"}
+    made = [
+        state.create(body, webhook="https://d.test/hook?job=j&idx=0").id,
+        state.create(body, webhook="https://d.test/hook?job=j&idx=1").id,
+        state.create(body, webhook="https://d.test/hook?job=j&idx=0").id,
+        state.create({"prompt": "a cat", "simulate": "fail_nsfw"}).id,
+    ]
+    now[0] += 1
+    seen = [state.get(pid) for pid in made]
+    assert [p.status.value for p in seen if p] == ["failed", "failed", "succeeded", "failed"]
+    first, _, _, refused = (p for p in seen if p)
+    assert (failure_text_retryable(first.error), first.fail_code) == (True, "500")
+    assert (failure_text_retryable(refused.error), refused.fail_code) == (False, "400")
