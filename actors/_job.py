@@ -126,6 +126,8 @@ class JobTask:
         self._wakes: dict[str, trio.Event] = {}
         self._told: dict[str, Prediction] = {}
         self._retries = Retries(deps.config, deps.observer)
+        # Attempts an earlier run made per output: a resume goes on counting from there.
+        self._earlier = dict(in_flight.replaced)
         self._deadline: float | None = None
 
     def cancel(self) -> None:
@@ -257,7 +259,7 @@ class JobTask:
     async def _one_output(self, idx: int, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
             prediction = await self._attach(idx)
-            attempt = 1
+            attempt = 1 + self._earlier.get(idx, 0)
             while True:
                 if prediction is None:
                     submitted = await self._submit_sent(idx)

@@ -277,6 +277,26 @@ async def test_a_resume_mid_retry_reattaches_to_the_latest_prediction(autojump_c
     assert _ledger(rig, job_id) == [("debit", -1)]
 
 
+async def test_a_resume_goes_on_counting_the_attempts_an_earlier_run_made(autojump_clock, nursery):
+    """Two attempts made before the crash, retries 2: the resumed run makes one more, not two."""
+    rig = await make_rig(nursery, TAGGED)
+    rig.store.grant("kai", 5, plan="pro")
+    params = {"simulate": "fail_transient"}
+    job_id = rig.store.submit("kai", "x", params=params)
+    await rig.store.admit(job_id, deadline_s=120)
+    for _ in range(2):
+        made = await rig.provider.submit(PredictionRequest(job_id, "x", params, 1))
+        await rig.store.mark_processing(job_id, provider="replicate", prediction_id=made.id)
+    in_flight = await rig.store.in_flight_job(job_id)
+    assert in_flight is not None
+    assert in_flight.replaced == {0: 1}
+    rig.registry.deliver("kai", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.FAILED
+    assert list(rig.provider.predictions) == ["p0", "p1", "p2"]
+    assert rig.store.balance("kai") == 5
+
+
 async def test_a_resume_whose_latest_prediction_failed_transiently_retries_it(
     autojump_clock, nursery
 ):
