@@ -368,6 +368,10 @@ CREATE INDEX IF NOT EXISTS jobs_user_created_idx
 -- Serves reconciliation: jobs that ended recently.
 CREATE INDEX IF NOT EXISTS jobs_finished_idx
     ON orchestrator.jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- A job's earlier attempts, for a resume's retry count and the runbook's look-up.
+CREATE INDEX IF NOT EXISTS upstream_predictions_job_idx
+    ON orchestrator.upstream_predictions (job_id, idx);
+
 -- Serves reconciliation: strays not yet seen terminal upstream.
 CREATE INDEX IF NOT EXISTS upstream_predictions_open_idx
     ON orchestrator.upstream_predictions (created_at)

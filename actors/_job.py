@@ -56,10 +56,12 @@ from orchestrator.core import (
 )
 
 from ._deps import Deps
+from ._retry import CREATE_UNAVAILABLE, Retries, Transient
 
 log = structlog.get_logger("actors.job")
 
 _SETTLE_RETRY_S: Final = 0.2
+_SERVER_ERROR: Final = 500
 _SETTLE_RETRY_MAX_S: Final = 10.0
 # Upstream states in which a found prediction will never deliver.
 _DEAD: Final = frozenset(
@@ -131,6 +133,10 @@ class JobTask:
         # Per prediction id: what wakes its poll loop, and a signed webhook's final word.
         self._wakes: dict[str, trio.Event] = {}
         self._told: dict[str, Prediction] = {}
+        self._retries = Retries(deps.config, deps.observer)
+        # Attempts an earlier run made per output: a resume goes on counting from there.
+        self._earlier = dict(in_flight.replaced)
+        self._deadline: float | None = None
 
     def cancel(self) -> None:
         self._user_scope.cancel()
@@ -235,7 +241,7 @@ class JobTask:
                 log.warning("job.upstream_not_noted", idx=idx, error=str(exc))
 
     async def _wait_for_ending(self) -> Ending:
-        deadline = trio.current_time() + self._remaining_s
+        self._deadline = deadline = trio.current_time() + self._remaining_s
         ending: Ending | None = None
         with self._user_scope:
             with trio.move_on_at(deadline) as wait:
@@ -265,33 +271,32 @@ class JobTask:
     async def _one_output(self, idx: int, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
             prediction = await self._attach(idx)
-            if prediction is None:
-                if self._dropping:
-                    self._dropped.cancel()
-                    await trio.lowlevel.checkpoint()
-                self._progress.submitting.add(idx)
-                self._submits += 1
-                try:
+            attempt = 1 + self._earlier.get(idx, 0)
+            while True:
+                if prediction is None:
                     with self._trace.span(
-                        "prediction.create", {"output.idx": idx, "provider": self._provider_name}
+                        "prediction.create",
+                        {"output.idx": idx, "provider": self._provider_name, "attempt": attempt},
                     ) as span:
-                        submitted = await self._submit(idx)
+                        submitted = await self._submit_sent(idx)
                         span.set(_created(submitted))
                     if isinstance(submitted, UpstreamFailed):
+                        if await self._retry(idx, attempt, submitted):
+                            attempt += 1
+                            continue
                         self._progress.submitting.discard(idx)
                         self._progress.failures[idx] = submitted.summary
                         return
                     prediction = submitted
-                    await self._adopt(idx, prediction)
-                finally:
-                    self._submits -= 1
-                    if self._dropping and not self._submits:
-                        self._dropped.cancel()
-            with self._trace.span(
-                "prediction.wait", {"output.idx": idx, "prediction.id": prediction.id}
-            ) as span:
-                result = await self._until_terminal(prediction, span)
-                span.set(_waited(result))
+                with self._trace.span(
+                    "prediction.wait", {"output.idx": idx, "prediction.id": prediction.id}
+                ) as span:
+                    result = await self._until_terminal(prediction, span)
+                    span.set(_waited(result))
+                if not await self._retry(idx, attempt, result):
+                    break
+                attempt += 1
+                prediction = None
             self._progress.ended.add(idx)
             if isinstance(result, UpstreamFailed):
                 self._progress.failures[idx] = result.summary
@@ -301,6 +306,36 @@ class JobTask:
                 with self._trace.span("output.download", {"output.idx": idx}) as span:
                     await self._keep(idx, result.output[0])
                     span.set({"output.stored": idx in self._progress.stored})
+
+    async def _retry(self, idx: int, attempt: int, failure: Prediction | UpstreamFailed) -> bool:
+        """Whether to make another prediction for the output, after the backoff.
+
+        The failed prediction has ended, so it leaves what `_stop_paying` would cancel;
+        its record stays until the next one replaces it (the store notes it 'replaced').
+        """
+        if isinstance(failure, Prediction):
+            return False
+        if not await self._retries.another(idx, attempt, failure, self._deadline):
+            return False
+        self._progress.predictions.pop(idx, None)
+        return True
+
+    async def _submit_sent(self, idx: int) -> Prediction | UpstreamFailed:
+        """Submit the output's prediction and record it; a graceful drop waits for this."""
+        if self._dropping:
+            self._dropped.cancel()
+            await trio.lowlevel.checkpoint()
+        self._progress.submitting.add(idx)
+        self._submits += 1
+        try:
+            submitted = await self._submit(idx)
+            if not isinstance(submitted, UpstreamFailed):
+                await self._adopt(idx, submitted)
+            return submitted
+        finally:
+            self._submits -= 1
+            if self._dropping and not self._submits:
+                self._dropped.cancel()
 
     async def _attach(self, idx: int) -> Prediction | None:
         """The prediction this output already has: recorded, or found upstream on resume."""
@@ -356,10 +391,27 @@ class JobTask:
                 # The prediction may exist even though we could not read the answer.
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 found = await self._find_lost_prediction(idx)
-                return found or UpstreamFailed(exc.summary)
+                if found is not None:
+                    return found
+                if self._create_retryable(exc):
+                    return Transient(exc.summary, CREATE_UNAVAILABLE)
+                return UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 return UpstreamFailed(exc.summary)
+
+    def _create_retryable(self, exc: ProviderError) -> bool:
+        """A create that failed and was not found upstream by its tag may be sent again.
+
+        Only a provider-side failure: a 5xx said so, or the tag lookup (webhooks on)
+        looked and found nothing. A timeout with no lookup could have created one, and a
+        2xx with a garbled body almost surely did: sending again would pay twice upstream.
+        """
+        if not isinstance(exc, ProviderUnavailable):
+            return False
+        if self._config.webhook_url is not None:
+            return True
+        return exc.status_code is not None and exc.status_code >= _SERVER_ERROR
 
     async def _create_token(self) -> None:
         if self._prepaid_creates:
@@ -459,7 +511,10 @@ class JobTask:
                 span.event("poll", {"prediction.status": prediction.status.value})
         if prediction.status is PredictionStatus.SUCCEEDED:
             return prediction
-        return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
+        summary = prediction.error or f"the prediction ended {prediction.status.value}"
+        if prediction.status is PredictionStatus.FAILED and prediction.retryable:
+            return Transient(summary)
+        return UpstreamFailed(summary)
 
     async def _cancel_one(self, prediction_id: str) -> None:
         """Stop paying for a prediction nobody will use, within the cancel timeout."""

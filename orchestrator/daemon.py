@@ -152,6 +152,8 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
         poll_max_s=settings.poll_max_s,
         webhook_poll_s=settings.webhook_poll_s,
         cancel_timeout_s=settings.cancel_timeout_s,
+        prediction_retries=settings.prediction_retries,
+        retry_backoff_s=settings.retry_backoff_s,
         idle_s=settings.actor_idle_s,
         mailbox_size=settings.mailbox_size,
         provider_name=settings.provider,

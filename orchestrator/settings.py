@@ -36,6 +36,15 @@ def _rate(_instance: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise SettingsError(f"{attribute.name} must be 0 (off) or a positive rate, got {value!r}")
 
 
+_MAX_RETRIES: Final = 10
+
+
+def _retries(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    """Each retry is paid for upstream: 0 (off) to a small bound."""
+    if not 0 <= value <= _MAX_RETRIES:
+        raise SettingsError(f"{attribute.name} must be 0 (off) to {_MAX_RETRIES}, got {value!r}")
+
+
 def _lower(value: str) -> str:
     return value.lower()
 
@@ -108,6 +117,9 @@ class Settings:
     poll_max_s: float = attrs.field(default=5.0, validator=_positive)
     poll_multiplier: float = attrs.field(default=1.6, validator=_positive)
     cancel_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    # Extra predictions per output after a transient upstream failure; 0 turns retries off.
+    prediction_retries: int = attrs.field(default=2, validator=_retries)
+    retry_backoff_s: float = attrs.field(default=1.0, validator=_positive)
     actor_idle_s: float = attrs.field(default=60.0, validator=_positive)
     mailbox_size: int = attrs.field(default=256, validator=_positive)
     scan_interval_s: float = attrs.field(default=5.0, validator=_positive)
@@ -225,6 +237,8 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_POLL_INITIAL": ("poll_initial_s", float),
     "ORCHESTRATOR_POLL_MAX": ("poll_max_s", float),
     "ORCHESTRATOR_CANCEL_TIMEOUT": ("cancel_timeout_s", float),
+    "ORCHESTRATOR_PREDICTION_RETRIES": ("prediction_retries", int),
+    "ORCHESTRATOR_RETRY_BACKOFF": ("retry_backoff_s", float),
     "ORCHESTRATOR_ACTOR_IDLE": ("actor_idle_s", float),
     "ORCHESTRATOR_MAILBOX_SIZE": ("mailbox_size", int),
     "ORCHESTRATOR_SCAN_INTERVAL": ("scan_interval_s", float),

@@ -220,6 +220,26 @@ async def test_a_resume_finds_the_recorded_predictions_and_the_deadline_left(bac
     )
 
 
+async def test_a_resubmission_replaces_the_record_and_a_resume_counts_the_attempts(
+    backend: Backend,
+):
+    """Retries record each new prediction over the last; a resume sees how many came before."""
+    await backend.grant("gil", 5, plan="pro")
+    job_id = await backend.submit("gil", "retried", num_outputs=2)
+    await backend.store.admit(job_id, deadline_s=60)
+    for prediction_id in ("a0", "a1", "a2"):
+        assert await backend.store.mark_processing(
+            job_id, provider="replicate", prediction_id=prediction_id, idx=0
+        )
+    assert await backend.store.mark_processing(
+        job_id, provider="replicate", prediction_id="b0", idx=1
+    )
+    in_flight = await backend.store.in_flight_job(job_id)
+    assert in_flight is not None
+    assert in_flight.predictions == {0: "a2", 1: "b0"}
+    assert in_flight.replaced == {0: 2}
+
+
 async def test_admission_context_counts_seats_generations_and_duplicates(backend: Backend):
     await backend.grant("gu", 10, plan="pro")
     first = await backend.submit("gu", "same", num_outputs=2)

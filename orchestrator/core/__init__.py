@@ -81,6 +81,10 @@ from ._provider_errors import ProviderRejected as ProviderRejected
 from ._provider_errors import ProviderUnavailable as ProviderUnavailable
 from ._provider_errors import ProviderUnreachable as ProviderUnreachable
 from ._provider_errors import safe_summary as safe_summary
+from ._retry import failure_text_retryable as failure_text_retryable
+from ._retry import kie_failure_retryable as kie_failure_retryable
+from ._retry import retry_delay as retry_delay
+from ._retry import retry_margin as retry_margin
 from ._slots import ALL_SLOTS as ALL_SLOTS
 from ._slots import SLOTS as SLOTS
 from ._text import MAX_STORED_TEXT as MAX_STORED_TEXT
@@ -172,11 +176,15 @@ __all__ = [
     "cost_of",
     "decide_admission",
     "default_allowed",
+    "failure_text_retryable",
     "finish",
     "is_expected",
+    "kie_failure_retryable",
     "params_problem",
     "poll_delays",
     "refund_for_delivery",
+    "retry_delay",
+    "retry_margin",
     "safe_summary",
     "settle",
     "sole_exception",

@@ -212,12 +212,14 @@ class InFlight:
     """An admitted job as a restart finds it.
 
     `remaining_s` is negative when the deadline passed; `predictions` are the
-    provider predictions recorded so far, by output index.
+    provider predictions recorded so far, by output index, and `replaced` how many
+    earlier ones each recorded prediction replaced (its attempts before it).
     """
 
     job: Job
     remaining_s: float
     predictions: Mapping[int, str] = attrs.field(factory=dict)
+    replaced: Mapping[int, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -103,6 +103,10 @@ class Observer(Protocol):
 
     def settle_retried(self) -> None: ...
 
+    def prediction_retried(self, reason: str, outcome: str) -> None:
+        """An output's failed attempt: ``outcome`` is retried, exhausted or out_of_time."""
+        ...
+
     def write_fenced(self, write: str) -> None: ...
 
 
@@ -131,6 +135,9 @@ class NullObserver:
         pass
 
     def settle_retried(self) -> None:
+        pass
+
+    def prediction_retried(self, reason: str, outcome: str) -> None:
         pass
 
     def write_fenced(self, write: str) -> None:

@@ -168,7 +168,11 @@ SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requ
 SELECT {{job_columns}},
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s,
        (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
-          FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions
+          FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions,
+       (SELECT coalesce(jsonb_object_agg(r.idx::text, r.n), '{}'::jsonb)
+          FROM (SELECT u.idx, count(*) AS n FROM orchestrator.upstream_predictions u
+                 WHERE u.job_id = j.id AND u.found_by = 'replaced' GROUP BY u.idx) r
+       ) AS replaced
   FROM orchestrator.jobs j
  WHERE id = $1 AND status IN ({{statuses:in_flight}});
 

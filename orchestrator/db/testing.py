@@ -282,10 +282,15 @@ class InMemoryStore:
         job = self.jobs.get(job_id)
         if job is None or not job.status.in_flight:
             return None
+        replaced: dict[int, int] = {}
+        for ref, _, _ in self.upstream.values():
+            if ref.job_id == job_id and ref.found_by == "replaced":
+                replaced[ref.idx] = replaced.get(ref.idx, 0) + 1
         return InFlight(
             job,
             self.deadlines[job_id] - trio.current_time(),
             dict(self.predictions.get(job_id, {})),
+            replaced,
         )
 
     async def note_traceparent(

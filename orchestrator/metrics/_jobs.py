@@ -80,6 +80,13 @@ class JobMetrics:
             "Attempts to store a job's ending that failed and were retried.",
             registry=r,
         )
+        self.prediction_retries = Counter(
+            "orchestrator_prediction_retries",
+            "Outputs whose prediction failed transiently, by reason and outcome: retried "
+            "(another prediction started), exhausted or out_of_time (the output failed).",
+            ["reason", "outcome"],
+            registry=r,
+        )
 
     def job_admitted(self, cost: int, intake_lag_s: float | None, *, priority: int = 1) -> None:
         self.jobs_admitted.inc()
@@ -133,6 +140,9 @@ class JobMetrics:
 
     def settle_retried(self) -> None:
         self.settle_retries.inc()
+
+    def prediction_retried(self, reason: str, outcome: str) -> None:
+        self.prediction_retries.labels(reason=reason, outcome=outcome).inc()
 
     def write_fenced(self, write: str) -> None:
         self.fenced_writes.labels(write=write).inc()
