@@ -36,6 +36,7 @@ from ._config import ActorConfig
 from ._deps import Deps
 from ._mailbox import Offer
 from ._messages import Cancel, Message, Resume
+from ._routes import Routes
 from ._user import UserActor
 from ._watch import ListingWatch
 
@@ -54,18 +55,20 @@ class Registry:
         capacity: Capacity | None = None,
         watch: ListingWatch | None = None,
         slots: Slots | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self.slots: Slots = slots or EverySlot()
         self.capacity = capacity or Capacity()
         self.watch = watch
         self._deps = Deps(
             store=store,
-            provider=provider,
+            provider=provider if routes is None else routes.providers[routes.primary],
             config=config,
             observer=observer or NullObserver(),
             outputs=outputs or UrlOnlyOutputs(),
             capacity=self.capacity,
             watch=watch,
+            routes=routes,
         )
         self._actors: dict[str, UserActor] = {}
         self._nursery: trio.Nursery | None = None

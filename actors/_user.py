@@ -232,6 +232,9 @@ class UserActor:
         if decided is None:
             return
         job, lag_s = decided
+        route = await self._route(job)
+        if route is None:
+            return  # its provider's breaker is open and no fallback admits: stays queued
         await self._capacity.gate.enter()
         started = False
         try:
@@ -242,10 +245,21 @@ class UserActor:
             # Shielded and unbounded: a timeout here could land after the commit and
             # leave a charged job without a task until the orphan scan.
             with trio.CancelScope(shield=True):
-                started = await self._commit(job, lag_s)
+                started = await self._commit(job, lag_s, route)
         finally:
             if not started:
                 self._capacity.gate.leave()
+
+    async def _route(self, job: Job) -> str | None:
+        """The provider the job will run on, or None while no breaker admits it.
+
+        A job whose cancel was asked goes on to the admit, which refuses it uncharged.
+        """
+        routes = self._deps.routes
+        if routes is None or job.cancel_requested_at is not None:
+            return self._config.provider_name if routes is None else routes.primary
+        with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
+            return await routes.choose()
 
     async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None] | None:
         """Read and decide; a job to admit comes back, a refusal is stored here."""
@@ -265,7 +279,7 @@ class UserActor:
             return None
         return job, lag_s
 
-    async def _commit(self, job: Job, lag_s: float | None) -> bool:
+    async def _commit(self, job: Job, lag_s: float | None, route: str) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
@@ -278,7 +292,7 @@ class UserActor:
                 started = InFlight(
                     job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                 )
-                self._start(started, lag_s)
+                self._start(started, lag_s, route=route)
                 return True
             if admission.outcome in _REFUSAL_FOR_OUTCOME:
                 code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
@@ -293,12 +307,17 @@ class UserActor:
             self._observer.job_rejected(code, lag_s)
 
     def _start(
-        self, in_flight: InFlight, lag_s: float | None = None, *, resumed: bool = False
+        self,
+        in_flight: InFlight,
+        lag_s: float | None = None,
+        *,
+        resumed: bool = False,
+        route: str | None = None,
     ) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
             in_flight,
-            self._deps,
+            self._deps if route is None else self._deps.on(route),
             queued_s=lag_s,
             on_done=self._job_done,
             resumed=resumed,

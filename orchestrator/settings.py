@@ -57,6 +57,17 @@ def _input_names(
         )
 
 
+PROVIDER_NAMES: Final = ("replicate", "kie")
+
+
+def _provider_names(_instance: object, _attribute: object, value: tuple[str, ...]) -> None:
+    if unknown := sorted(set(value) - set(PROVIDER_NAMES)):
+        raise SettingsError(
+            f"ORCHESTRATOR_PROVIDERS: unknown {', '.join(unknown)}; known: "
+            + ", ".join(PROVIDER_NAMES)
+        )
+
+
 MIN_WEBHOOK_SECRET_BYTES: Final = 24
 
 
@@ -88,6 +99,14 @@ class Settings:
     provider: str = attrs.field(
         default="replicate", validator=attrs.validators.in_(("replicate", "kie"))
     )
+    # Every provider this daemon runs jobs on; () = `provider` alone. `provider` is the
+    # default, `fallback_provider` where new jobs go while the default's breaker is open.
+    providers: tuple[str, ...] = attrs.field(default=(), validator=_provider_names)
+    fallback_provider: str | None = None
+    breaker_threshold: int = attrs.field(default=5, validator=_positive)
+    breaker_window_s: float = attrs.field(default=30.0, validator=_positive)
+    breaker_cooldown_s: float = attrs.field(default=15.0, validator=_positive)
+    breaker_max_cooldown_s: float = attrs.field(default=300.0, validator=_positive)
     replicate_api_base: str = "https://api.replicate.com"
     replicate_api_token: str | None = attrs.field(default=None, repr=False)
     replicate_model: str = "black-forest-labs/flux-schnell"
@@ -148,11 +167,29 @@ class Settings:
     )
 
     def __attrs_post_init__(self) -> None:
+        configured = self.configured_providers
+        if self.provider not in configured:
+            raise SettingsError(
+                f"ORCHESTRATOR_PROVIDERS must include ORCHESTRATOR_PROVIDER ({self.provider})"
+            )
+        if self.fallback_provider is not None and (
+            self.fallback_provider not in configured or self.fallback_provider == self.provider
+        ):
+            raise SettingsError(
+                "ORCHESTRATOR_FALLBACK_PROVIDER must be another of ORCHESTRATOR_PROVIDERS"
+                f" ({', '.join(configured)}), got {self.fallback_provider!r}"
+            )
         if self.lease_renew_s >= self.lease_ttl_s / 2:
             raise SettingsError(
                 "ORCHESTRATOR_LEASE_RENEW must be under half of ORCHESTRATOR_LEASE_TTL, "
                 f"got {self.lease_renew_s:g} s for a {self.lease_ttl_s:g} s lease"
             )
+
+    @property
+    def configured_providers(self) -> tuple[str, ...]:
+        """The providers this daemon runs jobs on, the default one first."""
+        rest = tuple(name for name in self.providers if name != self.provider)
+        return (self.provider, *rest)
 
     @property
     def model(self) -> str:
@@ -192,6 +229,12 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_LISTEN_URL": ("listen_url", str),
     "ORCHESTRATOR_HOME": ("home", Path),
     "ORCHESTRATOR_PROVIDER": ("provider", str),
+    "ORCHESTRATOR_PROVIDERS": ("providers", _hosts),
+    "ORCHESTRATOR_FALLBACK_PROVIDER": ("fallback_provider", str),
+    "ORCHESTRATOR_BREAKER_THRESHOLD": ("breaker_threshold", int),
+    "ORCHESTRATOR_BREAKER_WINDOW": ("breaker_window_s", float),
+    "ORCHESTRATOR_BREAKER_COOLDOWN": ("breaker_cooldown_s", float),
+    "ORCHESTRATOR_BREAKER_MAX_COOLDOWN": ("breaker_max_cooldown_s", float),
     "REPLICATE_API_BASE": ("replicate_api_base", str),
     "REPLICATE_API_TOKEN": ("replicate_api_token", str),
     "ORCHESTRATOR_MODEL": ("replicate_model", str),

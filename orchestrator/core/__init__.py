@@ -6,6 +6,14 @@ other's; only the composition roots (`orchestrator.daemon`, `orchestrator.cli`) 
 concrete adapters in. Code lives in private modules; import from here only.
 """
 
+from ._breaker import DEFAULT_POLICY as DEFAULT_POLICY
+from ._breaker import Breaker as Breaker
+from ._breaker import BreakerPolicy as BreakerPolicy
+from ._breaker import BreakerState as BreakerState
+from ._breaker import breaker_failure as breaker_failure
+from ._breaker import breaker_probe as breaker_probe
+from ._breaker import breaker_success as breaker_success
+from ._breaker import breaker_tick as breaker_tick
 from ._cancel import cancel_within as cancel_within
 from ._exceptions import ExpectedFault as ExpectedFault
 from ._exceptions import FencedOff as FencedOff
@@ -88,6 +96,7 @@ __all__ = [
     "ALL_SLOTS",
     "COST_MULTIPLIERS",
     "DEFAULT_ALLOWED",
+    "DEFAULT_POLICY",
     "MAX_OUTPUTS",
     "MAX_PARAMS_BYTES",
     "MAX_PARAMS_DEPTH",
@@ -104,6 +113,9 @@ __all__ = [
     "AdmissionContext",
     "AdmissionOutcome",
     "Admit",
+    "Breaker",
+    "BreakerPolicy",
+    "BreakerState",
     "CanceledByUser",
     "Delivered",
     "Ending",
@@ -147,6 +159,10 @@ __all__ = [
     "UpstreamRef",
     "UrlOnlyOutputs",
     "Usage",
+    "breaker_failure",
+    "breaker_probe",
+    "breaker_success",
+    "breaker_tick",
     "cancel_within",
     "clean_text",
     "cost_of",
