@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Final, Protocol, TypeVar
 
+import attrs
 import structlog
 import trio
 
@@ -122,6 +123,8 @@ class BreakerProvider:
                 try:
                     await self._probe()
                 finally:
+                    if self.breaker.probing:  # cut off (a drain): the next caller probes
+                        self._set(attrs.evolve(self.breaker, probing=False))
                     self._probed.set()
             else:
                 await self._probed.wait()
@@ -137,6 +140,10 @@ class BreakerProvider:
                 return
             except ProviderError:
                 pass  # a 404 for an id that cannot exist: the provider answers
+            except Exception:
+                log.exception("provider.breaker_probe_failed", provider=self.name)
+                self._failed()
+                return
             self._answered()
         if timed_out.cancelled_caught:
             self._failed()
