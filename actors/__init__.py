@@ -22,6 +22,7 @@ from ._messages import Resume as Resume
 from ._messages import Submit as Submit
 from ._registry import Registry as Registry
 from ._routes import PROBE_ID as PROBE_ID
+from ._routes import ROUTING_KEY as ROUTING_KEY
 from ._routes import BreakerObserver as BreakerObserver
 from ._routes import BreakerProvider as BreakerProvider
 from ._routes import NullBreakerObserver as NullBreakerObserver
@@ -31,6 +32,7 @@ from ._watch import ListingWatch as ListingWatch
 
 __all__ = [
     "PROBE_ID",
+    "ROUTING_KEY",
     "ActorConfig",
     "BreakerObserver",
     "BreakerProvider",

@@ -27,6 +27,7 @@ from orchestrator.core import (
     Breaker,
     BreakerPolicy,
     BreakerState,
+    Job,
     Prediction,
     PredictionRequest,
     Provider,
@@ -37,11 +38,14 @@ from orchestrator.core import (
     breaker_probe,
     breaker_success,
     breaker_tick,
+    params_problem,
 )
 
 log = structlog.get_logger("actors.breaker")
 
 PROBE_ID: Final = "orchestratorbreakerprobe0"
+# The params key that picks a job's provider; routing only, never sent upstream.
+ROUTING_KEY: Final = "provider"
 _PROBE_TIMEOUT_S: Final = 10.0
 _T = TypeVar("_T")
 
@@ -189,7 +193,9 @@ class BreakerProvider:
 class Routes:
     """Every configured provider behind its breaker, the default one and the fallback.
 
-    `webhook_urls` is where each provider calls back (`/webhooks/<name>`), or None.
+    `webhook_urls` is where each provider calls back (`/webhooks/<name>`), or None;
+    `allowed_params` the params each provider's model takes (a job goes to the fallback
+    only when its params suit the fallback's model too).
     """
 
     def __init__(
@@ -199,6 +205,7 @@ class Routes:
         primary: str,
         fallback: str | None = None,
         webhook_urls: Mapping[str, str | None] | None = None,
+        allowed_params: Mapping[str, frozenset[str]] | None = None,
         observer: BreakerObserver | None = None,
     ) -> None:
         if primary not in providers or (fallback is not None and fallback not in providers):
@@ -207,18 +214,56 @@ class Routes:
         self.primary = primary
         self.fallback = fallback if fallback != primary else None
         self.webhook_urls = dict(webhook_urls or {})
+        self.allowed_params = dict(allowed_params or {})
         self._observer = observer or NullBreakerObserver()
 
-    async def choose(self, wanted: str | None = None) -> str | None:
-        """The provider a new job runs on now, or None: it waits, queued and uncharged."""
-        name = wanted or self.primary
+    def wanted(self, job: Job) -> str:
+        """The provider the job asked for (`params.provider`), else the default one.
+
+        Raises:
+            ValueError: it names no configured provider; the message says which are.
+        """
+        name = job.params.get(ROUTING_KEY)
+        if name is None:
+            return self.primary
+        if not isinstance(name, str) or name not in self.providers:
+            shown = name if isinstance(name, str) and len(name) <= 40 else "that"  # noqa: PLR2004
+            raise ValueError(
+                f"params.provider {shown!r} is not a configured provider"
+                f" ({', '.join(sorted(self.providers))})"
+            )
+        return name
+
+    def allowed(self, name: str, default: frozenset[str]) -> frozenset[str]:
+        return self.allowed_params.get(name, default)
+
+    async def choose(self, job: Job, name: str) -> str | None:
+        """The provider a new job runs on now, or None: it waits, queued and uncharged.
+
+        `job` has its routing key stripped already; `name` is the provider it wants.
+        """
         if await self.providers[name].admits():
             return name
         fallback = self.fallback
-        if fallback is not None and fallback != name and await self.providers[fallback].admits():
+        if (
+            fallback is not None
+            and fallback != name
+            and (
+                fallback not in self.allowed_params
+                or params_problem(job.params, self.allowed_params[fallback]) is None
+            )
+            and await self.providers[fallback].admits()
+        ):
             log.info("job.failed_over", provider=name, fallback=fallback)
             self._observer.job_failed_over(name, fallback)
             return fallback
         log.info("job.held", provider=name, note="the provider's breaker is open; stays queued")
         self._observer.job_held(name)
         return None
+
+
+def without_routing(job: Job) -> Job:
+    """The job as a provider may see it: no routing key in its params."""
+    if ROUTING_KEY not in job.params:
+        return job
+    return attrs.evolve(job, params={k: v for k, v in job.params.items() if k != ROUTING_KEY})

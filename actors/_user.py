@@ -35,6 +35,7 @@ from ._deps import Deps
 from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
+from ._routes import without_routing
 
 log = structlog.get_logger("actors.user")
 
@@ -231,8 +232,8 @@ class UserActor:
             decided = await self._decide(job_id)
         if decided is None:
             return
-        job, lag_s = decided
-        route = await self._route(job)
+        job, lag_s, wanted = decided
+        route = await self._route(job, wanted)
         if route is None:
             return  # its provider's breaker is open and no fallback admits: stays queued
         await self._capacity.gate.enter()
@@ -250,19 +251,24 @@ class UserActor:
             if not started:
                 self._capacity.gate.leave()
 
-    async def _route(self, job: Job) -> str | None:
+    async def _route(self, job: Job, wanted: str) -> str | None:
         """The provider the job will run on, or None while no breaker admits it.
 
         A job whose cancel was asked goes on to the admit, which refuses it uncharged.
         """
         routes = self._deps.routes
         if routes is None or job.cancel_requested_at is not None:
-            return self._config.provider_name if routes is None else routes.primary
+            return wanted
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
-            return await routes.choose()
+            return await routes.choose(job, wanted)
 
-    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None] | None:
-        """Read and decide; a job to admit comes back, a refusal is stored here."""
+    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, str] | None:
+        """Read and decide; a job to admit comes back, a refusal is stored here.
+
+        With several providers, the job's `params.provider` picks one (the default one
+        when absent) and its params are checked against that provider's model; the
+        job comes back without the routing key, with the provider it wants.
+        """
         context = await self._store.admission_context(job_id)
         if context is not None:
             self._stranger = context.usage.balance is None
@@ -270,14 +276,22 @@ class UserActor:
             return None
         job = context.job
         lag_s = (context.now - job.created_at).total_seconds() if job.created_at else None
-        decision = decide_admission(
-            job, context.usage, context.now, allowed_params=self._config.allowed_params
-        )
+        wanted, allowed = self._config.provider_name, self._config.allowed_params
+        routes = self._deps.routes
+        if routes is not None:
+            try:
+                wanted = routes.wanted(job)
+            except ValueError as exc:
+                with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
+                    await self._reject(job_id, ErrorCode.VALIDATION_ERROR, str(exc), lag_s)
+                return None
+            job, allowed = without_routing(job), routes.allowed(wanted, allowed)
+        decision = decide_admission(job, context.usage, context.now, allowed_params=allowed)
         if isinstance(decision, Reject):
             with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
                 await self._reject(job_id, decision.code, decision.message, lag_s)
             return None
-        return job, lag_s
+        return job, lag_s, wanted
 
     async def _commit(self, job: Job, lag_s: float | None, route: str) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
@@ -327,6 +341,21 @@ class UserActor:
         self._jobs.start_soon(task.run)
         return task
 
+    def _resumable(self, in_flight: InFlight) -> tuple[InFlight, str | None]:
+        """A job left in flight, its routing key stripped, and the provider it asked for.
+
+        A job that failed over to the fallback without asking is resumed on the
+        default provider: the job row does not carry the provider it was admitted on.
+        """
+        routes = self._deps.routes
+        if routes is None:
+            return in_flight, None
+        try:
+            wanted = routes.wanted(in_flight.job)
+        except ValueError:
+            wanted = routes.primary  # a provider no longer configured
+        return attrs.evolve(in_flight, job=without_routing(in_flight.job)), wanted
+
     def _job_done(self, job: Job) -> None:
         self._running.pop(job.id, None)
         self._capacity.gate.leave()
@@ -358,7 +387,8 @@ class UserActor:
             if self.dropping:
                 return  # dropped while reading: the next owner resumes it
             self._capacity.gate.enter_now()
-            task = self._start(in_flight, resumed=True)
+            in_flight, route = self._resumable(in_flight)
+            task = self._start(in_flight, resumed=True, route=route)
             if job.cancel_requested_at is not None:
                 task.cancel()
 

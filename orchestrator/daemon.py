@@ -223,6 +223,7 @@ def routes(settings: Settings, providers: Mapping[str, Provider], metrics: Metri
         primary=settings.provider,
         fallback=settings.fallback_provider,
         webhook_urls={name: webhook_base(settings, name) for name in providers},
+        allowed_params={name: settings.allowed_params_of(name) for name in providers},
         observer=metrics.breakers,
     )
 

@@ -168,7 +168,7 @@ class Settings:
 
     def __attrs_post_init__(self) -> None:
         configured = self.configured_providers
-        if self.provider not in configured:
+        if self.providers and self.provider not in self.providers:
             raise SettingsError(
                 f"ORCHESTRATOR_PROVIDERS must include ORCHESTRATOR_PROVIDER ({self.provider})"
             )
@@ -193,14 +193,24 @@ class Settings:
 
     @property
     def model(self) -> str:
-        return self.kie_model if self.provider == "kie" else self.replicate_model
+        return self.model_of(self.provider)
+
+    def model_of(self, provider: str) -> str:
+        return self.kie_model if provider == "kie" else self.replicate_model
 
     @property
     def allowed_params(self) -> frozenset[str]:
-        """The params keys a job may pass to the configured model."""
+        """The params keys a job may pass to the default provider's model."""
+        return self.allowed_params_of(self.provider)
+
+    def allowed_params_of(self, provider: str) -> frozenset[str]:
+        """The params keys a job may pass to one provider's model.
+
+        `ORCHESTRATOR_PARAMS_ALLOWED`, when set, holds for every provider.
+        """
         if self.params_allowed is not None:
             return frozenset(self.params_allowed)
-        return default_allowed(self.provider, self.model)
+        return default_allowed(provider, self.model_of(provider))
 
 
 def _boolean(raw: str) -> bool:

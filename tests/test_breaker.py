@@ -16,11 +16,12 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import PROBE_ID, BreakerProvider, Offer, Registry, Routes, Submit
+from actors import PROBE_ID, BreakerProvider, Offer, Registry, Resume, Routes, Submit
 from orchestrator.core import (
     Breaker,
     BreakerPolicy,
     BreakerState,
+    ErrorCode,
     JobStatus,
     Plan,
     Prediction,
@@ -34,6 +35,7 @@ from orchestrator.core import (
 )
 from orchestrator.db.testing import InMemoryStore
 from orchestrator.metrics import Metrics
+from orchestrator.settings import SettingsError, from_env
 
 from .test_actors import CONFIG, FakeProvider
 
@@ -169,8 +171,9 @@ class Rig:
     metrics: Metrics
     recorded: dict[uuid.UUID, str]
 
-    def submit(self, user: str) -> uuid.UUID:
-        job_id = self.store.submit(user, f"a lighthouse, take {len(self.store.jobs)}")
+    def submit(self, user: str, **params: object) -> uuid.UUID:
+        prompt = f"a lighthouse, take {len(self.store.jobs)}"
+        job_id = self.store.submit(user, prompt, params=params)
         assert self.registry.deliver(user, Submit(job_id)) is Offer.ACCEPTED
         return job_id
 
@@ -192,7 +195,13 @@ class Rig:
                 await trio.sleep(0.01)
 
 
-async def make_rig(nursery: trio.Nursery, *, fallback: bool, spare_latency: float = 3.0) -> Rig:
+async def make_rig(
+    nursery: trio.Nursery,
+    *,
+    fallback: bool,
+    spare_latency: float = 3.0,
+    allowed: dict[str, frozenset[str]] | None = None,
+) -> Rig:
     store = InMemoryStore(plans={"pro": Plan("pro", 10_000, 50, 0.0, 1)})
     recorded: dict[uuid.UUID, str] = {}
     mark = store.mark_processing
@@ -213,6 +222,7 @@ async def make_rig(nursery: trio.Nursery, *, fallback: bool, spare_latency: floa
         },
         primary="replicate",
         fallback="kie" if fallback else None,
+        allowed_params=allowed,
         observer=metrics.breakers,
     )
     registry = Registry(store=store, provider=primary, config=CONFIG, routes=routes)
@@ -321,3 +331,112 @@ async def test_when_both_breakers_are_open_jobs_wait_and_are_never_charged_and_f
             rig.offer_again("alice", *more)
     await rig.settled(*more)
     assert [rig.status(j) for j in more] == [JobStatus.SUCCEEDED] * 10
+
+
+# --- per-job choice: params.provider --------------------------------------------------------
+
+
+async def test_params_provider_picks_the_provider_and_never_reaches_it(autojump_clock, nursery):
+    rig = await make_rig(nursery, fallback=False)
+    rig.store.grant("bea", 10, plan="pro")
+    on_kie = rig.submit("bea", provider="kie", seed=3)
+    default = rig.submit("bea", seed=4)
+    await rig.settled(on_kie, default)
+    assert (rig.status(on_kie), rig.status(default)) == (JobStatus.SUCCEEDED,) * 2
+    assert (rig.recorded[on_kie], rig.recorded[default]) == ("kie", "replicate")
+    ((_, sent),) = rig.fallback.predictions.values()
+    assert dict(sent.params) == {"seed": 3}  # the routing key stays here
+    ((_, sent),) = rig.primary.predictions.values()
+    assert dict(sent.params) == {"seed": 4}
+
+
+async def test_an_unknown_params_provider_is_rejected_uncharged(autojump_clock, nursery):
+    rig = await make_rig(nursery, fallback=True)
+    rig.store.grant("cy", 10, plan="pro")
+    jobs = [rig.submit("cy", provider="openai"), rig.submit("cy", provider=7)]
+    await rig.settled(*jobs)
+    for job_id in jobs:
+        job = rig.store.jobs[job_id]
+        assert (job.status, job.error_code) == (JobStatus.REJECTED, ErrorCode.VALIDATION_ERROR)
+        assert "not a configured provider (kie, replicate)" in (job.error_message or "")
+    assert rig.store.balance("cy") == 10
+    assert not rig.primary.predictions
+    assert not rig.fallback.predictions
+
+
+async def test_params_are_checked_against_the_chosen_providers_model(autojump_clock, nursery):
+    allowed = {"replicate": frozenset({"seed"}), "kie": frozenset({"simulate"})}
+    rig = await make_rig(nursery, fallback=False, allowed=allowed)
+    rig.store.grant("dov", 10, plan="pro")
+    refused = rig.submit("dov", provider="kie", seed=3)
+    taken = rig.submit("dov", seed=3)
+    await rig.settled(refused, taken)
+    job = rig.store.jobs[refused]
+    assert (job.status, job.error_code) == (JobStatus.REJECTED, ErrorCode.VALIDATION_ERROR)
+    assert rig.status(taken) is JobStatus.SUCCEEDED
+
+
+async def test_a_job_whose_params_the_fallback_cannot_take_waits_instead(autojump_clock, nursery):
+    allowed = {"replicate": frozenset({"seed"}), "kie": frozenset()}
+    rig = await make_rig(nursery, fallback=True, allowed=allowed)
+    await _open_the_primary(rig)
+    fits = rig.submit("alice")
+    waits = rig.submit("alice", seed=9)
+    await rig.settled(fits)
+    assert rig.recorded[fits] == "kie"
+    for _ in range(4):
+        await trio.sleep(5.0)
+        rig.offer_again("alice", waits)
+    assert rig.status(waits) is JobStatus.QUEUED
+    assert not any(row.job_id == waits for row in rig.store.ledger)
+
+
+async def test_a_resumed_job_runs_on_the_provider_it_asked_for_without_the_key(
+    autojump_clock, nursery
+):
+    rig = await make_rig(nursery, fallback=False)
+    rig.store.grant("eli", 10, plan="pro")
+    job_id = rig.store.submit("eli", "left in flight", params={"provider": "kie", "seed": 1})
+    await rig.store.admit(job_id, deadline_s=120)  # admitted by a daemon that then died
+    rig.registry.deliver("eli", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert rig.recorded[job_id] == "kie"
+    ((_, sent),) = rig.fallback.predictions.values()
+    assert dict(sent.params) == {"seed": 1}
+    assert not rig.primary.predictions
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_the_providers_and_the_fallback_are_read_and_checked():
+    settings = from_env(
+        {
+            "ORCHESTRATOR_PROVIDERS": "replicate, kie",
+            "ORCHESTRATOR_FALLBACK_PROVIDER": "kie",
+            "ORCHESTRATOR_BREAKER_THRESHOLD": "3",
+            "ORCHESTRATOR_BREAKER_COOLDOWN": "20",
+        }
+    )
+    assert settings.configured_providers == ("replicate", "kie")
+    assert (settings.fallback_provider, settings.breaker_threshold) == ("kie", 3)
+    assert settings.breaker_cooldown_s == 20.0
+    assert from_env({}).configured_providers == ("replicate",)
+    assert from_env({"ORCHESTRATOR_PROVIDER": "kie"}).configured_providers == ("kie",)
+    assert settings.allowed_params_of("kie") != settings.allowed_params_of("replicate")
+    for env, problem in [
+        ({"ORCHESTRATOR_PROVIDERS": "replicate,openai"}, "unknown openai"),
+        ({"ORCHESTRATOR_PROVIDERS": "kie"}, "must include ORCHESTRATOR_PROVIDER"),
+        ({"ORCHESTRATOR_FALLBACK_PROVIDER": "kie"}, "another of ORCHESTRATOR_PROVIDERS"),
+        (
+            {
+                "ORCHESTRATOR_PROVIDERS": "replicate,kie",
+                "ORCHESTRATOR_FALLBACK_PROVIDER": "replicate",
+            },
+            "another of ORCHESTRATOR_PROVIDERS",
+        ),
+        ({"ORCHESTRATOR_BREAKER_THRESHOLD": "0"}, "breaker_threshold"),
+    ]:
+        with pytest.raises(SettingsError, match=problem):
+            from_env(env)

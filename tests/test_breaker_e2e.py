@@ -84,6 +84,12 @@ async def test_jobs_fail_over_to_the_healthy_provider_and_succeed(nursery, db: D
         ),
     )
     await db.grant("fern", 20, plan="pro")
+    # A job may pick its provider; the routing key is not an input of either model.
+    (chosen,) = await wait_terminal(
+        db, [await db.submit_job("fern", "picked kie", params={"provider": "kie"})]
+    )
+    assert chosen.status is JobStatus.SUCCEEDED
+    assert await _recorded_provider(db.url, chosen.id) == "kie"
     spent = await _trip(db, daemon, "fern")
     assert {job.status for job in await wait_terminal(db, spent)} == {JobStatus.FAILED}
     jobs = [await db.submit_job("fern", f"a harbour at dawn {n}") for n in range(5)]
@@ -92,7 +98,7 @@ async def test_jobs_fail_over_to_the_healthy_provider_and_succeed(nursery, db: D
     assert {await _recorded_provider(db.url, job_id) for job_id in jobs} == {"kie"}
     account = await db.account("fern")
     assert account is not None
-    assert account.balance == 20 - 5  # the jobs that met the outage were refunded whole
+    assert account.balance == 20 - 6  # the jobs that met the outage were refunded whole
     assert (
         daemon.metrics.sample(
             "orchestrator_jobs_failed_over_total", {"provider": "replicate", "fallback": "kie"}
