@@ -342,18 +342,24 @@ class UserActor:
         return task
 
     def _resumable(self, in_flight: InFlight) -> tuple[InFlight, str | None]:
-        """A job left in flight, its routing key stripped, and the provider it asked for.
+        """A job left in flight, its routing key stripped, and the provider it runs on.
 
-        A job that failed over to the fallback without asking is resumed on the
-        default provider: the job row does not carry the provider it was admitted on.
+        That is the provider its predictions were recorded on (a job that failed over
+        goes on on the fallback), else the one it asked for. Known gap: a job that
+        failed over and recorded no prediction before the crash resumes on the one it
+        asked for, since admission does not record the provider.
         """
         routes = self._deps.routes
         if routes is None:
             return in_flight, None
-        try:
-            wanted = routes.wanted(in_flight.job)
-        except ValueError:
-            wanted = routes.primary  # a provider no longer configured
+        recorded = in_flight.provider
+        if recorded is not None and recorded in routes.providers:
+            wanted = recorded
+        else:
+            try:
+                wanted = routes.wanted(in_flight.job)
+            except ValueError:
+                wanted = routes.primary  # a provider no longer configured
         return attrs.evolve(in_flight, job=without_routing(in_flight.job)), wanted
 
     def _job_done(self, job: Job) -> None:

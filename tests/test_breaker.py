@@ -440,3 +440,18 @@ def test_the_providers_and_the_fallback_are_read_and_checked():
     ]:
         with pytest.raises(SettingsError, match=problem):
             from_env(env)
+
+
+async def test_a_job_that_failed_over_resumes_on_the_provider_it_recorded(autojump_clock, nursery):
+    rig = await make_rig(nursery, fallback=True)
+    rig.store.grant("fay", 10, plan="pro")
+    job_id = rig.store.submit("fay", "failed over, then the daemon died")
+    await rig.store.admit(job_id, deadline_s=120)
+    first = await rig.fallback.submit(PredictionRequest(job_id, "x", {}, 1))
+    await rig.store.mark_processing(job_id, provider="kie", prediction_id=first.id)
+    rig.registry.deliver("fay", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert len(rig.fallback.predictions) == 1  # re-attached, not paid twice
+    assert not rig.primary.predictions
+    assert not rig.primary.gets

@@ -191,12 +191,14 @@ class InFlight:
     """An admitted job as a restart finds it.
 
     `remaining_s` is negative when the deadline passed; `predictions` are the
-    provider predictions recorded so far, by output index.
+    provider predictions recorded so far, by output index, and `provider` the
+    provider they were recorded on (None before the first).
     """
 
     job: Job
     remaining_s: float
     predictions: Mapping[int, str] = attrs.field(factory=dict)
+    provider: str | None = None
 
 
 @attrs.frozen

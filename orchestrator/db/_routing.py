@@ -43,7 +43,9 @@ async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
     if row is None:
         return None
     predictions = {int(idx): pid for idx, pid in row["predictions"].items()}
-    return InFlight(_rows.job(row), row["remaining_s"], predictions)
+    return InFlight(
+        _rows.job(row), row["remaining_s"], predictions, provider=row["recorded_provider"]
+    )
 
 
 async def stuck(pool: Pool, older_than_s: float, limit: int, slots: Sequence[int]) -> list[JobRef]:
