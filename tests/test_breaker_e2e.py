@@ -19,7 +19,7 @@ from orchestrator.simulator import SimulatorConfig, serve_simulator
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
-from .test_webhooks import free_port
+from .test_webhooks import SECRET, free_port
 
 THRESHOLD = 3
 
@@ -151,4 +151,42 @@ async def test_without_a_fallback_jobs_wait_queued_uncharged_then_run_once_heale
     account = await db.account("gus")
     assert account is not None
     assert account.balance == 20 - 4
+    assert (await db.audit()).ok
+
+
+async def test_a_failed_over_job_is_called_back_on_the_fallbacks_own_webhook_route(
+    nursery, db: Database
+):
+    failing = await start_simulator(nursery, server_error_rate=1.0)
+    healthy = await start_simulator(nursery, api="kie", webhook_secret=SECRET, latency=(0.3, 0.4))
+    port = free_port()
+    daemon = await start_daemon(
+        nursery,
+        settings_for(
+            db.url,
+            failing,
+            providers=("replicate", "kie"),
+            fallback_provider="kie",
+            kie_api_base=healthy,
+            kie_model="sim/image",
+            breaker_threshold=THRESHOLD,
+            breaker_cooldown_s=60.0,
+            http_port=port,
+            public_url=f"http://127.0.0.1:{port}",
+            webhook_secret=SECRET,
+            webhook_poll_s=30.0,  # only a webhook can end the wait within the test
+        ),
+    )
+    await db.grant("hal", 20, plan="pro")
+    await _trip(db, daemon, "hal")
+    jobs = [await db.submit_job("hal", f"called back {n}") for n in range(3)]
+    done = await wait_terminal(db, jobs, timeout=15)
+    assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 3
+    assert {await _recorded_provider(db.url, job_id) for job_id in jobs} == {"kie"}
+    assert (
+        daemon.metrics.sample(
+            "orchestrator_webhooks_total", {"provider": "kie", "result": "accepted"}
+        )
+        >= 3
+    )
     assert (await db.audit()).ok
