@@ -257,7 +257,6 @@ class Routes:
             log.info("job.failed_over", provider=name, fallback=fallback)
             self._observer.job_failed_over(name, fallback)
             return fallback
-        log.info("job.held", provider=name, note="the provider's breaker is open; stays queued")
         self._observer.job_held(name)
         return None
 

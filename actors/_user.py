@@ -94,6 +94,8 @@ class UserActor:
         self._config = deps.config
         self._running: dict[uuid.UUID, JobTask] = {}
         self._resuming: set[uuid.UUID] = set()
+        # Jobs left queued because no breaker admitted them (logged once each).
+        self._held: set[uuid.UUID] = set()
         self._stranger = False
         self._admission = trio.CancelScope()
         self._jobs: trio.Nursery | None = None
@@ -260,7 +262,14 @@ class UserActor:
         if routes is None or job.cancel_requested_at is not None:
             return wanted
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
-            return await routes.choose(job, wanted)
+            route = await routes.choose(job, wanted)
+            if route is None and job.id not in self._held:
+                # Once per job and actor: every scan offers it again while it waits.
+                log.info("job.held", provider=wanted, note="its provider's breaker is open")
+                self._held.add(job.id)
+            elif route is not None:
+                self._held.discard(job.id)
+            return route
 
     async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, str] | None:
         """Read and decide; a job to admit comes back, a refusal is stored here.
