@@ -93,14 +93,23 @@ INSERT INTO orchestrator.error_codes (code, description) VALUES
 ON CONFLICT (code) DO NOTHING;
 
 -- Plans. Operators may change these rows; migrate never overwrites them.
+-- `priority` is the plan's weight when a daemon's capacity is short: waiting
+-- users are admitted in weighted fair order, each a share of priority over the
+-- sum of the waiting users' priorities, none starved. It changes nothing while
+-- there is room, and never what a job costs or may do.
 CREATE TABLE IF NOT EXISTS orchestrator.plans (
     name                text PRIMARY KEY,
     monthly_generations integer NOT NULL CHECK (monthly_generations >= 0),
     max_inflight        integer NOT NULL CHECK (max_inflight BETWEEN 1 AND 1000),
     min_seconds_between double precision NOT NULL DEFAULT 0
                         CHECK (min_seconds_between >= 0),
-    cost_per_output     bigint NOT NULL CHECK (cost_per_output > 0)
+    cost_per_output     bigint NOT NULL CHECK (cost_per_output > 0),
+    priority            smallint NOT NULL DEFAULT 1 CHECK (priority BETWEEN 1 AND 10)
 );
+-- Columns added after the first release, for databases created before them.
+ALTER TABLE orchestrator.plans
+    ADD COLUMN IF NOT EXISTS priority smallint NOT NULL DEFAULT 1
+        CHECK (priority BETWEEN 1 AND 10);
 INSERT INTO orchestrator.plans
     (name, monthly_generations, max_inflight, min_seconds_between, cost_per_output)
 VALUES
@@ -159,6 +168,13 @@ CREATE TABLE IF NOT EXISTS orchestrator.jobs (
     -- The lease epochs of the slot under which the job was admitted and ended.
     admit_epoch         bigint,
     finish_epoch        bigint,
+    -- The failed or timed-out job this one retries (see retry_job_v1).
+    retry_of            uuid REFERENCES orchestrator.jobs (id),
+    -- The job's W3C trace context (`traceparent`): the submitter's, or the one the
+    -- daemon's root span took at admission, so a resumed job continues its trace.
+    traceparent         text CONSTRAINT jobs_traceparent_format CHECK (
+                            traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                            AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-'),
     CONSTRAINT jobs_user_idempotency_key_key UNIQUE (user_id, idempotency_key),
     CONSTRAINT jobs_id_num_outputs_key UNIQUE (id, num_outputs),
     -- A seat is held exactly while the job is in flight.
@@ -178,7 +194,11 @@ ALTER TABLE orchestrator.jobs
     ADD COLUMN IF NOT EXISTS slot integer
         GENERATED ALWAYS AS (orchestrator.slot_of(user_id)) STORED,
     ADD COLUMN IF NOT EXISTS admit_epoch bigint,
-    ADD COLUMN IF NOT EXISTS finish_epoch bigint;
+    ADD COLUMN IF NOT EXISTS finish_epoch bigint,
+    ADD COLUMN IF NOT EXISTS retry_of uuid REFERENCES orchestrator.jobs (id),
+    ADD COLUMN IF NOT EXISTS traceparent text CONSTRAINT jobs_traceparent_format CHECK (
+        traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+        AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-');
 
 CREATE TABLE IF NOT EXISTS orchestrator.ledger (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -348,6 +368,10 @@ CREATE INDEX IF NOT EXISTS jobs_user_created_idx
 -- Serves reconciliation: jobs that ended recently.
 CREATE INDEX IF NOT EXISTS jobs_finished_idx
     ON orchestrator.jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- A job's earlier attempts, for a resume's retry count and the runbook's look-up.
+CREATE INDEX IF NOT EXISTS upstream_predictions_job_idx
+    ON orchestrator.upstream_predictions (job_id, idx);
+
 -- Serves reconciliation: strays not yet seen terminal upstream.
 CREATE INDEX IF NOT EXISTS upstream_predictions_open_idx
     ON orchestrator.upstream_predictions (created_at)
@@ -488,15 +512,48 @@ BEGIN
 END
 $$;
 
+-- What submit_job, submit_jobs and retry_job_v1 refuse before inserting, one
+-- list so they cannot drift: OR004 for a malformed submission, OR001 for a
+-- user without an account. Only reads, so a caller may run it inside an
+-- EXCEPTION block without that block's subtransaction ever taking an XID.
+CREATE OR REPLACE FUNCTION orchestrator.check_submit_v1(
+    p_user_id text, p_prompt text, p_params jsonb, p_num_outputs integer,
+    p_idempotency_key text
+) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_user_id IS NULL OR p_prompt IS NULL OR p_num_outputs IS NULL THEN
+        RAISE EXCEPTION 'user, prompt and num_outputs are required'
+            USING ERRCODE = 'OR004';
+    END IF;
+    PERFORM orchestrator.check_submission_v1(p_user_id, p_prompt, coalesce(p_params, '{}'));
+    IF pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'an idempotency key must have 1 to 200 characters'
+            USING ERRCODE = 'OR004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM orchestrator.accounts a WHERE a.user_id = p_user_id) THEN
+        RAISE EXCEPTION 'unknown user %', p_user_id
+            USING ERRCODE = 'OR001', HINT = 'grant credits to create the account';
+    END IF;
+END
+$$;
+
 -- Submit a job. The same (user, idempotency key) returns the first job's id
 -- and inserts nothing; reusing a key for a different request is an error
 -- rather than a silent answer about another job.
+-- The optional trailing `p_traceparent` (a W3C trace context) makes the job's
+-- trace a child of the submitter's span; it is never sent to the provider. The
+-- five-argument form it replaces is dropped first: two overloads with defaults
+-- would make every short call ambiguous.
+DROP FUNCTION IF EXISTS orchestrator.submit_job(text, text, jsonb, integer, text);
 CREATE OR REPLACE FUNCTION orchestrator.submit_job(
     p_user_id text,
     p_prompt text,
     p_params jsonb DEFAULT '{}',
     p_num_outputs integer DEFAULT 1,
-    p_idempotency_key text DEFAULT NULL
+    p_idempotency_key text DEFAULT NULL,
+    p_traceparent text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -504,22 +561,19 @@ DECLARE
     v_id uuid;
     v_same boolean;
 BEGIN
-    IF p_user_id IS NULL OR p_prompt IS NULL OR p_num_outputs IS NULL THEN
-        RAISE EXCEPTION 'user, prompt and num_outputs are required'
-            USING ERRCODE = 'OR004';
-    END IF;
-    PERFORM orchestrator.check_submission_v1(p_user_id, p_prompt, coalesce(p_params, '{}'));
-    IF length(p_idempotency_key) NOT BETWEEN 1 AND 200 THEN
-        RAISE EXCEPTION 'an idempotency key must have 1 to 200 characters'
-            USING ERRCODE = 'OR004';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM orchestrator.accounts WHERE user_id = p_user_id) THEN
-        RAISE EXCEPTION 'unknown user %', p_user_id
-            USING ERRCODE = 'OR001', HINT = 'grant credits to create the account';
+    PERFORM orchestrator.check_submit_v1(p_user_id, p_prompt, p_params, p_num_outputs,
+                                         p_idempotency_key);
+    IF p_traceparent IS NOT NULL AND (
+           p_traceparent !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+           OR p_traceparent ~ '^00-0{32}-' OR p_traceparent ~ '-0{16}-') THEN
+        RAISE EXCEPTION 'a traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>'
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_traceparent_format';
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key)
-        VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key)
+        INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key,
+                                       traceparent)
+        VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key,
+                p_traceparent)
         ON CONFLICT (user_id, idempotency_key) DO NOTHING
         RETURNING id INTO v_id;
         IF v_id IS NULL THEN
@@ -535,9 +589,177 @@ BEGIN
         END IF;
         RETURN v_id;
     END IF;
-    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs)
-    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs)
+    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, traceparent)
+    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_traceparent)
     RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+-- Submit many jobs in one round trip. `p_items` is a JSON array of objects
+-- {user_id, prompt, params?, num_outputs?, idempotency_key?}; one row comes back
+-- per item, in input order (`ordinal` counts from 1): the job's id, or the
+-- SQLSTATE and message submit_job would have raised for that item (OR001
+-- unknown user, OR003 key reused for a different request, OR004 malformed).
+-- A bad item never fails the others, and a repeated key returns the first
+-- job's id as submit_job does. Each item is checked inside an EXCEPTION block
+-- that only reads, so its subtransaction never takes an XID (a thousand
+-- writing subtransactions would overflow the subxid cache of every snapshot
+-- taken meanwhile); the INSERT runs after the block and cannot fail on what the
+-- block checked. The insert trigger notifies each job's slot, as for one job.
+-- Over 1000 items or 8 MiB of JSON refuses the whole call (OR004), before any
+-- insert.
+CREATE OR REPLACE FUNCTION orchestrator.submit_jobs(p_items jsonb)
+RETURNS TABLE (ordinal integer, job_id uuid, code text, message text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_item jsonb;
+    v_n bigint;
+    v_count integer;
+    v_bytes integer;
+    v_user text;
+    v_prompt text;
+    v_params jsonb;
+    v_outputs integer;
+    v_key text;
+    v_id uuid;
+    v_same boolean;
+BEGIN
+    IF p_items IS NULL OR pg_catalog.jsonb_typeof(p_items) <> 'array' THEN
+        RAISE EXCEPTION 'a bulk submission is a JSON array of job objects'
+            USING ERRCODE = 'OR004';
+    END IF;
+    v_count := pg_catalog.jsonb_array_length(p_items);
+    IF v_count > 1000 THEN
+        RAISE EXCEPTION 'a bulk submission holds at most 1000 jobs, got %', v_count
+            USING ERRCODE = 'OR004', HINT = 'split it into several calls';
+    END IF;
+    v_bytes := pg_catalog.octet_length(p_items::text);
+    IF v_bytes > 8388608 THEN
+        RAISE EXCEPTION 'a bulk submission is at most 8 MiB of JSON, got % bytes', v_bytes
+            USING ERRCODE = 'OR004', HINT = 'split it into several calls';
+    END IF;
+    FOR v_item, v_n IN
+        SELECT e.item, e.n
+          FROM pg_catalog.jsonb_array_elements(p_items) WITH ORDINALITY AS e (item, n)
+         ORDER BY e.n
+    LOOP
+        ordinal := v_n::integer;
+        job_id := NULL;
+        code := NULL;
+        message := NULL;
+        BEGIN
+            IF pg_catalog.jsonb_typeof(v_item) IS DISTINCT FROM 'object' THEN
+                RAISE EXCEPTION 'a job is a JSON object' USING ERRCODE = 'OR004';
+            END IF;
+            IF pg_catalog.jsonb_typeof(v_item -> 'user_id') IS DISTINCT FROM 'string'
+               OR pg_catalog.jsonb_typeof(v_item -> 'prompt') IS DISTINCT FROM 'string' THEN
+                RAISE EXCEPTION 'user_id and prompt are required, as strings'
+                    USING ERRCODE = 'OR004';
+            END IF;
+            IF pg_catalog.jsonb_typeof(v_item -> 'num_outputs') NOT IN ('number', 'null')
+               OR pg_catalog.jsonb_typeof(v_item -> 'idempotency_key') NOT IN ('string', 'null')
+            THEN
+                RAISE EXCEPTION 'num_outputs must be a number and idempotency_key a string'
+                    USING ERRCODE = 'OR004';
+            END IF;
+            v_user := v_item ->> 'user_id';
+            v_prompt := v_item ->> 'prompt';
+            v_params := CASE WHEN pg_catalog.jsonb_typeof(v_item -> 'params') <> 'null'
+                             THEN v_item -> 'params' ELSE '{}' END;
+            v_outputs := coalesce((v_item ->> 'num_outputs')::integer, 1);
+            v_key := v_item ->> 'idempotency_key';
+            PERFORM orchestrator.check_submit_v1(v_user, v_prompt, v_params, v_outputs, v_key);
+        EXCEPTION
+            WHEN SQLSTATE 'OR001' OR SQLSTATE 'OR004' THEN
+                code := SQLSTATE;
+                message := SQLERRM;
+            WHEN data_exception THEN  -- a num_outputs no integer holds: 1.5, 1e12
+                code := 'OR004';
+                message := 'num_outputs must be a whole number: ' || SQLERRM;
+        END;
+        IF code IS NULL THEN
+            IF v_key IS NULL THEN
+                INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs)
+                VALUES (v_user, v_prompt, v_params, v_outputs)
+                RETURNING id INTO job_id;
+            ELSE
+                INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs,
+                                               idempotency_key)
+                VALUES (v_user, v_prompt, v_params, v_outputs, v_key)
+                ON CONFLICT (user_id, idempotency_key) DO NOTHING
+                RETURNING id INTO job_id;
+                IF job_id IS NULL THEN
+                    SELECT j.id, j.prompt = v_prompt AND j.params = v_params
+                                 AND j.num_outputs = v_outputs
+                      INTO v_id, v_same
+                      FROM orchestrator.jobs j
+                     WHERE j.user_id = v_user AND j.idempotency_key = v_key;
+                    IF v_same THEN
+                        job_id := v_id;
+                    ELSE
+                        code := 'OR003';
+                        message := pg_catalog.format(
+                            'idempotency key %s was used for a different request', v_key);
+                    END IF;
+                END IF;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- An operator's retry of a job that failed or timed out: a new queued job of
+-- the same user, prompt, params and output count, `retry_of` naming the old
+-- one, admitted and charged like any other (the old one was refunded when it
+-- ended). Only failed and timed_out: a success needs no retry; a job queued
+-- or in flight may still succeed, and a second one would pay twice; a cancel
+-- was somebody's decision; a rejection never ran (submit it again once its
+-- cause is fixed). The key defaults to 'retry:<old id>', so retrying one job
+-- twice returns the same new job; a deliberate second retry passes another
+-- key. A key already used for anything else is OR003, as in submit_job.
+CREATE OR REPLACE FUNCTION orchestrator.retry_job_v1(
+    p_job_id uuid, p_idempotency_key text DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key text := coalesce(p_idempotency_key, 'retry:' || p_job_id::text);
+    v_user text;
+    v_prompt text;
+    v_params jsonb;
+    v_outputs integer;
+    v_status text;
+    v_id uuid;
+    v_same boolean;
+BEGIN
+    SELECT j.user_id, j.prompt, j.params, j.num_outputs, j.status
+      INTO v_user, v_prompt, v_params, v_outputs, v_status
+      FROM orchestrator.jobs j WHERE j.id = p_job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
+    END IF;
+    IF v_status NOT IN ('failed', 'timed_out') THEN
+        RAISE EXCEPTION 'job % is %: only a failed or timed-out job can be retried',
+            p_job_id, v_status USING ERRCODE = 'OR004';
+    END IF;
+    PERFORM orchestrator.check_submit_v1(v_user, v_prompt, v_params, v_outputs, v_key);
+    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key,
+                                   retry_of)
+    VALUES (v_user, v_prompt, v_params, v_outputs, v_key, p_job_id)
+    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        SELECT j.id, j.retry_of IS NOT DISTINCT FROM p_job_id
+          INTO v_id, v_same
+          FROM orchestrator.jobs j WHERE j.user_id = v_user AND j.idempotency_key = v_key;
+        IF NOT v_same THEN
+            RAISE EXCEPTION 'idempotency key % was used for a different request', v_key
+                USING ERRCODE = 'OR003';
+        END IF;
+    END IF;
     RETURN v_id;
 END
 $$;
@@ -968,6 +1190,24 @@ BEGIN
 END
 $$;
 
+-- Keep a job's trace context, once: the daemon's root span at admission when the
+-- submitter gave none, so whoever resumes the job continues the same trace.
+-- Tracing metadata only (no status, no money); fenced like every daemon write.
+CREATE OR REPLACE FUNCTION orchestrator.note_traceparent_v1(
+    p_job_id uuid, p_traceparent text, p_member text, p_epoch bigint
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM orchestrator.check_fence_v1(j.slot, p_member, p_epoch)
+       FROM orchestrator.jobs j
+      WHERE j.id = p_job_id AND j.traceparent IS NULL FOR UPDATE;
+    UPDATE orchestrator.jobs SET traceparent = p_traceparent
+     WHERE id = p_job_id AND traceparent IS NULL;
+    RETURN FOUND;
+END
+$$;
+
 -- What was seen of a prediction upstream (see upstream_predictions). Returns the
 -- status seen before this call, so a caller counts a transition exactly once
 -- (an undelivered success is counted when first seen, not on every pass).
@@ -1106,10 +1346,11 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orchestrator FROM PUBLIC;
 GRANT USAGE ON SCHEMA orchestrator TO submitter;
 GRANT SELECT ON orchestrator.jobs, orchestrator.job_statuses, orchestrator.error_codes,
     orchestrator.outputs TO submitter;
-GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key)
+GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key, traceparent)
     ON orchestrator.jobs TO submitter;
 GRANT EXECUTE ON FUNCTION
-    orchestrator.submit_job(text, text, jsonb, integer, text),
+    orchestrator.submit_job(text, text, jsonb, integer, text, text),
+    orchestrator.submit_jobs(jsonb),
     orchestrator.request_cancel(uuid),
     orchestrator.check_submission_v1(text, text, jsonb)
     TO submitter;
@@ -1129,6 +1370,7 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.reject_job_v2(uuid, text, text, text, bigint),
     orchestrator.record_prediction_v2(uuid, text, text, integer, text, bigint),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean),
+    orchestrator.note_traceparent_v1(uuid, text, text, bigint),
     orchestrator.lease_round_v1(text, double precision, integer[], integer[], jsonb),
     orchestrator.leave_cluster_v1(text),
     orchestrator.prune_lease_history_v1(double precision)
@@ -1150,7 +1392,9 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.grant_credits(text, bigint, text),
     orchestrator.adjust_balance_v1(text, bigint, text, text),
     orchestrator.refund_job_v1(uuid, bigint),
-    orchestrator.submit_job(text, text, jsonb, integer, text),
+    orchestrator.submit_job(text, text, jsonb, integer, text, text),
+    orchestrator.submit_jobs(jsonb),
+    orchestrator.retry_job_v1(uuid, text),
     orchestrator.request_cancel(uuid),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean)
     TO orchestrator_operator;

@@ -8,6 +8,7 @@ The ports it sees the world through (`JobStore`, `Observer`, `OutputStore`,
 """
 
 from ._capacity import Capacity as Capacity
+from ._capacity import FairOrder as FairOrder
 from ._capacity import InFlightGate as InFlightGate
 from ._capacity import LoadMonitor as LoadMonitor
 from ._capacity import RateBudget as RateBudget
@@ -38,6 +39,7 @@ __all__ = [
     "BreakerProvider",
     "Cancel",
     "Capacity",
+    "FairOrder",
     "InFlightGate",
     "JobTask",
     "ListingWatch",

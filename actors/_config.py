@@ -14,6 +14,10 @@ class ActorConfig:
     # With webhooks on, the interval of the safety-net poll.
     webhook_poll_s: float = 30.0
     cancel_timeout_s: float = 5.0
+    # Extra predictions per output after a transient upstream failure (see _retry).
+    prediction_retries: int = 2
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 10.0
     settle_timeout_s: float = 10.0
     idle_s: float = 60.0
     mailbox_size: int = 256

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from orchestrator.core import JobStore, Observer, OutputStore, Provider
+from orchestrator.core import JobStore, JobTracing, NullTracing, Observer, OutputStore, Provider
 
 from ._capacity import Capacity
 from ._config import ActorConfig
@@ -23,6 +23,8 @@ class Deps:
     outputs: OutputStore
     capacity: Capacity
     watch: ListingWatch | None = None
+    # Off by default: shared no-op spans, and OpenTelemetry is never imported.
+    tracing: JobTracing = attrs.field(factory=NullTracing)
     # Every provider behind its breaker; None: `provider` alone, with no breaker.
     routes: Routes | None = None
 

@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from orchestrator.core import (
+    NULL_SPAN,
     Abandoned,
     CanceledByUser,
     Delivered,
@@ -32,6 +33,7 @@ from orchestrator.core import (
     Finish,
     InFlight,
     Job,
+    JobTrace,
     OutputUnavailable,
     Prediction,
     PredictionRequest,
@@ -43,20 +45,23 @@ from orchestrator.core import (
     ProviderUnavailable,
     ProviderUnreachable,
     Settlement,
+    Span,
     StoredOutput,
     TimedOut,
     UpstreamFailed,
     UpstreamRef,
-    cancel_within,
+    cancel_upstream,
     finish,
     poll_delays,
 )
 
 from ._deps import Deps
+from ._retry import CREATE_UNAVAILABLE, Retries, Transient
 
 log = structlog.get_logger("actors.job")
 
 _SETTLE_RETRY_S: Final = 0.2
+_SERVER_ERROR: Final = 500
 _SETTLE_RETRY_MAX_S: Final = 10.0
 # Upstream states in which a found prediction will never deliver.
 _DEAD: Final = frozenset(
@@ -98,7 +103,11 @@ class JobTask:
         on_done: Callable[[Job], None] | None = None,
         resumed: bool = False,
         fence: Fence | None = None,
+        trace: JobTrace | None = None,
     ) -> None:
+        self._trace = (
+            trace if trace is not None else deps.tracing.job_trace(in_flight.job, resumed=resumed)
+        )
         self._watch = deps.watch
         self._fence = fence
         self._dropped = trio.CancelScope()
@@ -115,6 +124,7 @@ class JobTask:
         self._provider = deps.provider
         self._outputs = deps.outputs
         self._config = deps.config
+        self._provider_name = deps.config.provider_name
         self._observer = deps.observer
         self._queued_s = queued_s
         self._on_done = on_done
@@ -123,6 +133,10 @@ class JobTask:
         # Per prediction id: what wakes its poll loop, and a signed webhook's final word.
         self._wakes: dict[str, trio.Event] = {}
         self._told: dict[str, Prediction] = {}
+        self._retries = Retries(deps.config, deps.observer)
+        # Attempts an earlier run made per output: a resume goes on counting from there.
+        self._earlier = dict(in_flight.replaced)
+        self._deadline: float | None = None
 
     def cancel(self) -> None:
         self._user_scope.cancel()
@@ -172,10 +186,12 @@ class JobTask:
                 self._dropped,
             ):
                 ending = await self._ending()
-                await self._settle(ending, time.monotonic() - started)
+                with self._trace.span("job.finish"):
+                    await self._settle(ending, time.monotonic() - started)
         except Exception:
             log.exception("job.task_failed", note="recovery's orphan scan resumes the job")
         finally:
+            self._trace.end()
             if self._on_done is not None:
                 self._on_done(job)
 
@@ -225,7 +241,7 @@ class JobTask:
                 log.warning("job.upstream_not_noted", idx=idx, error=str(exc))
 
     async def _wait_for_ending(self) -> Ending:
-        deadline = trio.current_time() + self._remaining_s
+        self._deadline = deadline = trio.current_time() + self._remaining_s
         ending: Ending | None = None
         with self._user_scope:
             with trio.move_on_at(deadline) as wait:
@@ -242,6 +258,8 @@ class JobTask:
     async def _drive(self) -> Ending:
         limiter = trio.CapacityLimiter(self._config.output_concurrency)
         async with trio.open_nursery() as nursery:
+            if self._trace.traceparent is not None and self.job.traceparent is None:
+                nursery.start_soon(self._keep_trace, self._trace.traceparent)
             for idx in range(self.job.num_outputs):
                 nursery.start_soon(self._one_output, idx, limiter)
         progress = self._progress
@@ -253,32 +271,71 @@ class JobTask:
     async def _one_output(self, idx: int, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
             prediction = await self._attach(idx)
-            if prediction is None:
-                if self._dropping:
-                    self._dropped.cancel()
-                    await trio.lowlevel.checkpoint()
-                self._progress.submitting.add(idx)
-                self._submits += 1
-                try:
-                    submitted = await self._submit(idx)
+            attempt = 1 + self._earlier.get(idx, 0)
+            while True:
+                if prediction is None:
+                    with self._trace.span(
+                        "prediction.create",
+                        {"output.idx": idx, "provider": self._provider_name, "attempt": attempt},
+                    ) as span:
+                        submitted = await self._submit_sent(idx)
+                        span.set(_created(submitted))
                     if isinstance(submitted, UpstreamFailed):
+                        if await self._retry(idx, attempt, submitted):
+                            attempt += 1
+                            continue
                         self._progress.submitting.discard(idx)
                         self._progress.failures[idx] = submitted.summary
                         return
                     prediction = submitted
-                    await self._adopt(idx, prediction)
-                finally:
-                    self._submits -= 1
-                    if self._dropping and not self._submits:
-                        self._dropped.cancel()
-            result = await self._until_terminal(prediction)
+                with self._trace.span(
+                    "prediction.wait", {"output.idx": idx, "prediction.id": prediction.id}
+                ) as span:
+                    result = await self._until_terminal(prediction, span)
+                    span.set(_waited(result))
+                if not await self._retry(idx, attempt, result):
+                    break
+                attempt += 1
+                prediction = None
             self._progress.ended.add(idx)
             if isinstance(result, UpstreamFailed):
                 self._progress.failures[idx] = result.summary
             elif not result.output:
                 self._progress.failures[idx] = "the provider finished without any output"
             else:
-                await self._keep(idx, result.output[0])
+                with self._trace.span("output.download", {"output.idx": idx}) as span:
+                    await self._keep(idx, result.output[0])
+                    span.set({"output.stored": idx in self._progress.stored})
+
+    async def _retry(self, idx: int, attempt: int, failure: Prediction | UpstreamFailed) -> bool:
+        """Whether to make another prediction for the output, after the backoff.
+
+        The failed prediction has ended, so it leaves what `_stop_paying` would cancel;
+        its record stays until the next one replaces it (the store notes it 'replaced').
+        """
+        if isinstance(failure, Prediction):
+            return False
+        if not await self._retries.another(idx, attempt, failure, self._deadline):
+            return False
+        self._progress.predictions.pop(idx, None)
+        return True
+
+    async def _submit_sent(self, idx: int) -> Prediction | UpstreamFailed:
+        """Submit the output's prediction and record it; a graceful drop waits for this."""
+        if self._dropping:
+            self._dropped.cancel()
+            await trio.lowlevel.checkpoint()
+        self._progress.submitting.add(idx)
+        self._submits += 1
+        try:
+            submitted = await self._submit(idx)
+            if not isinstance(submitted, UpstreamFailed):
+                await self._adopt(idx, submitted)
+            return submitted
+        finally:
+            self._submits -= 1
+            if self._dropping and not self._submits:
+                self._dropped.cancel()
 
     async def _attach(self, idx: int) -> Prediction | None:
         """The prediction this output already has: recorded, or found upstream on resume."""
@@ -334,10 +391,27 @@ class JobTask:
                 # The prediction may exist even though we could not read the answer.
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 found = await self._find_lost_prediction(idx)
-                return found or UpstreamFailed(exc.summary)
+                if found is not None:
+                    return found
+                if self._create_retryable(exc):
+                    return Transient(exc.summary, CREATE_UNAVAILABLE)
+                return UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 return UpstreamFailed(exc.summary)
+
+    def _create_retryable(self, exc: ProviderError) -> bool:
+        """A create that failed and was not found upstream by its tag may be sent again.
+
+        Only a provider-side failure: a 5xx said so, or the tag lookup (webhooks on)
+        looked and found nothing. A timeout with no lookup could have created one, and a
+        2xx with a garbled body almost surely did: sending again would pay twice upstream.
+        """
+        if not isinstance(exc, ProviderUnavailable):
+            return False
+        if self._config.webhook_url is not None:
+            return True
+        return exc.status_code is not None and exc.status_code >= _SERVER_ERROR
 
     async def _create_token(self) -> None:
         if self._prepaid_creates:
@@ -376,29 +450,45 @@ class JobTask:
         else:
             log.info("job.processing", prediction_id=prediction_id, idx=idx)
 
+    async def _keep_trace(self, traceparent: str) -> None:
+        """Keep this trace's context on the job, so whoever resumes it continues the trace."""
+        try:
+            await self._store.note_traceparent(self.job.id, traceparent, fence=self._fence)
+        except FencedOff:
+            self._fenced("trace")
+        except ExpectedFault as exc:
+            # Only tracing loses: a resume would start a trace of its own.
+            log.warning("job.trace_not_kept", error=str(exc))
+
     def _fenced(self, write: str) -> None:
         """The slot has a new owner: stop this task where it stands, settling nothing."""
         log.warning("job.fenced", write=write, note="the slot's new owner resumes the job")
         self._observer.write_fenced(write)
         self._dropped.cancel()
 
-    async def _until_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
+    async def _until_terminal(
+        self, prediction: Prediction, span: Span = NULL_SPAN
+    ) -> Prediction | UpstreamFailed:
         """Wait for the prediction's end: polls back off, or with webhooks are a safety net."""
         if self._watch is not None and not prediction.status.terminal:
             self._watch.watch(prediction.id, self.poke)
         try:
-            return await self._wait_terminal(prediction)
+            return await self._wait_terminal(prediction, span)
         finally:
             self._wakes.pop(prediction.id, None)
             if self._watch is not None:
                 self._watch.unwatch(prediction.id)
 
-    async def _wait_terminal(self, prediction: Prediction) -> Prediction | UpstreamFailed:
+    async def _wait_terminal(
+        self, prediction: Prediction, span: Span = NULL_SPAN
+    ) -> Prediction | UpstreamFailed:
         delays = self._poll_delays()
         while not prediction.status.terminal:
             wake = self._wakes[prediction.id] = trio.Event()
             with trio.move_on_after(next(delays)):
                 await wake.wait()
+            if wake.is_set():
+                span.event("webhook" if self._watch is None else "listing")
             told = self._told.pop(prediction.id, None)
             # A success seen in a listing may come without its output: then read it once.
             if told is not None and (told.output or told.status is not PredictionStatus.SUCCEEDED):
@@ -412,25 +502,27 @@ class JobTask:
                     prediction = await self._provider.get(prediction.id)
             except ProviderRejected as exc:
                 log.warning("provider.error", operation="get", error=exc.summary)
+                span.event("poll", {"outcome": "rejected"})
                 return UpstreamFailed(exc.summary)
             except ProviderError as exc:
                 log.info("provider.retry", operation="get", error=exc.summary)
+                span.event("poll", {"outcome": _outcome(exc)})
+            else:
+                span.event("poll", {"prediction.status": prediction.status.value})
         if prediction.status is PredictionStatus.SUCCEEDED:
             return prediction
-        return UpstreamFailed(prediction.error or f"the prediction ended {prediction.status.value}")
+        summary = prediction.error or f"the prediction ended {prediction.status.value}"
+        if prediction.status is PredictionStatus.FAILED and prediction.retryable:
+            return Transient(summary)
+        return UpstreamFailed(summary)
 
     async def _cancel_one(self, prediction_id: str) -> None:
         """Stop paying for a prediction nobody will use, within the cancel timeout."""
+        await cancel_upstream(self._counted_cancel, prediction_id, self._config.cancel_timeout_s)
 
-        async def counted() -> None:
-            with self._observed("cancel"):
-                await self._provider.cancel(prediction_id)
-
-        reason = await cancel_within(counted, self._config.cancel_timeout_s)
-        if reason is not None:
-            log.warning("provider.cancel_failed", prediction_id=prediction_id, error=reason)
-        else:
-            log.info("provider.canceled", prediction_id=prediction_id)
+    async def _counted_cancel(self, prediction_id: str) -> None:
+        with self._observed("cancel"):
+            await self._provider.cancel(prediction_id)
 
     async def _settle(self, ending: Ending, duration_s: float) -> None:
         """Terminal status and refund, retried with backoff until stored.
@@ -450,6 +542,9 @@ class JobTask:
         if settled is None:
             return
         settlement, done = settled
+        self._trace.set({"job.status": done.status.value, "credits.refunded": done.refunded})
+        if settlement.code is not None:
+            self._trace.set({"error.code": settlement.code.value})
         log.info(
             "job.finished",
             status=settlement.status.value,
@@ -505,6 +600,18 @@ class JobTask:
         return poll_delays(
             self._config.poll_initial_s, self._config.poll_multiplier, self._config.poll_max_s
         )
+
+
+def _created(submitted: Prediction | UpstreamFailed) -> dict[str, str]:
+    if isinstance(submitted, UpstreamFailed):
+        return {"outcome": "failed"}
+    return {"outcome": "ok", "prediction.id": submitted.id}
+
+
+def _waited(result: Prediction | UpstreamFailed) -> dict[str, str]:
+    if isinstance(result, UpstreamFailed):
+        return {"prediction.status": "failed"}
+    return {"prediction.status": result.status.value}
 
 
 def _outcome(exc: ProviderError) -> str:

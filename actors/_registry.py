@@ -22,7 +22,9 @@ import trio
 from orchestrator.core import (
     EverySlot,
     JobStore,
+    JobTracing,
     NullObserver,
+    NullTracing,
     Observer,
     OutputStore,
     Prediction,
@@ -56,6 +58,7 @@ class Registry:
         watch: ListingWatch | None = None,
         slots: Slots | None = None,
         routes: Routes | None = None,
+        tracing: JobTracing | None = None,
     ) -> None:
         self.slots: Slots = slots or EverySlot()
         self.capacity = capacity or Capacity()
@@ -69,6 +72,7 @@ class Registry:
             capacity=self.capacity,
             watch=watch,
             routes=routes,
+            tracing=tracing or NullTracing(),
         )
         self._actors: dict[str, UserActor] = {}
         self._nursery: trio.Nursery | None = None

@@ -26,6 +26,7 @@ from orchestrator.core import (
     InFlight,
     Job,
     JobStatus,
+    JobTrace,
     Prediction,
     Reject,
     decide_admission,
@@ -80,6 +81,7 @@ class UserActor:
         self._watch = deps.watch
         self._capacity = deps.capacity
         self._observer = deps.observer
+        self._tracing = deps.tracing
         self._outputs = deps.outputs
         self.user_id = user_id
         self.slot = slot
@@ -234,24 +236,31 @@ class UserActor:
             decided = await self._decide(job_id)
         if decided is None:
             return
-        job, lag_s, wanted = decided
+        job, lag_s, priority, wanted = decided
         route = await self._route(job, wanted)
         if route is None:
             return  # its provider's breaker is open and no fallback admits: stays queued
-        await self._capacity.gate.enter()
+        trace = self._tracing.job_trace(job)
         started = False
         try:
-            if self._capacity.admissions is not None:
-                await self._capacity.admissions.take()
-            if self._capacity.creates is not None:
-                await self._capacity.creates.take(job.num_outputs)
-            # Shielded and unbounded: a timeout here could land after the commit and
-            # leave a charged job without a task until the orphan scan.
-            with trio.CancelScope(shield=True):
-                started = await self._commit(job, lag_s, route)
+            with trace.span("admission"):
+                # Beyond capacity the user's plan priority is its weight in the fair order.
+                await self._capacity.gate.enter(self.user_id, priority)
+                try:
+                    if self._capacity.admissions is not None:
+                        await self._capacity.admissions.take()
+                    if self._capacity.creates is not None:
+                        await self._capacity.creates.take(job.num_outputs)
+                    # Shielded and unbounded: a timeout here could land after the commit and
+                    # leave a charged job without a task until the orphan scan.
+                    with trio.CancelScope(shield=True):
+                        started = await self._commit(job, lag_s, priority, trace, route)
+                finally:
+                    if not started:
+                        self._capacity.gate.leave()
         finally:
             if not started:
-                self._capacity.gate.leave()
+                trace.end()  # refused or interrupted; a started task ends its own trace
 
     async def _route(self, job: Job, wanted: str) -> str | None:
         """The provider the job will run on, or None while no breaker admits it.
@@ -271,8 +280,8 @@ class UserActor:
                 self._held.discard(job.id)
             return route
 
-    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, str] | None:
-        """Read and decide; a job to admit comes back, a refusal is stored here.
+    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, int, str] | None:
+        """Read and decide; a job to admit comes back with its priority, a refusal is stored.
 
         With several providers, the job's `params.provider` picks one (the default one
         when absent) and its params are checked against that provider's model; the
@@ -287,22 +296,32 @@ class UserActor:
         lag_s = (context.now - job.created_at).total_seconds() if job.created_at else None
         wanted, allowed = self._config.provider_name, self._config.allowed_params
         routes = self._deps.routes
+        unroutable: Reject | None = None
         if routes is not None:
             try:
                 wanted = routes.wanted(job)
             except ValueError as exc:
-                with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-                    await self._reject(job_id, ErrorCode.VALIDATION_ERROR, str(exc), lag_s)
-                return None
+                unroutable = Reject(ErrorCode.VALIDATION_ERROR, str(exc))
             job, allowed = without_routing(job), routes.allowed(wanted, allowed)
-        decision = decide_admission(job, context.usage, context.now, allowed_params=allowed)
+        decision = unroutable or decide_admission(
+            job, context.usage, context.now, allowed_params=allowed
+        )
         if isinstance(decision, Reject):
-            with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
-                await self._reject(job_id, decision.code, decision.message, lag_s)
+            trace = self._tracing.job_trace(job)
+            try:
+                with (
+                    structlog.contextvars.bound_contextvars(job_id=str(job_id)),
+                    trace.span("admission"),
+                ):
+                    await self._reject(job_id, decision.code, decision.message, lag_s, trace)
+            finally:
+                trace.end()
             return None
-        return job, lag_s, wanted
+        return job, lag_s, decision.priority, wanted
 
-    async def _commit(self, job: Job, lag_s: float | None, route: str) -> bool:
+    async def _commit(
+        self, job: Job, lag_s: float | None, priority: int, trace: JobTrace, route: str
+    ) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
@@ -311,23 +330,32 @@ class UserActor:
             if admission.outcome is AdmissionOutcome.ADMITTED:
                 cost = admission.cost or 0
                 log.info("job.admitted", cost=cost, balance=admission.balance)
-                self._observer.job_admitted(cost, lag_s)
+                self._observer.job_admitted(cost, lag_s, priority=priority)
+                trace.set({"credits.cost": cost})
                 started = InFlight(
                     job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                 )
-                self._start(started, lag_s, route=route)
+                self._start(started, lag_s, trace=trace, route=route)
                 return True
+            trace.set({"admission.outcome": admission.outcome.value})
             if admission.outcome in _REFUSAL_FOR_OUTCOME:
                 code, message = _REFUSAL_FOR_OUTCOME[admission.outcome]
-                await self._reject(job.id, code, message, lag_s)
+                await self._reject(job.id, code, message, lag_s, trace)
             return False
 
     async def _reject(
-        self, job_id: uuid.UUID, code: ErrorCode, message: str, lag_s: float | None
+        self,
+        job_id: uuid.UUID,
+        code: ErrorCode,
+        message: str,
+        lag_s: float | None,
+        trace: JobTrace,
     ) -> None:
         if await self._store.reject(job_id, code, message, fence=self._fence):
             log.info("job.rejected", code=code.value)
             self._observer.job_rejected(code, lag_s)
+            status = JobStatus.CANCELED if code is ErrorCode.CANCELED else JobStatus.REJECTED
+            trace.set({"job.status": status.value, "error.code": code.value})
 
     def _start(
         self,
@@ -335,6 +363,7 @@ class UserActor:
         lag_s: float | None = None,
         *,
         resumed: bool = False,
+        trace: JobTrace | None = None,
         route: str | None = None,
     ) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
@@ -345,6 +374,7 @@ class UserActor:
             on_done=self._job_done,
             resumed=resumed,
             fence=self._fence,
+            trace=trace,
         )
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)

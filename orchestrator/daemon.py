@@ -44,7 +44,7 @@ from actors import (
     ServicePacer,
 )
 from orchestrator.auditor import run_auditor
-from orchestrator.core import BreakerPolicy, Provider, sole_exception
+from orchestrator.core import BreakerPolicy, JobTracing, NullTracing, Provider, sole_exception
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
 from orchestrator.http import HttpApp
@@ -67,6 +67,7 @@ _PUBLIC_KIE: Final = "api.kie.ai"
 # Admissions a second before the daemon has measured what it can finish.
 _FIRST_ADMISSION_RATE: Final = 50.0
 _REPLICATE_DELIVERY: Final = ("replicate.delivery", "pbxt.replicate.delivery")
+_TRACE_FLUSH_S: Final = 5.0
 
 
 class Daemon:
@@ -153,6 +154,8 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
         poll_max_s=settings.poll_max_s,
         webhook_poll_s=settings.webhook_poll_s,
         cancel_timeout_s=settings.cancel_timeout_s,
+        prediction_retries=settings.prediction_retries,
+        retry_backoff_s=settings.retry_backoff_s,
         idle_s=settings.actor_idle_s,
         mailbox_size=settings.mailbox_size,
         provider_name=settings.provider,
@@ -260,6 +263,34 @@ async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
         )
 
 
+@asynccontextmanager
+async def open_tracing(settings: Settings) -> AsyncIterator[JobTracing]:
+    """Job traces as the settings say; off, no-op spans and OpenTelemetry never imported.
+
+    On exit the spans still batched are flushed, for a few seconds at most.
+    """
+    exporter = settings.traces_to
+    if exporter is None:
+        yield NullTracing()
+        return
+    from orchestrator import tracing  # noqa: PLC0415  (imported only when on)
+
+    provider = tracing.provider_for(exporter)
+    if provider is None:
+        yield NullTracing()
+        return
+    try:
+        yield tracing.OtelTracing.of(provider)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(_TRACE_FLUSH_S):
+            await trio.to_thread.run_sync(provider.shutdown, abandon_on_cancel=True)
+
+
+@asynccontextmanager
+async def _given(tracing: JobTracing) -> AsyncIterator[JobTracing]:
+    yield tracing
+
+
 async def ensure_schema(database_url: str) -> None:
     """Migrate on the login's own rights when the schema is behind, before dropping them.
 
@@ -314,6 +345,7 @@ def assemble(
     downloader: Downloader,
     *,
     providers: Mapping[str, Provider] | None = None,
+    tracing: JobTracing | None = None,
 ) -> Daemon:
     """Every part of a daemon, wired; nothing runs yet.
 
@@ -343,6 +375,7 @@ def assemble(
         watch=listing_watch(settings, provider, limits, webhooks_at),
         slots=keeper,
         routes=routed,
+        tracing=tracing,
     )
     keeper.on_lost = registry.drop_slots
     keeper.on_hand_over = registry.hand_over
@@ -400,14 +433,17 @@ async def serve(
     database_url: str,
     *,
     handle_signals: bool = True,
+    tracing: JobTracing | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until stopped; `task_status` receives its handle once intake runs.
 
-    Every pooled connection acts as `orchestrator_daemon`, whatever the login.
+    Every pooled connection acts as `orchestrator_daemon`, whatever the login. Job
+    traces go to `tracing` when given (tests), else where the settings say.
     """
     await ensure_schema(database_url)
     async with (
+        open_tracing(settings) if tracing is None else _given(tracing) as traces,
         open_database(
             database_url,
             min_size=2,
@@ -420,7 +456,12 @@ async def serve(
         open_downloader(settings) as downloader,
     ):
         daemon = assemble(
-            settings, db, providers[settings.provider], downloader, providers=providers
+            settings,
+            db,
+            providers[settings.provider],
+            downloader,
+            providers=providers,
+            tracing=traces,
         )
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)

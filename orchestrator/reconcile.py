@@ -13,7 +13,6 @@ demand (``--dry-run`` only looks).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Final, Literal, Protocol
 
@@ -28,7 +27,7 @@ from orchestrator.core import (
     Provider,
     ProviderError,
     UpstreamRef,
-    cancel_within,
+    cancel_upstream,
 )
 from orchestrator.db import Database
 
@@ -227,12 +226,7 @@ class Reconciler:
                 log.warning("reconcile.succeeded_undelivered", found_by=ref.found_by)
 
     async def _cancel(self, ref: UpstreamRef) -> bool:
-        reason = await cancel_within(
-            functools.partial(self._provider.cancel, ref.prediction_id), self._timeout_s
-        )
-        if reason is not None:
-            log.warning("provider.cancel_failed", prediction_id=ref.prediction_id, error=reason)
-        return reason is None
+        return await cancel_upstream(self._provider.cancel, ref.prediction_id, self._timeout_s)
 
     def _observe(self, report: ReconcileReport) -> None:
         if self._observer is None or report.dry_run:

@@ -36,6 +36,15 @@ def _rate(_instance: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise SettingsError(f"{attribute.name} must be 0 (off) or a positive rate, got {value!r}")
 
 
+_MAX_RETRIES: Final = 10
+
+
+def _retries(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    """Each retry is paid for upstream: 0 (off) to a small bound."""
+    if not 0 <= value <= _MAX_RETRIES:
+        raise SettingsError(f"{attribute.name} must be 0 (off) to {_MAX_RETRIES}, got {value!r}")
+
+
 def _lower(value: str) -> str:
     return value.lower()
 
@@ -127,6 +136,9 @@ class Settings:
     poll_max_s: float = attrs.field(default=5.0, validator=_positive)
     poll_multiplier: float = attrs.field(default=1.6, validator=_positive)
     cancel_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    # Extra predictions per output after a transient upstream failure; 0 turns retries off.
+    prediction_retries: int = attrs.field(default=2, validator=_retries)
+    retry_backoff_s: float = attrs.field(default=1.0, validator=_positive)
     actor_idle_s: float = attrs.field(default=60.0, validator=_positive)
     mailbox_size: int = attrs.field(default=256, validator=_positive)
     scan_interval_s: float = attrs.field(default=5.0, validator=_positive)
@@ -157,6 +169,14 @@ class Settings:
     lease_renew_s: float = attrs.field(default=3.0, validator=_positive)
     max_slot_moves: int = attrs.field(default=64, validator=_positive)
     member_id: str | None = None
+    # Traces: on with ORCHESTRATOR_TRACING, or when OTEL_TRACES_EXPORTER names an exporter
+    # (`otlp`, the default once on, needs the `otlp` extra; `console`; `none` keeps it off).
+    tracing: bool = False
+    traces_exporter: str | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(_lower),
+        validator=attrs.validators.optional(attrs.validators.in_(("otlp", "console", "none"))),
+    )
     log_level: str = attrs.field(
         default="info",
         converter=_lower,
@@ -197,6 +217,13 @@ class Settings:
 
     def model_of(self, provider: str) -> str:
         return self.kie_model if provider == "kie" else self.replicate_model
+
+    @property
+    def traces_to(self) -> str | None:
+        """The span exporter to use, or None when tracing is off."""
+        if self.traces_exporter == "none" or not (self.tracing or self.traces_exporter):
+            return None
+        return self.traces_exporter or "otlp"
 
     @property
     def allowed_params(self) -> frozenset[str]:
@@ -263,6 +290,8 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_POLL_INITIAL": ("poll_initial_s", float),
     "ORCHESTRATOR_POLL_MAX": ("poll_max_s", float),
     "ORCHESTRATOR_CANCEL_TIMEOUT": ("cancel_timeout_s", float),
+    "ORCHESTRATOR_PREDICTION_RETRIES": ("prediction_retries", int),
+    "ORCHESTRATOR_RETRY_BACKOFF": ("retry_backoff_s", float),
     "ORCHESTRATOR_ACTOR_IDLE": ("actor_idle_s", float),
     "ORCHESTRATOR_MAILBOX_SIZE": ("mailbox_size", int),
     "ORCHESTRATOR_SCAN_INTERVAL": ("scan_interval_s", float),
@@ -292,6 +321,8 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_LEASE_RENEW": ("lease_renew_s", float),
     "ORCHESTRATOR_MAX_SLOT_MOVES": ("max_slot_moves", int),
     "ORCHESTRATOR_MEMBER_ID": ("member_id", str),
+    "ORCHESTRATOR_TRACING": ("tracing", _boolean),
+    "OTEL_TRACES_EXPORTER": ("traces_exporter", str),
     "ORCHESTRATOR_LOG_LEVEL": ("log_level", str),
     "ORCHESTRATOR_LOG_FORMAT": ("log_format", str),
 }

@@ -17,7 +17,6 @@ two daemons never race on one prediction.
 
 from __future__ import annotations
 
-import functools
 from typing import Final, Protocol
 
 import structlog
@@ -33,7 +32,7 @@ from orchestrator.core import (
     Provider,
     Slots,
     Stuck,
-    cancel_within,
+    cancel_upstream,
     finish,
 )
 from orchestrator.db import Database, DbError
@@ -160,16 +159,14 @@ class Sweeper:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as nursery:
                     for prediction_id in ref.prediction_ids:
-                        nursery.start_soon(self._cancel_upstream, prediction_id)
+                        nursery.start_soon(
+                            cancel_upstream,
+                            self._provider.cancel,
+                            prediction_id,
+                            self._cancel_timeout_s,
+                        )
             settlement, done = await finish(self._db, job, Stuck(minutes), fence=fence)
             log.warning("job.stuck", credits_refunded=done.refunded)
             self._observer.job_swept(settlement.status, settlement.code, refunded=done.refunded)
             # A task still running it (it should not be) stops: its settle finds it ended.
             self._registry.stop_job(ref.user_id, ref.id)
-
-    async def _cancel_upstream(self, prediction_id: str) -> None:
-        reason = await cancel_within(
-            functools.partial(self._provider.cancel, prediction_id), self._cancel_timeout_s
-        )
-        if reason is not None:
-            log.warning("provider.cancel_failed", prediction_id=prediction_id, error=reason)

@@ -65,6 +65,7 @@ def job_record(job: Job, *, with_prompt: bool) -> dict[str, object]:
         "admitted_at": _iso(job.admitted_at),
         "deadline_at": _iso(job.deadline_at),
         "finished_at": _iso(job.finished_at),
+        "retry_of": None if job.retry_of is None else str(job.retry_of),
     }
     if with_prompt:
         record["prompt"] = job.prompt

@@ -66,16 +66,19 @@ def with_database(url: str, database: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
 
 
-async def plan(url: str, *, cost_per_output: int = 1, max_inflight: int = 10) -> str:
-    """A fresh plan with the given price and seats, for tests that need other amounts."""
+async def plan(
+    url: str, *, cost_per_output: int = 1, max_inflight: int = 10, priority: int = 1
+) -> str:
+    """A fresh plan with the given price, seats and priority, for tests that need others."""
     name = f"plan-{uuid.uuid4().hex[:8]}"
     await execute(
         url,
-        "INSERT INTO orchestrator.plans"
-        " (name, monthly_generations, max_inflight, min_seconds_between, cost_per_output)"
-        " VALUES ($1, 1000000, $2, 0, $3)",
+        "INSERT INTO orchestrator.plans (name, monthly_generations, max_inflight,"
+        " min_seconds_between, cost_per_output, priority)"
+        " VALUES ($1, 1000000, $2, 0, $3, $4)",
         name,
         max_inflight,
         cost_per_output,
+        priority,
     )
     return name

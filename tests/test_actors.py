@@ -19,6 +19,7 @@ from orchestrator.core import (
     ErrorCode,
     Fence,
     JobStatus,
+    Observer,
     OutputStore,
     Plan,
     Prediction,
@@ -26,6 +27,7 @@ from orchestrator.core import (
     PredictionStatus,
     ProviderRateLimited,
     ProviderRejected,
+    ProviderUnavailable,
     ProviderUnreachable,
     StoredOutput,
     TaggedPrediction,
@@ -52,6 +54,9 @@ class FakeProvider:
     answer_delay: float = 0.0
     rate_limited_submits: int = 0
     unreachable_submits: int = 0
+    # Submits answered 5xx (`unavailable_status`, None for a read timeout) doing nothing.
+    unavailable_submits: int = 0
+    unavailable_status: int | None = 503
     predictions: dict[str, tuple[float, PredictionRequest]] = attrs.Factory(dict)
     gets: list[float] = attrs.Factory(list)
     canceled: list[str] = attrs.Factory(list)
@@ -68,6 +73,10 @@ class FakeProvider:
         if self.unreachable_submits:
             self.unreachable_submits -= 1
             raise ProviderUnreachable("replicate submit: could not connect (ConnectTimeout)")
+        if self.unavailable_submits:
+            self.unavailable_submits -= 1
+            status = self.unavailable_status
+            raise ProviderUnavailable(f"replicate submit: HTTP {status}", status_code=status)
         await trio.sleep(self.submit_delay)
         prediction_id = f"p{len(self.predictions)}"
         self.predictions[prediction_id] = (trio.current_time(), request)
@@ -86,10 +95,28 @@ class FakeProvider:
             return Prediction(prediction_id, PredictionStatus.PROCESSING)
         if directive == "fail":
             return Prediction(prediction_id, PredictionStatus.FAILED, error="out of memory")
+        if directive == "fail_nsfw":
+            return Prediction(
+                prediction_id, PredictionStatus.FAILED, error="NSFW content", retryable=False
+            )
+        if directive == "fail_transient" or (
+            directive == "fail_once" and self._first_for_output(prediction_id)
+        ):
+            return Prediction(
+                prediction_id, PredictionStatus.FAILED, error="interrupted", retryable=True
+            )
         outputs = tuple(
             f"https://cdn.test/{prediction_id}/{n}.png" for n in range(request.num_outputs)
         )
         return Prediction(prediction_id, PredictionStatus.SUCCEEDED, output=outputs)
+
+    def _first_for_output(self, prediction_id: str) -> bool:
+        _, request = self.predictions[prediction_id]
+        tag = (request.job_id, request.output_index)
+        first = next(
+            p for p, (_, r) in self.predictions.items() if (r.job_id, r.output_index) == tag
+        )
+        return first == prediction_id
 
     async def cancel(self, prediction_id: str) -> None:
         self.canceled.append(prediction_id)
@@ -171,6 +198,7 @@ async def make_rig(
     *,
     slots: Leases | None = None,
     outputs: OutputStore | None = None,
+    observer: Observer | None = None,
     **provider: object,
 ) -> Rig:
     store = InMemoryStore(
@@ -189,7 +217,9 @@ async def make_rig(
 
     store.finish = finish  # type: ignore[method-assign]
     fake = FakeProvider(**provider)  # type: ignore[arg-type]
-    registry = Registry(store=store, provider=fake, config=config, slots=slots, outputs=outputs)
+    registry = Registry(
+        store=store, provider=fake, config=config, slots=slots, outputs=outputs, observer=observer
+    )
     await nursery.start(registry.run)
     return Rig(store, fake, registry, finished_at)
 

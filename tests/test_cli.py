@@ -279,3 +279,101 @@ def test_every_argument_of_every_command_says_what_it_is_for():
     walk(build_parser(), ())
     assert missing == []
     assert len(build_parser()._actions) > 2
+
+
+def _results(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_submit_file_prints_one_result_per_line_and_fails_if_any_did(db_url: str, tmp_path):
+    """JSON lines in, one JSON result out per job line, in order; exit 3 when one was refused."""
+    run(db_url, "grant", "kim", "5")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        '{"user_id": "kim", "prompt": "a lamp", "idempotency_key": "a"}\n'
+        "\n"
+        '{"user_id": "nobody", "prompt": "a lamp"}\n'
+        "{not json\n"
+        '{"user_id": "kim", "prompt": "a desk", "num_outputs": 2}\n'
+        '{"user_id": "kim", "prompt": "a nul \\u0000"}\n'
+        '{"user_id": "kim", "prompt": "half \\udcff"}\n'
+        '{"user_id": "kim", "prompt": "a rug"}\n'
+    )
+    result = run(db_url, "submit", "--file", str(jobs), check=False)
+    assert result.returncode == 3, result.stderr
+    lines = _results(result.stdout)
+    assert [line["line"] for line in lines] == [1, 3, 4, 5, 6, 7, 8]
+    assert [line.get("error") for line in lines] == [
+        None,
+        "UnknownUser",
+        "InvalidRequest",
+        None,
+        "InvalidRequest",
+        "InvalidRequest",
+        None,
+    ]
+    assert "NUL" in str(lines[4]["message"])
+    assert "unknown user nobody" in str(lines[1]["message"])
+    first, desk = str(lines[0]["job_id"]), str(lines[3]["job_id"])
+    status = json.loads(run(db_url, "status", desk, "--json").stdout)
+    assert (status["status"], status["num_outputs"], status["retry_of"]) == ("queued", 2, None)
+
+    good = '{"user_id": "kim", "prompt": "a lamp", "idempotency_key": "a"}\n'
+    env = {**os.environ, "DATABASE_URL": db_url, "NO_COLOR": "1"}
+    again = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "submit", "--file", "-"],
+        input=good * 2,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert [line["job_id"] for line in _results(again.stdout)] == [first, first]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("submit",), ("USER and PROMPT are required", "--file")),
+        (("submit", "kim"), ("USER and PROMPT are required",)),
+        (("submit", "kim", "x", "--file", "-"), ("cannot be given with it", "USER, PROMPT")),
+        (("submit", "--file", "-", "--wait"), ("--wait cannot be given with it",)),
+        (("submit", "--file", "/nonexistent/jobs.jsonl"), ("not a readable file",)),
+        (("retry", "not-a-uuid"), ("not a job id",)),
+        (("retry", "00000000-0000-0000-0000-000000000000"), ("unknown job",)),
+    ],
+)
+def test_submit_and_retry_refuse_bad_arguments_in_one_line(
+    db_url: str, args: tuple[str, ...], fragments: tuple[str, ...]
+):
+    assert_one_line_error(run(db_url, *args, check=False), *fragments)
+
+
+def test_retry_makes_one_linked_job_and_refuses_what_did_not_fail(db_url: str):
+    """A double retry prints the same id; --again a new one; a queued job is refused clearly."""
+    run(db_url, "grant", "lee", "5")
+    queued = run(db_url, "submit", "lee", "a vase").stdout.strip()
+    refused = run(db_url, "retry", queued, check=False)
+    assert_one_line_error(refused, "is queued: only a failed or timed-out job can be retried")
+    failed = uuid.UUID(run(db_url, "submit", "lee", "a jug").stdout.strip())
+    pg.fetch_sync(db_url, "SELECT * FROM orchestrator.admit_job_v3($1, 60, NULL, NULL)", failed)
+    pg.fetch_sync(
+        db_url,
+        "SELECT * FROM orchestrator.finish_job_v3($1, 'failed', 'UPSTREAM_ERROR', 'x',"
+        " NULL, NULL, NULL)",
+        failed,
+    )
+
+    new = run(db_url, "retry", str(failed)).stdout.strip()
+    assert run(db_url, "retry", str(failed)).stdout.strip() == new
+    again = run(db_url, "retry", str(failed), "--again").stdout.strip()
+    assert again not in {new, str(failed)}
+    status = json.loads(run(db_url, "status", new, "--json").stdout)
+    assert (status["status"], status["retry_of"]) == ("queued", str(failed))
+    shown = run(db_url, "status", new).stdout.splitlines()
+    assert any("retry_of" in line and str(failed) in line for line in shown)
+    both = run(db_url, "retry", str(failed), "--again", "--idempotency-key", "k", check=False)
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr

@@ -20,6 +20,7 @@ EDGES = (
     "orchestrator.http",
     "orchestrator.simulator",
     "orchestrator.transport",
+    "orchestrator.tracing",
 )
 ROOTS = ("orchestrator.daemon", "orchestrator.cli", "orchestrator.demo")
 # Known debts, each to be paid; none today.

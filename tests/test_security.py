@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 import trio
 
+from orchestrator.core import ErrorCode, JobStatus
 from orchestrator.db import Database
 
 from . import pg
@@ -61,6 +62,8 @@ _COLUMNS = {
     "inflight_seat": "integer",
     "max_inflight": "integer",
     "cancel_requested_at": "timestamptz",
+    "retry_of": "uuid",
+    "fingerprint": "uuid",
 }
 
 
@@ -72,7 +75,9 @@ def _shadow_view(name: str) -> str:
     return f"CREATE TEMP VIEW {name} AS SELECT {columns}"
 
 
-async def _attack(url: str, calls: list[tuple[str, tuple[object, ...]]]) -> list[str]:
+async def _attack(
+    url: str, calls: list[tuple[str, tuple[object, ...]]], role: str = "submitter"
+) -> list[str]:
     """Shadow each relation in its own session and make every call; return what the spy saw."""
     seen: list[str] = []
     for name in _SHADOWED:
@@ -81,7 +86,7 @@ async def _attack(url: str, calls: list[tuple[str, tuple[object, ...]]]) -> list
             lambda _conn, message, shadow=name: seen.append(f"{shadow}: {message.message}")
         )
         try:
-            await conn.execute("SET ROLE submitter")
+            await conn.execute(f"SET ROLE {role}")
             await conn.execute(_SPY)
             await conn.execute(_shadow_view(name))
             for query, args in calls:
@@ -93,8 +98,10 @@ async def _attack(url: str, calls: list[tuple[str, tuple[object, ...]]]) -> list
     return seen
 
 
-async def _attack_in_thread(url: str, calls: list[tuple[str, tuple[object, ...]]]):
-    return await trio.to_thread.run_sync(lambda: asyncio.run(_attack(url, calls)))
+async def _attack_in_thread(
+    url: str, calls: list[tuple[str, tuple[object, ...]]], role: str = "submitter"
+):
+    return await trio.to_thread.run_sync(lambda: asyncio.run(_attack(url, calls, role)))
 
 
 async def test_temporary_objects_never_run_inside_the_definer_functions(db: Database, db_url: str):
@@ -107,6 +114,17 @@ async def test_temporary_objects_never_run_inside_the_definer_functions(db: Data
         ("SELECT orchestrator.submit_job('mallory', 'a dog', '{}', 1, 'k1')", ()),
         ("SELECT orchestrator.request_cancel($1)", (job_id,)),
         ("SELECT orchestrator.grant_credits('mallory', 1000000)", ()),
+        (
+            "SELECT * FROM orchestrator.submit_jobs($1::jsonb)",
+            (
+                (
+                    '[{"user_id": "mallory", "prompt": "a cow"},'
+                    ' {"user_id": "mallory", "prompt": "a dog", "idempotency_key": "k1"},'
+                    ' {"user_id": "mallory", "prompt": "an elk", "idempotency_key": "k2"},'
+                    ' {"user_id": "nobody", "prompt": "a gnu"}]'
+                ),
+            ),
+        ),
     ]
 
     witnessed = await _attack_in_thread(db_url, calls)
@@ -127,10 +145,55 @@ async def test_temporary_objects_never_run_inside_the_definer_functions(db: Data
         "SELECT prompt, count(*) AS n FROM orchestrator.jobs WHERE user_id = 'mallory'"
         " GROUP BY prompt ORDER BY prompt",
     )
-    assert [(r["prompt"], r["n"]) for r in submitted] == [("a cat", len(_SHADOWED)), ("a dog", 1)]
+    assert [(r["prompt"], r["n"]) for r in submitted] == [
+        ("a cat", len(_SHADOWED)),
+        ("a cow", len(_SHADOWED)),
+        ("a dog", 1),
+        ("an elk", 1),
+    ]
     victim = await db.job(job_id)
     assert victim is not None
     assert victim.cancel_requested_at is not None
+
+
+async def test_temporary_objects_never_run_inside_an_operators_retry(db: Database, db_url: str):
+    """The operator's definer functions hold against the operator's own temporary objects."""
+    await db.grant("mallory", 3)
+    failed = await db.submit_job("mallory", "a broken kite")
+    await db.admit(failed, deadline_s=60)
+    await db.finish(failed, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR, message="x")
+    calls: list[tuple[str, tuple[object, ...]]] = [
+        ("SELECT orchestrator.retry_job_v1($1, NULL)", (failed,)),
+        ("SELECT orchestrator.retry_job_v1($1, 'again')", (failed,)),
+        (
+            "SELECT * FROM orchestrator.submit_jobs($1::jsonb)",
+            ('[{"user_id": "mallory", "prompt": "a cow", "idempotency_key": "c"}]',),
+        ),
+    ]
+
+    witnessed = await _attack_in_thread(db_url, calls, role="orchestrator_operator")
+
+    assert witnessed == []
+    for role in ("submitter", "orchestrator_operator"):
+        rows = await pg.fetch(db_url, "SELECT rolsuper FROM pg_roles WHERE rolname = $1", role)
+        assert rows[0]["rolsuper"] is False
+    retries = await pg.fetch(
+        db_url,
+        "SELECT idempotency_key, prompt FROM orchestrator.jobs WHERE retry_of = $1"
+        " ORDER BY idempotency_key",
+        failed,
+    )
+    assert [(r["idempotency_key"], r["prompt"]) for r in retries] == [
+        ("again", "a broken kite"),
+        (f"retry:{failed}", "a broken kite"),
+    ]
+    cows = await pg.fetch(
+        db_url, "SELECT count(*) AS n FROM orchestrator.jobs WHERE prompt = 'a cow'"
+    )
+    assert cows[0]["n"] == 1
+    account = await db.account("mallory")
+    assert account is not None
+    assert account.balance == 3
 
 
 async def test_submitter_may_not_grant_credits(db: Database, db_url: str):

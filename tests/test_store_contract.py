@@ -20,6 +20,7 @@ from orchestrator.core import (
     Job,
     JobStatus,
     JobStore,
+    Plan,
     StoredOutput,
 )
 from orchestrator.db import Database
@@ -32,6 +33,8 @@ class Backend(Protocol):
     store: JobStore
 
     async def grant(self, user: str, amount: int, plan: str = "free") -> None: ...
+
+    async def plan(self, *, priority: int) -> str: ...
 
     async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID: ...
 
@@ -53,6 +56,11 @@ class Memory:
 
     async def grant(self, user: str, amount: int, plan: str = "free") -> None:
         self.twin.grant(user, amount, plan=plan)
+
+    async def plan(self, *, priority: int) -> str:
+        name = f"plan-{uuid.uuid4().hex[:8]}"
+        self.twin.plans[name] = Plan(name, 1_000_000, 10, 0.0, 1, priority=priority)
+        return name
 
     async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID:
         return self.twin.submit(user, prompt, num_outputs=num_outputs)
@@ -85,6 +93,9 @@ class Postgres:
 
     async def grant(self, user: str, amount: int, plan: str = "free") -> None:
         await self.db.grant(user, amount, plan=plan)
+
+    async def plan(self, *, priority: int) -> str:
+        return await pg.plan(self.url, priority=priority)
 
     async def submit(self, user: str, prompt: str, num_outputs: int = 1) -> uuid.UUID:
         return await self.db.submit_job(user, prompt, num_outputs=num_outputs)
@@ -209,6 +220,26 @@ async def test_a_resume_finds_the_recorded_predictions_and_the_deadline_left(bac
     )
 
 
+async def test_a_resubmission_replaces_the_record_and_a_resume_counts_the_attempts(
+    backend: Backend,
+):
+    """Retries record each new prediction over the last; a resume sees how many came before."""
+    await backend.grant("gil", 5, plan="pro")
+    job_id = await backend.submit("gil", "retried", num_outputs=2)
+    await backend.store.admit(job_id, deadline_s=60)
+    for prediction_id in ("a0", "a1", "a2"):
+        assert await backend.store.mark_processing(
+            job_id, provider="replicate", prediction_id=prediction_id, idx=0
+        )
+    assert await backend.store.mark_processing(
+        job_id, provider="replicate", prediction_id="b0", idx=1
+    )
+    in_flight = await backend.store.in_flight_job(job_id)
+    assert in_flight is not None
+    assert in_flight.predictions == {0: "a2", 1: "b0"}
+    assert in_flight.replaced == {0: 2}
+
+
 async def test_admission_context_counts_seats_generations_and_duplicates(backend: Backend):
     await backend.grant("gu", 10, plan="pro")
     first = await backend.submit("gu", "same", num_outputs=2)
@@ -224,12 +255,23 @@ async def test_admission_context_counts_seats_generations_and_duplicates(backend
         2,
         True,
     )
-    assert usage.plan is not None
-    assert usage.plan.name == "pro"
+    assert usage.plan == Plan("pro", 10_000, 10, 0.0, 1, priority=1)
     different = await backend.store.admission_context(other)
     assert different is not None
     assert not different.usage.duplicate
     assert await backend.store.admission_context(uuid.uuid4()) is None
+
+
+async def test_admission_context_reads_the_plan_priority(backend: Backend):
+    """A plan's priority (its weight beyond capacity) reaches admission; it costs nothing."""
+    gold = await backend.plan(priority=7)
+    await backend.grant("iv", 10, plan=gold)
+    job_id = await backend.submit("iv", "a gold job")
+    context = await backend.store.admission_context(job_id)
+    assert context is not None
+    assert context.usage.plan == Plan(gold, 1_000_000, 10, 0.0, 1, priority=7)
+    admission = await backend.store.admit(job_id, deadline_s=60)
+    assert (admission.outcome, admission.cost) == (AdmissionOutcome.ADMITTED, 1)
 
 
 async def test_every_write_under_a_stale_fence_is_refused_and_changes_nothing(backend: Backend):
@@ -256,3 +298,18 @@ async def test_every_write_under_a_stale_fence_is_refused_and_changes_nothing(ba
     assert (await backend.job(running)).status is JobStatus.STARTING
     assert (await backend.job(queued)).status is JobStatus.QUEUED
     assert await backend.balance("ho") == 9
+
+
+async def test_a_trace_context_is_kept_once_and_only_under_the_slots_lease(backend: Backend):
+    await backend.grant("tia", 5)
+    job_id = await backend.submit("tia", "traced")
+    first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    fence = await backend.hold(job_id, "me")
+    await backend.steal(job_id)
+    with pytest.raises(FencedOff):
+        await backend.store.note_traceparent(job_id, first, fence=fence)
+    assert (await backend.job(job_id)).traceparent is None
+    assert await backend.store.note_traceparent(job_id, first)
+    assert not await backend.store.note_traceparent(job_id, other)
+    assert (await backend.job(job_id)).traceparent == first

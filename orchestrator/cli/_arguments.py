@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import uuid
+from pathlib import Path
 from typing import Final
 
 from orchestrator.core import MAX_OUTPUTS
@@ -101,3 +102,10 @@ def json_object(text: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--params must be a JSON object")
     return value
+
+
+def jobs_file(text: str) -> str:
+    """A readable file of JSON lines, or '-' for standard input; opened only by the command."""
+    if text != "-" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a readable file")
+    return text

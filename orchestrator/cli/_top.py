@@ -31,6 +31,7 @@ from rich.text import Text
 
 from orchestrator import views
 from orchestrator.cli._command import EXIT_OK, Subparsers, with_database
+from orchestrator.core import JobStatus
 from orchestrator.db import Database, DbError, MemberRow, OwnerSummary, TopFigures
 from orchestrator.settings import Settings
 
@@ -38,16 +39,7 @@ SCRAPE_TIMEOUT_S: Final = 0.5
 # Admission lag is shown over the readings of the last minute.
 LAG_WINDOW_S: Final = 60.0
 _DB_TIMEOUT_S: Final = 5.0
-_ORDER: Final = (
-    "queued",
-    "starting",
-    "processing",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "canceled",
-    "rejected",
-)
+_ORDER: Final = tuple(status.value for status in JobStatus)
 _GAUGES: Final = (
     "orchestrator_mailbox_depth",
     "orchestrator_jobs_running",
@@ -235,15 +227,11 @@ def _jobs_table(figures: TopFigures) -> Table:
     table.add_column("now", justify="right")
     table.add_column("ended 1 min", justify="right")
     table.add_column(f"per min, {figures.window_minutes} min", justify="right")
-    statuses = [s for s in _ORDER if s in figures.by_status] + sorted(
-        set(figures.by_status) - set(_ORDER)
-    )
-    terminal = set(_ORDER[3:]) | set(figures.finished_in_window)
-    for status in statuses:
-        ended = status in terminal
+    for status in _ORDER:
+        ended = JobStatus(status).terminal
         table.add_row(
             _styled(status),
-            str(figures.by_status.get(status, 0)),
+            "" if ended else str(figures.by_status.get(status, 0)),
             str(figures.finished_last_minute.get(status, 0)) if ended else "",
             f"{figures.finished_in_window.get(status, 0) / figures.window_minutes:.1f}"
             if ended

@@ -14,7 +14,7 @@ from ._breaker import breaker_failure as breaker_failure
 from ._breaker import breaker_probe as breaker_probe
 from ._breaker import breaker_success as breaker_success
 from ._breaker import breaker_tick as breaker_tick
-from ._cancel import cancel_within as cancel_within
+from ._cancel import cancel_upstream as cancel_upstream
 from ._exceptions import ExpectedFault as ExpectedFault
 from ._exceptions import FencedOff as FencedOff
 from ._exceptions import is_expected as is_expected
@@ -31,7 +31,9 @@ from ._inputs import default_allowed as default_allowed
 from ._inputs import params_problem as params_problem
 from ._inputs import user_id_problem as user_id_problem
 from ._lifecycle import MAX_OUTPUTS as MAX_OUTPUTS
+from ._lifecycle import MAX_PRIORITY as MAX_PRIORITY
 from ._lifecycle import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from ._lifecycle import MIN_PRIORITY as MIN_PRIORITY
 from ._lifecycle import Abandoned as Abandoned
 from ._lifecycle import Account as Account
 from ._lifecycle import Admission as Admission
@@ -87,10 +89,22 @@ from ._provider_errors import ProviderRejected as ProviderRejected
 from ._provider_errors import ProviderUnavailable as ProviderUnavailable
 from ._provider_errors import ProviderUnreachable as ProviderUnreachable
 from ._provider_errors import safe_summary as safe_summary
+from ._retry import failure_text_retryable as failure_text_retryable
+from ._retry import kie_failure_retryable as kie_failure_retryable
+from ._retry import retry_delay as retry_delay
+from ._retry import retry_margin as retry_margin
 from ._slots import ALL_SLOTS as ALL_SLOTS
 from ._slots import SLOTS as SLOTS
 from ._text import MAX_STORED_TEXT as MAX_STORED_TEXT
 from ._text import clean_text as clean_text
+from ._tracing import NULL_SPAN as NULL_SPAN
+from ._tracing import NULL_TRACE as NULL_TRACE
+from ._tracing import Attributes as Attributes
+from ._tracing import AttributeValue as AttributeValue
+from ._tracing import JobTrace as JobTrace
+from ._tracing import JobTracing as JobTracing
+from ._tracing import NullTracing as NullTracing
+from ._tracing import Span as Span
 
 __all__ = [
     "ALL_SLOTS",
@@ -100,9 +114,13 @@ __all__ = [
     "MAX_OUTPUTS",
     "MAX_PARAMS_BYTES",
     "MAX_PARAMS_DEPTH",
+    "MAX_PRIORITY",
     "MAX_PROMPT_CHARS",
     "MAX_STORED_TEXT",
     "MAX_USER_ID_CHARS",
+    "MIN_PRIORITY",
+    "NULL_SPAN",
+    "NULL_TRACE",
     "RESERVED_INPUTS",
     "RESERVED_PARAMS",
     "SLOTS",
@@ -113,6 +131,8 @@ __all__ = [
     "AdmissionContext",
     "AdmissionOutcome",
     "Admit",
+    "AttributeValue",
+    "Attributes",
     "Breaker",
     "BreakerPolicy",
     "BreakerState",
@@ -131,8 +151,11 @@ __all__ = [
     "JobRef",
     "JobStatus",
     "JobStore",
+    "JobTrace",
+    "JobTracing",
     "ListedClaim",
     "NullObserver",
+    "NullTracing",
     "Observer",
     "OutputStore",
     "OutputUnavailable",
@@ -151,6 +174,7 @@ __all__ = [
     "RunningJobs",
     "Settlement",
     "Slots",
+    "Span",
     "StoredOutput",
     "Stuck",
     "TaggedPrediction",
@@ -163,16 +187,20 @@ __all__ = [
     "breaker_probe",
     "breaker_success",
     "breaker_tick",
-    "cancel_within",
+    "cancel_upstream",
     "clean_text",
     "cost_of",
     "decide_admission",
     "default_allowed",
+    "failure_text_retryable",
     "finish",
     "is_expected",
+    "kie_failure_retryable",
     "params_problem",
     "poll_delays",
     "refund_for_delivery",
+    "retry_delay",
+    "retry_margin",
     "safe_summary",
     "settle",
     "sole_exception",

@@ -18,6 +18,9 @@ from ._inputs import params_problem, user_id_problem
 
 MAX_PROMPT_CHARS: Final = 4000
 MAX_OUTPUTS: Final = 30
+# A plan's priority: its weight in admission's fair order when capacity is short.
+MIN_PRIORITY: Final = 1
+MAX_PRIORITY: Final = 10
 
 
 class JobStatus(enum.StrEnum):
@@ -69,11 +72,26 @@ class ErrorCode(enum.StrEnum):
 
 @attrs.frozen
 class Plan:
+    """A plan's limits and price; `priority` (1..10, schema.sql's CHECK) is its weight.
+
+    When a daemon's capacity is short, waiting users are admitted in weighted fair order:
+    a user's share of the places freed is its plan's priority over the sum of the
+    priorities of the users waiting, and no user waits without bound.
+    """
+
     name: str
     monthly_generations: int
     max_inflight: int
     min_seconds_between: float
     cost_per_output: int
+    priority: int = attrs.field(default=MIN_PRIORITY)
+
+    @priority.validator
+    def _priority_in_range(self, _attribute: object, value: int) -> None:
+        if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+            raise ValueError(
+                f"a plan's priority is between {MIN_PRIORITY} and {MAX_PRIORITY}, got {value}"
+            )
 
 
 @attrs.frozen
@@ -111,6 +129,9 @@ class Job:
     finished_at: datetime | None = None
     params_error: str | None = None
     slot: int = 0
+    retry_of: UUID | None = None  # the failed or timed-out job this one retries
+    # The W3C trace context the job's trace continues (tracing metadata, never sent upstream).
+    traceparent: str | None = None
 
 
 @attrs.frozen
@@ -191,13 +212,15 @@ class InFlight:
     """An admitted job as a restart finds it.
 
     `remaining_s` is negative when the deadline passed; `predictions` are the
-    provider predictions recorded so far, by output index, and `provider` the
-    provider they were recorded on (None before the first).
+    provider predictions recorded so far, by output index, and `replaced` how many
+    earlier ones each recorded prediction replaced (its attempts before it);
+    `provider` is the provider they were recorded on (None before the first).
     """
 
     job: Job
     remaining_s: float
     predictions: Mapping[int, str] = attrs.field(factory=dict)
+    replaced: Mapping[int, int] = attrs.field(factory=dict)
     provider: str | None = None
 
 
@@ -212,8 +235,11 @@ class Finish:
 
 @attrs.frozen
 class Admit:
+    """Admit at `cost`; `priority` is the job's weight in the fair order (its plan's)."""
+
     cost: int
     max_inflight: int
+    priority: int = MIN_PRIORITY
 
 
 @attrs.frozen
@@ -261,7 +287,11 @@ def decide_admission(
     for check in _ADMISSION_CHECKS:
         if (refusal := check(job, usage, usage.plan, now)) is not None:
             return refusal
-    return Admit(cost=cost_of(job, usage.plan), max_inflight=usage.plan.max_inflight)
+    return Admit(
+        cost=cost_of(job, usage.plan),
+        max_inflight=usage.plan.max_inflight,
+        priority=usage.plan.priority,
+    )
 
 
 def cost_of(job: Job, plan: Plan) -> int:

@@ -70,6 +70,12 @@ class JobStore(Protocol):
 
     async def in_flight_job(self, job_id: uuid.UUID) -> InFlight | None: ...
 
+    async def note_traceparent(
+        self, job_id: uuid.UUID, traceparent: str, *, fence: Fence | None = None
+    ) -> bool:
+        """Keep the job's trace context unless it has one; True when stored."""
+        ...
+
     async def note_upstream(
         self, ref: UpstreamRef, *, status: str | None, cancel_sent: bool = False
     ) -> str | None: ...
@@ -78,7 +84,7 @@ class JobStore(Protocol):
 class Observer(Protocol):
     """Where the actors report what happened, for metrics; `orchestrator.metrics` implements it."""
 
-    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None: ...
+    def job_admitted(self, cost: int, intake_lag_s: float | None, *, priority: int = 1) -> None: ...
 
     def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None: ...
 
@@ -97,13 +103,17 @@ class Observer(Protocol):
 
     def settle_retried(self) -> None: ...
 
+    def prediction_retried(self, reason: str, outcome: str) -> None:
+        """An output's failed attempt: ``outcome`` is retried, exhausted or out_of_time."""
+        ...
+
     def write_fenced(self, write: str) -> None: ...
 
 
 class NullObserver:
     """Counts nothing; the default when no metrics are wanted (most tests)."""
 
-    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None:
+    def job_admitted(self, cost: int, intake_lag_s: float | None, *, priority: int = 1) -> None:
         pass
 
     def job_rejected(self, code: ErrorCode, intake_lag_s: float | None) -> None:
@@ -125,6 +135,9 @@ class NullObserver:
         pass
 
     def settle_retried(self) -> None:
+        pass
+
+    def prediction_retried(self, reason: str, outcome: str) -> None:
         pass
 
     def write_fenced(self, write: str) -> None:

@@ -41,7 +41,10 @@ class Prediction:
     """One provider-side prediction as last observed.
 
     ``error`` has already been through the adapter's redaction, so it can be stored on the
-    job and shown to the user as is.
+    job and shown to the user as is. ``retryable`` is the adapter's reading of a failure:
+    True when the provider says it was transient on its side (a fresh prediction may
+    succeed), False when it is final (invalid input, a content refusal), None when it
+    cannot tell; only True is retried, since every retry is paid for upstream.
     """
 
     id: str
@@ -49,6 +52,7 @@ class Prediction:
     output: tuple[str, ...] = ()
     error: str | None = None
     webhook: str | None = None
+    retryable: bool | None = None
 
 
 def _frozen_params(value: Mapping[str, object]) -> Mapping[str, object]:

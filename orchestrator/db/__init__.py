@@ -29,6 +29,8 @@ from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
 from ._errors import map_error as map_error
+from ._jobs import MAX_BULK_JOBS as MAX_BULK_JOBS
+from ._jobs import SubmitResult as SubmitResult
 from ._lease_session import LeaseSession as LeaseSession
 from ._leases import HeldSlot as HeldSlot
 from ._leases import MemberRow as MemberRow
@@ -49,6 +51,7 @@ from ._views import UpstreamRow as UpstreamRow
 
 __all__ = [
     "DAEMON_ROLE",
+    "MAX_BULK_JOBS",
     "MEMBERS_CHANNEL",
     "OPERATOR_ROLE",
     "AccountSummary",
@@ -78,6 +81,7 @@ __all__ = [
     "RoleUnavailable",
     "SchemaNotCurrent",
     "SlowJob",
+    "SubmitResult",
     "TopFigures",
     "UnknownJob",
     "UnknownUser",

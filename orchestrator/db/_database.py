@@ -172,16 +172,52 @@ class Database:
         params: Mapping[str, object] | None = None,
         num_outputs: int = 1,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> uuid.UUID:
         """Submit as submitters do, through `orchestrator.submit_job`.
+
+        ``traceparent`` (W3C) makes the job's trace a child of the caller's span.
 
         Raises:
             UnknownUser: the user has no account.
             IdempotencyConflict: the key was used for a different request.
         """
         return await self._connector.run(
-            _jobs.submit, user_id, prompt, params or {}, num_outputs, idempotency_key
+            _jobs.submit, user_id, prompt, params or {}, num_outputs, idempotency_key, traceparent
         )
+
+    async def submit_jobs(self, items: Sequence[object]) -> list[_jobs.SubmitResult]:
+        """Submit many jobs in one round trip, through `orchestrator.submit_jobs`.
+
+        Each item should be {user_id, prompt, params?, num_outputs?,
+        idempotency_key?}; anything else is refused as that item's result.
+        One result per item, in order: a refused item (unknown user, malformed,
+        key reused for another request) is reported in its result and never
+        fails the others; a repeated key gives the first job's id.
+
+        Raises:
+            InvalidRequest: more than `MAX_BULK_JOBS` items, over 8 MiB of JSON, or
+                text jsonb cannot hold (NUL, a lone surrogate) in any item; nothing
+                was submitted.
+        """
+        return await self._connector.run(_jobs.submit_many, items)
+
+    async def retry_job(
+        self, job_id: uuid.UUID, *, idempotency_key: str | None = None
+    ) -> uuid.UUID:
+        """Submit a failed or timed-out job again, as a new job whose `retry_of` is it.
+
+        The new job is queued, admitted and charged like any other. Without a key
+        the key is `retry:<job id>`, so repeating the call returns the same new job;
+        another key makes a deliberate further retry.
+
+        Raises:
+            UnknownJob: no such job.
+            InvalidRequest: the job did not fail or time out (it succeeded, was
+                cancelled or rejected, or has not finished).
+            IdempotencyConflict: the key was used for a different request.
+        """
+        return await self._connector.run(_jobs.retry, job_id, idempotency_key)
 
     async def request_cancel(self, job_id: uuid.UUID) -> bool:
         """Ask the daemon to cancel; False when the job already finished.
@@ -271,6 +307,16 @@ class Database:
         return await self._connector.run_reserved(
             _transitions.mark_processing, job_id, provider, prediction_id, idx, fence
         )
+
+    async def note_traceparent(
+        self, job_id: uuid.UUID, traceparent: str, *, fence: Fence | None = None
+    ) -> bool:
+        """Keep the root span's trace context on a job that has none; False if it had one.
+
+        Raises:
+            Fenced: the fence is no longer the slot's live lease; nothing changed.
+        """
+        return await self._connector.run(_transitions.note_traceparent, job_id, traceparent, fence)
 
     async def route(self, job_ids: Sequence[uuid.UUID]) -> list[JobRef]:
         return await self._connector.run(_routing.route, job_ids)

@@ -106,6 +106,12 @@ def map_error(exc: BaseException) -> DbError | None:
     return None
 
 
+def error_name(sqlstate: str) -> str:
+    """The name of the `DbError` a SQLSTATE maps to, for errors reported as values."""
+    kind = _BY_SQLSTATE.get(sqlstate) or _BY_CLASS.get(sqlstate[:2], DbError)
+    return kind.__name__
+
+
 def _message(exc: asyncpg.PostgresError) -> str:
     message = str(getattr(exc, "message", None) or exc)
     hint = getattr(exc, "hint", None)

@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import attrs
 
 from orchestrator.core import Job
 
 from . import _rows
 from ._connector import Pool
+from ._errors import error_name
 from ._queries import queries
+
+MAX_BULK_JOBS: Final = 1000  # `orchestrator.submit_jobs` refuses a longer array
+
+
+@attrs.frozen
+class SubmitResult:
+    """One item of a bulk submission: its job's id, or why it was refused.
+
+    `ordinal` counts items from 1, in the order given. `code` is the SQLSTATE
+    the single `submit_job` raises for the same item (OR001, OR003, OR004) and
+    `error` the name of the `DbError` it maps to (`UnknownUser`, ...).
+    """
+
+    ordinal: int
+    job_id: uuid.UUID | None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.job_id is not None
+
+    @property
+    def error(self) -> str | None:
+        return None if self.code is None else error_name(self.code)
 
 
 async def submit(
@@ -19,11 +48,33 @@ async def submit(
     params: Mapping[str, object],
     num_outputs: int,
     idempotency_key: str | None,
+    traceparent: str | None = None,
 ) -> uuid.UUID:
     job_id: uuid.UUID = await pool.fetchval(
-        queries()["submit_job"], user_id, prompt, dict(params), num_outputs, idempotency_key
+        queries()["submit_job"],
+        user_id,
+        prompt,
+        dict(params),
+        num_outputs,
+        idempotency_key,
+        traceparent,
     )
     return job_id
+
+
+async def submit_many(pool: Pool, items: Sequence[object]) -> list[SubmitResult]:
+    rows = await pool.fetch(queries()["submit_jobs"], list(items))
+    return [
+        SubmitResult(
+            ordinal=row["ordinal"], job_id=row["job_id"], code=row["code"], message=row["message"]
+        )
+        for row in rows
+    ]
+
+
+async def retry(pool: Pool, job_id: uuid.UUID, idempotency_key: str | None) -> uuid.UUID:
+    new_id: uuid.UUID = await pool.fetchval(queries()["retry_job"], job_id, idempotency_key)
+    return new_id
 
 
 async def request_cancel(pool: Pool, job_id: uuid.UUID) -> bool:

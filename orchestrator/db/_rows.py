@@ -35,6 +35,8 @@ def job(row: asyncpg.Record) -> Job:
         finished_at=row["finished_at"],
         params_error=params_error,
         slot=row.get("slot", 0),
+        retry_of=row.get("retry_of"),
+        traceparent=row.get("traceparent"),
     )
 
 

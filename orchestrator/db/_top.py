@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from orchestrator.core import JobStatus
+
 from ._connector import Pool
 from ._queries import queries
 
@@ -41,6 +43,7 @@ class TopFigures:
     """Jobs now and per minute, refunds, in-flight load: one consistent read."""
 
     window_minutes: int
+    # Jobs not ended yet (queued or in flight), by status.
     by_status: Mapping[str, int]
     # Jobs that ended in the last minute, and in the last `window_minutes`, by status.
     finished_last_minute: Mapping[str, int]
@@ -64,7 +67,10 @@ async def figures(pool: Pool, window_minutes: int, slowest: int, ledger_rows: in
     assert refunds is not None  # noqa: S101  (an aggregate always returns a row)
     return TopFigures(
         window_minutes=window_minutes,
-        by_status={r["status"]: r["n"] for r in statuses},
+        by_status={
+            **{status.value: 0 for status in JobStatus if not status.terminal},
+            **{r["status"]: r["n"] for r in statuses},
+        },
         finished_last_minute={r["status"]: r["last_minute"] for r in finished},
         finished_in_window={r["status"]: r["in_window"] for r in finished},
         refunds_last_minute=refunds["last_minute"],

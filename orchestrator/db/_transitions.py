@@ -46,6 +46,7 @@ async def admission_context(pool: Pool, job_id: uuid.UUID) -> AdmissionContext |
             max_inflight=row["max_inflight"],
             min_seconds_between=row["min_seconds_between"],
             cost_per_output=row["cost_per_output"],
+            priority=row["priority"],
         )
     usage = Usage(
         balance=row["balance"],
@@ -78,6 +79,13 @@ async def admit(
     return Admission(
         row["outcome"], row["seat"], row["balance"], row["deadline_s"], cost=row["cost"]
     )
+
+
+async def note_traceparent(
+    pool: Pool, job_id: uuid.UUID, traceparent: str, fence: Fence | None
+) -> bool:
+    query = queries()["note_traceparent"]
+    return bool(await pool.fetchval(query, job_id, traceparent, *_fence(fence)))
 
 
 async def reject(

@@ -11,7 +11,7 @@
 -- A job's columns as `_rows.job` decodes them.
 id, user_id, prompt, params, num_outputs, status, cost, error_code, error_message,
 idempotency_key, prediction_id, deadline_at, cancel_requested_at, partial, created_at,
-updated_at, admitted_at, finished_at, slot
+updated_at, admitted_at, finished_at, slot, retry_of, traceparent
 
 -- name: schema_version
 -- The stamp migrate leaves, to tell whether the database matches this code.
@@ -64,12 +64,14 @@ SELECT balance FROM debited, entry;
 SELECT amount, balance FROM orchestrator.refund_job_v1($1, $2);
 
 -- name: admission_context
--- Everything admission decides on, in one read: the job, its account and plan,
+-- Everything admission decides on, in one read: the job, its account and plan
+-- (with its priority, the user's weight in the fair order beyond capacity),
 -- the user's jobs in flight, this month's generations, and whether an
 -- identical job is in flight or queued ahead of this one.
 SELECT {{j.job_columns}},
        a.balance, a.plan, a.last_admitted_at,
        p.monthly_generations, p.max_inflight, p.min_seconds_between, p.cost_per_output,
+       p.priority,
        (SELECT count(*) FROM orchestrator.jobs i
          WHERE i.user_id = j.user_id AND i.inflight_seat IS NOT NULL) AS in_flight,
        (SELECT coalesce(sum(m.num_outputs), 0) FROM orchestrator.jobs m
@@ -95,6 +97,10 @@ SELECT {{j.job_columns}},
 SELECT outcome, seat, cost, balance,
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS deadline_s
   FROM orchestrator.admit_job_v3($1, $2, $3, $4);
+
+-- name: note_traceparent
+-- Keep the root span's trace context on a job that has none (see note_traceparent_v1).
+SELECT orchestrator.note_traceparent_v1($1, $2, $3, $4);
 
 -- name: reject_job
 -- A queued job refused at admission, never charged (see reject_job_v2).
@@ -164,7 +170,11 @@ SELECT {{job_columns}},
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s,
        j.provider AS recorded_provider,
        (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
-          FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions
+          FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions,
+       (SELECT coalesce(jsonb_object_agg(r.idx::text, r.n), '{}'::jsonb)
+          FROM (SELECT u.idx, count(*) AS n FROM orchestrator.upstream_predictions u
+                 WHERE u.job_id = j.id AND u.found_by = 'replaced' GROUP BY u.idx) r
+       ) AS replaced
   FROM orchestrator.jobs j
  WHERE id = $1 AND status IN ({{statuses:in_flight}});
 
@@ -314,7 +324,16 @@ SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
 
 -- name: submit_job
 -- Submit through the SQL function (idempotency and NOTIFY live there).
-SELECT orchestrator.submit_job($1, $2, $3, $4, $5);
+SELECT orchestrator.submit_job($1, $2, $3, $4, $5, $6);
+
+-- name: submit_jobs
+-- Many submissions in one round trip (see submit_jobs): one row per item, in order.
+SELECT ordinal, job_id, code, message FROM orchestrator.submit_jobs($1::jsonb)
+ ORDER BY ordinal;
+
+-- name: retry_job
+-- A failed or timed-out job submitted again as a new job linked to it (see retry_job_v1).
+SELECT orchestrator.retry_job_v1($1, $2);
 
 -- name: request_cancel
 -- Ask for cancellation; false when the job is already terminal.
@@ -529,12 +548,13 @@ SELECT id, user_id, job_id, kind, amount, ref, note, created_at
  ORDER BY id DESC
  LIMIT $2;
 -- name: top_jobs_by_status
--- `orchestrator top`: every status with its job count now (zero included).
-SELECT s.status, count(j.id)::bigint AS n
-  FROM orchestrator.job_statuses s
-  LEFT JOIN orchestrator.jobs j ON j.status = s.status
- GROUP BY s.status
- ORDER BY s.status;
+-- `orchestrator top`: the jobs not ended yet, by status (served by jobs_active_idx;
+-- ended jobs are counted per minute from jobs_finished_idx, never the whole table).
+SELECT status, count(*)::bigint AS n
+  FROM orchestrator.jobs
+ WHERE status IN ({{statuses:active}})
+ GROUP BY status
+ ORDER BY status;
 
 -- name: top_finished_by_status
 -- `orchestrator top`: jobs that ended in the last minute and the last $1 minutes,

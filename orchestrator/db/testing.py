@@ -91,6 +91,7 @@ class InMemoryStore:
         *,
         params: Mapping[str, object] | None = None,
         num_outputs: int = 1,
+        traceparent: str | None = None,
     ) -> uuid.UUID:
         job_id = uuid.uuid4()
         self.jobs[job_id] = Job(
@@ -101,6 +102,7 @@ class InMemoryStore:
             num_outputs=num_outputs,
             status=JobStatus.QUEUED,
             created_at=self.now(),
+            traceparent=traceparent,
         )
         return job_id
 
@@ -283,12 +285,27 @@ class InMemoryStore:
         job = self.jobs.get(job_id)
         if job is None or not job.status.in_flight:
             return None
+        replaced: dict[int, int] = {}
+        for ref, _, _ in self.upstream.values():
+            if ref.job_id == job_id and ref.found_by == "replaced":
+                replaced[ref.idx] = replaced.get(ref.idx, 0) + 1
         return InFlight(
             job,
             self.deadlines[job_id] - trio.current_time(),
             dict(self.predictions.get(job_id, {})),
+            replaced,
             provider=self.providers.get(job_id),
         )
+
+    async def note_traceparent(
+        self, job_id: uuid.UUID, traceparent: str, *, fence: Fence | None = None
+    ) -> bool:
+        job = self._job(job_id)
+        if job.traceparent is not None:
+            return False
+        self._check_fence(job, fence)
+        self.jobs[job_id] = attrs.evolve(job, traceparent=traceparent)
+        return True
 
     async def note_upstream(
         self, ref: UpstreamRef, *, status: str | None, cancel_sent: bool = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from orchestrator.core import ErrorCode, JobStatus
+from orchestrator.core import MAX_PRIORITY, MIN_PRIORITY, ErrorCode, JobStatus
 
 from . import _buckets
 
@@ -67,14 +67,31 @@ class JobMetrics:
             buckets=_buckets.LAG,
             registry=r,
         )
+        self.admissions_by_priority = Counter(
+            "orchestrator_admissions_by_priority",
+            "Jobs admitted, by their plan's priority (1..10, the weight in the fair order).",
+            ["priority"],
+            registry=r,
+        )
+        for priority in range(MIN_PRIORITY, MAX_PRIORITY + 1):
+            self.admissions_by_priority.labels(priority=str(priority))
         self.settle_retries = Counter(
             "orchestrator_settle_retries",
             "Attempts to store a job's ending that failed and were retried.",
             registry=r,
         )
+        self.prediction_retries = Counter(
+            "orchestrator_prediction_retries",
+            "Outputs whose prediction failed transiently, by reason and outcome: retried "
+            "(another prediction started), exhausted or out_of_time (the output failed).",
+            ["reason", "outcome"],
+            registry=r,
+        )
 
-    def job_admitted(self, cost: int, intake_lag_s: float | None) -> None:
+    def job_admitted(self, cost: int, intake_lag_s: float | None, *, priority: int = 1) -> None:
         self.jobs_admitted.inc()
+        bounded = min(max(priority, MIN_PRIORITY), MAX_PRIORITY)
+        self.admissions_by_priority.labels(priority=str(bounded)).inc()
         self.credits_debited.inc(cost)
         self._lag(intake_lag_s)
 
@@ -123,6 +140,9 @@ class JobMetrics:
 
     def settle_retried(self) -> None:
         self.settle_retries.inc()
+
+    def prediction_retried(self, reason: str, outcome: str) -> None:
+        self.prediction_retries.labels(reason=reason, outcome=outcome).inc()
 
     def write_fenced(self, write: str) -> None:
         self.fenced_writes.labels(write=write).inc()

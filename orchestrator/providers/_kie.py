@@ -23,6 +23,7 @@ from orchestrator.core import (
     ProviderProtocolError,
     ProviderRejected,
     TaggedPrediction,
+    kie_failure_retryable,
     safe_summary,
 )
 
@@ -220,16 +221,15 @@ def _parse_task(body: object, token: str) -> Prediction:
     prompt = original_input.get("prompt") if isinstance(original_input, dict) else None
     secrets = (token, prompt) if isinstance(prompt, str) else (token,)
     webhook = original.get("callBackUrl")
+    failed = status is PredictionStatus.FAILED
+    error = safe_summary(_failure_text(data), secrets=secrets) if failed else None
     return Prediction(
         id=task_id,
         status=status,
         output=_result_urls(data.get("resultJson")) if status is PredictionStatus.SUCCEEDED else (),
-        error=(
-            safe_summary(_failure_text(data), secrets=secrets)
-            if status is PredictionStatus.FAILED
-            else None
-        ),
+        error=error,
         webhook=webhook if isinstance(webhook, str) else None,
+        retryable=_failure_retryable(data, error) if failed else None,
     )
 
 
@@ -260,6 +260,12 @@ def _result_urls(result_json: object) -> tuple[str, ...]:
     if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
         raise ProviderProtocolError("kie: resultUrls is not a list of URLs")
     return tuple(str(url) for url in urls)
+
+
+def _failure_retryable(data: Mapping[str, object], error: str | None) -> bool | None:
+    """After `_failure_text` refused a code that is not text; ``error`` is the redacted text."""
+    code = data.get("failCode")
+    return kie_failure_retryable(code if isinstance(code, str | int) else None, error)
 
 
 def _failure_text(data: Mapping[str, object]) -> str:

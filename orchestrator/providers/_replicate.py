@@ -22,6 +22,7 @@ from orchestrator.core import (
     PredictionStatus,
     ProviderProtocolError,
     TaggedPrediction,
+    failure_text_retryable,
     safe_summary,
 )
 
@@ -289,12 +290,15 @@ def _parse_prediction(body: object, secrets: tuple[str, ...]) -> Prediction:
     prompt = original_input.get("prompt") if isinstance(original_input, dict) else None
     if isinstance(prompt, str):  # a poll knows the prompt only from Replicate's echo of it
         secrets = (*secrets, prompt)
+    summary = None if error is None else safe_summary(error, secrets=secrets)
     return Prediction(
         id=prediction_id,
         status=status,
         output=_parse_output(data.get("output")),
-        error=None if error is None else safe_summary(error, secrets=secrets),
+        error=summary,
         webhook=webhook,
+        # Read from the redacted text, so words of the prompt never decide a retry.
+        retryable=failure_text_retryable(summary) if status is PredictionStatus.FAILED else None,
     )
 
 

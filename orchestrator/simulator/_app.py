@@ -395,7 +395,7 @@ class SimulatorApp:
             "state": _KIE_STATES.get(prediction.status, "fail"),
             "param": json.dumps(original),
             "resultJson": json.dumps({"resultUrls": urls}) if succeeded else "",
-            "failCode": "" if prediction.error is None else "500",
+            "failCode": prediction.fail_code or "",
             "failMsg": prediction.error or "",
             "costTime": cost,
             "completeTime": self._millis(prediction.completed_at),

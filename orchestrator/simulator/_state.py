@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import json
 import random
 import string
 import types
@@ -23,7 +24,7 @@ import attrs
 
 from ._config import SimulatorConfig
 from ._images import render_output
-from ._wire import WireStatus
+from ._wire import WireFailure, WireStatus
 
 MAX_OUTPUTS: Final = 30
 _ID_ALPHABET: Final = string.ascii_lowercase + "234567"
@@ -33,13 +34,8 @@ _SLOW_FACTOR: Final = 10.0
 _MALFORMED_VARIANTS: Final = 4
 WEBHOOK_RETRIES: Final = 3
 _WEBHOOK_ID_LENGTH: Final = 26
-SIMULATED_ERROR: Final = (
-    "simulated failure: CUDA out of memory while loading "
-    "https://sim-user:sim-secret@weights.invalid/model.safetensors?sig=sim-signature"
-)
-GARBLED_ERROR: Final = (
-    "simulated failure:\x00 garbled\x1b[31m driver\x07 output\r\n" + "\x00" * 8 + "x" * 5000
-)
+SIMULATED_ERROR: Final = WireFailure.MODEL.text
+GARBLED_ERROR: Final = WireFailure.GARBLED.text
 
 
 class Directive(enum.StrEnum):
@@ -48,6 +44,11 @@ class Directive(enum.StrEnum):
     HANG = "hang"
     FAIL = "fail"
     FAIL_GARBLED = "fail_garbled"
+    # The first prediction made for this output (same input, same webhook tag) fails on
+    # the provider's side, retryably; every later one succeeds.
+    FAIL_ONCE = "fail_once"
+    FAIL_TRANSIENT = "fail_transient"
+    FAIL_NSFW = "fail_nsfw"
     SUCCEED = "succeed"
     SLOW = "slow"
 
@@ -120,7 +121,26 @@ class _Outcome(enum.Enum):
     SUCCEED = enum.auto()
     FAIL = enum.auto()
     FAIL_GARBLED = enum.auto()
+    FAIL_TRANSIENT = enum.auto()
+    FAIL_NSFW = enum.auto()
     HANG = enum.auto()
+
+
+_DIRECTED: Final = {
+    Directive.HANG: _Outcome.HANG,
+    Directive.FAIL: _Outcome.FAIL,
+    Directive.FAIL_GARBLED: _Outcome.FAIL_GARBLED,
+    Directive.FAIL_TRANSIENT: _Outcome.FAIL_TRANSIENT,
+    Directive.FAIL_NSFW: _Outcome.FAIL_NSFW,
+    Directive.SUCCEED: _Outcome.SUCCEED,
+    Directive.SLOW: _Outcome.SUCCEED,
+}
+_FAILURES: Final = {
+    _Outcome.FAIL: WireFailure.MODEL,
+    _Outcome.FAIL_GARBLED: WireFailure.GARBLED,
+    _Outcome.FAIL_TRANSIENT: WireFailure.TRANSIENT,
+    _Outcome.FAIL_NSFW: WireFailure.NSFW,
+}
 
 
 @attrs.define
@@ -149,7 +169,7 @@ class _Record:
         if self.canceled_at is not None:
             return WireStatus.CANCELED
         if self.finish_at is not None and now >= self.finish_at:
-            if self.outcome in {_Outcome.FAIL, _Outcome.FAIL_GARBLED}:
+            if self.outcome in _FAILURES:
                 return WireStatus.FAILED
             return WireStatus.SUCCEEDED
         if now >= self.started_at:
@@ -174,6 +194,8 @@ class SimulatedPrediction:
     error: str | None
     webhook: str | None
     webhook_events_filter: tuple[str, ...]
+    # KIE's failCode for a failed one; Replicate has only the error text.
+    fail_code: str | None = None
 
 
 def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
@@ -197,15 +219,16 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
         created_at=record.created_at,
         started_at=record.started_at if started else None,
         completed_at=completed_at,
-        error=_error_text(record) if status is WireStatus.FAILED else None,
+        error=_failure(record).text if status is WireStatus.FAILED else None,
         webhook=record.webhook,
         webhook_events_filter=record.webhook_events_filter,
+        fail_code=_failure(record).kie_code if status is WireStatus.FAILED else None,
     )
 
 
-def _error_text(record: _Record) -> str:
+def _failure(record: _Record) -> WireFailure:
     """A garbled failure carries NUL, terminal escapes and 5,000 characters, as real ones can."""
-    return GARBLED_ERROR if record.outcome is _Outcome.FAIL_GARBLED else SIMULATED_ERROR
+    return _FAILURES.get(record.outcome, WireFailure.MODEL)
 
 
 def _processing_view(record: _Record) -> SimulatedPrediction:
@@ -216,6 +239,7 @@ def _processing_view(record: _Record) -> SimulatedPrediction:
         started_at=record.started_at,
         completed_at=None,
         error=None,
+        fail_code=None,
     )
 
 
@@ -272,6 +296,8 @@ class SimulatorState:
         self._webhook_heap: list[tuple[float, int, str]] = []
         self._webhook_counters: dict[str, int] = dict.fromkeys(_WEBHOOK_COUNTERS, 0)
         self._records: dict[str, _Record] = {}
+        # (webhook, input) of every `fail_once` prediction made, for its first-time failure.
+        self._attempted: set[tuple[str | None, str]] = set()
         self._order: list[_Record] = []
         self._counters: dict[str, int] = dict.fromkeys(
             (
@@ -333,20 +359,9 @@ class SimulatorState:
         fails = self._rng.random() < self.config.failure_rate
         hangs = self._rng.random() < self.config.hang_rate
         prediction_id = self._new_id()
-        match directive:
-            case Directive.HANG:
-                outcome = _Outcome.HANG
-            case Directive.FAIL:
-                outcome = _Outcome.FAIL
-            case Directive.FAIL_GARBLED:
-                outcome = _Outcome.FAIL_GARBLED
-            case Directive.SUCCEED:
-                outcome = _Outcome.SUCCEED
-            case Directive.SLOW:
-                outcome = _Outcome.SUCCEED
-                duration *= _SLOW_FACTOR
-            case None:
-                outcome = _Outcome.HANG if hangs else _Outcome.FAIL if fails else _Outcome.SUCCEED
+        if directive is Directive.SLOW:
+            duration *= _SLOW_FACTOR
+        outcome = self._outcome(directive, prediction_input, webhook, hangs=hangs, fails=fails)
         now = self._clock()
         record = _Record(
             id=prediction_id,
@@ -370,6 +385,30 @@ class SimulatorState:
             self._schedule(record)
             self._on_change()
         return _snapshot(record, now)
+
+    def _outcome(
+        self,
+        directive: Directive | None,
+        prediction_input: Mapping[str, object],
+        webhook: str | None,
+        *,
+        hangs: bool,
+        fails: bool,
+    ) -> _Outcome:
+        if directive is None:
+            return _Outcome.HANG if hangs else _Outcome.FAIL if fails else _Outcome.SUCCEED
+        if directive is Directive.FAIL_ONCE:
+            first = self._first_attempt(prediction_input, webhook)
+            return _Outcome.FAIL_TRANSIENT if first else _Outcome.SUCCEED
+        return _DIRECTED[directive]
+
+    def _first_attempt(self, prediction_input: Mapping[str, object], webhook: str | None) -> bool:
+        """Whether no prediction was made before for this input and webhook (job and output)."""
+        key = (webhook, json.dumps(prediction_input, sort_keys=True, default=str))
+        if key in self._attempted:
+            return False
+        self._attempted.add(key)
+        return True
 
     def get(self, prediction_id: str) -> SimulatedPrediction | None:
         self._counters["gets"] += 1
