@@ -22,11 +22,21 @@ from ._messages import Message as Message
 from ._messages import Resume as Resume
 from ._messages import Submit as Submit
 from ._registry import Registry as Registry
+from ._routes import PROBE_ID as PROBE_ID
+from ._routes import ROUTING_KEY as ROUTING_KEY
+from ._routes import BreakerObserver as BreakerObserver
+from ._routes import BreakerProvider as BreakerProvider
+from ._routes import NullBreakerObserver as NullBreakerObserver
+from ._routes import Routes as Routes
 from ._user import UserActor as UserActor
 from ._watch import ListingWatch as ListingWatch
 
 __all__ = [
+    "PROBE_ID",
+    "ROUTING_KEY",
     "ActorConfig",
+    "BreakerObserver",
+    "BreakerProvider",
     "Cancel",
     "Capacity",
     "FairOrder",
@@ -36,10 +46,12 @@ __all__ = [
     "LoadMonitor",
     "Mailbox",
     "Message",
+    "NullBreakerObserver",
     "Offer",
     "RateBudget",
     "Registry",
     "Resume",
+    "Routes",
     "ServicePacer",
     "Submit",
     "UserActor",

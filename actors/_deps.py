@@ -8,6 +8,7 @@ from orchestrator.core import JobStore, JobTracing, NullTracing, Observer, Outpu
 
 from ._capacity import Capacity
 from ._config import ActorConfig
+from ._routes import Routes
 from ._watch import ListingWatch
 
 
@@ -24,3 +25,20 @@ class Deps:
     watch: ListingWatch | None = None
     # Off by default: shared no-op spans, and OpenTelemetry is never imported.
     tracing: JobTracing = attrs.field(factory=NullTracing)
+    # Every provider behind its breaker; None: `provider` alone, with no breaker.
+    routes: Routes | None = None
+
+    def on(self, name: str) -> Deps:
+        """These deps for a job that runs on provider `name` (the default one, or the fallback)."""
+        routes = self.routes
+        if routes is None or name == routes.primary:
+            return self
+        return attrs.evolve(
+            self,
+            provider=routes.providers[name],
+            config=attrs.evolve(
+                self.config, provider_name=name, webhook_url=routes.webhook_urls.get(name)
+            ),
+            # The listing watch reads the default provider's listing only.
+            watch=None,
+        )

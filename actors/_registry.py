@@ -38,6 +38,7 @@ from ._config import ActorConfig
 from ._deps import Deps
 from ._mailbox import Offer
 from ._messages import Cancel, Message, Resume
+from ._routes import Routes
 from ._user import UserActor
 from ._watch import ListingWatch
 
@@ -56,6 +57,7 @@ class Registry:
         capacity: Capacity | None = None,
         watch: ListingWatch | None = None,
         slots: Slots | None = None,
+        routes: Routes | None = None,
         tracing: JobTracing | None = None,
     ) -> None:
         self.slots: Slots = slots or EverySlot()
@@ -63,12 +65,13 @@ class Registry:
         self.watch = watch
         self._deps = Deps(
             store=store,
-            provider=provider,
+            provider=provider if routes is None else routes.providers[routes.primary],
             config=config,
             observer=observer or NullObserver(),
             outputs=outputs or UrlOnlyOutputs(),
             capacity=self.capacity,
             watch=watch,
+            routes=routes,
             tracing=tracing or NullTracing(),
         )
         self._actors: dict[str, UserActor] = {}

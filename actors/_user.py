@@ -36,6 +36,7 @@ from ._deps import Deps
 from ._job import JobTask
 from ._mailbox import Mailbox
 from ._messages import Cancel, Message, Resume, Submit
+from ._routes import without_routing
 
 log = structlog.get_logger("actors.user")
 
@@ -95,6 +96,8 @@ class UserActor:
         self._config = deps.config
         self._running: dict[uuid.UUID, JobTask] = {}
         self._resuming: set[uuid.UUID] = set()
+        # Jobs left queued because no breaker admitted them (logged once each).
+        self._held: set[uuid.UUID] = set()
         self._stranger = False
         self._admission = trio.CancelScope()
         self._jobs: trio.Nursery | None = None
@@ -233,7 +236,10 @@ class UserActor:
             decided = await self._decide(job_id)
         if decided is None:
             return
-        job, lag_s, priority = decided
+        job, lag_s, priority, wanted = decided
+        route = await self._route(job, wanted)
+        if route is None:
+            return  # its provider's breaker is open and no fallback admits: stays queued
         trace = self._tracing.job_trace(job)
         started = False
         try:
@@ -248,7 +254,7 @@ class UserActor:
                     # Shielded and unbounded: a timeout here could land after the commit and
                     # leave a charged job without a task until the orphan scan.
                     with trio.CancelScope(shield=True):
-                        started = await self._commit(job, lag_s, priority, trace)
+                        started = await self._commit(job, lag_s, priority, trace, route)
                 finally:
                     if not started:
                         self._capacity.gate.leave()
@@ -256,8 +262,31 @@ class UserActor:
             if not started:
                 trace.end()  # refused or interrupted; a started task ends its own trace
 
-    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, int] | None:
-        """Read and decide; a job to admit comes back with its priority, a refusal is stored."""
+    async def _route(self, job: Job, wanted: str) -> str | None:
+        """The provider the job will run on, or None while no breaker admits it.
+
+        A job whose cancel was asked goes on to the admit, which refuses it uncharged.
+        """
+        routes = self._deps.routes
+        if routes is None or job.cancel_requested_at is not None:
+            return wanted
+        with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
+            route = await routes.choose(job, wanted)
+            if route is None and job.id not in self._held:
+                # Once per job and actor: every scan offers it again while it waits.
+                log.info("job.held", provider=wanted, note="its provider's breaker is open")
+                self._held.add(job.id)
+            elif route is not None:
+                self._held.discard(job.id)
+            return route
+
+    async def _decide(self, job_id: uuid.UUID) -> tuple[Job, float | None, int, str] | None:
+        """Read and decide; a job to admit comes back with its priority, a refusal is stored.
+
+        With several providers, the job's `params.provider` picks one (the default one
+        when absent) and its params are checked against that provider's model; the
+        job comes back without the routing key, with the provider it wants.
+        """
         context = await self._store.admission_context(job_id)
         if context is not None:
             self._stranger = context.usage.balance is None
@@ -265,8 +294,17 @@ class UserActor:
             return None
         job = context.job
         lag_s = (context.now - job.created_at).total_seconds() if job.created_at else None
-        decision = decide_admission(
-            job, context.usage, context.now, allowed_params=self._config.allowed_params
+        wanted, allowed = self._config.provider_name, self._config.allowed_params
+        routes = self._deps.routes
+        unroutable: Reject | None = None
+        if routes is not None:
+            try:
+                wanted = routes.wanted(job)
+            except ValueError as exc:
+                unroutable = Reject(ErrorCode.VALIDATION_ERROR, str(exc))
+            job, allowed = without_routing(job), routes.allowed(wanted, allowed)
+        decision = unroutable or decide_admission(
+            job, context.usage, context.now, allowed_params=allowed
         )
         if isinstance(decision, Reject):
             trace = self._tracing.job_trace(job)
@@ -279,9 +317,11 @@ class UserActor:
             finally:
                 trace.end()
             return None
-        return job, lag_s, decision.priority
+        return job, lag_s, decision.priority, wanted
 
-    async def _commit(self, job: Job, lag_s: float | None, priority: int, trace: JobTrace) -> bool:
+    async def _commit(
+        self, job: Job, lag_s: float | None, priority: int, trace: JobTrace, route: str
+    ) -> bool:
         """The atomic admit, then the job's task; True when a task now runs it."""
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             admission = await self._store.admit(
@@ -295,7 +335,7 @@ class UserActor:
                 started = InFlight(
                     job=_admitted(job, cost), remaining_s=admission.deadline_s or 0.0
                 )
-                self._start(started, lag_s, trace=trace)
+                self._start(started, lag_s, trace=trace, route=route)
                 return True
             trace.set({"admission.outcome": admission.outcome.value})
             if admission.outcome in _REFUSAL_FOR_OUTCOME:
@@ -324,11 +364,12 @@ class UserActor:
         *,
         resumed: bool = False,
         trace: JobTrace | None = None,
+        route: str | None = None,
     ) -> JobTask:
         assert self._jobs is not None  # noqa: S101  (set before the first message)
         task = JobTask(
             in_flight,
-            self._deps,
+            self._deps if route is None else self._deps.on(route),
             queued_s=lag_s,
             on_done=self._job_done,
             resumed=resumed,
@@ -338,6 +379,27 @@ class UserActor:
         self._running[in_flight.job.id] = task
         self._jobs.start_soon(task.run)
         return task
+
+    def _resumable(self, in_flight: InFlight) -> tuple[InFlight, str | None]:
+        """A job left in flight, its routing key stripped, and the provider it runs on.
+
+        That is the provider its predictions were recorded on (a job that failed over
+        goes on on the fallback), else the one it asked for. Known gap: a job that
+        failed over and recorded no prediction before the crash resumes on the one it
+        asked for, since admission does not record the provider.
+        """
+        routes = self._deps.routes
+        if routes is None:
+            return in_flight, None
+        recorded = in_flight.provider
+        if recorded is not None and recorded in routes.providers:
+            wanted = recorded
+        else:
+            try:
+                wanted = routes.wanted(in_flight.job)
+            except ValueError:
+                wanted = routes.primary  # a provider no longer configured
+        return attrs.evolve(in_flight, job=without_routing(in_flight.job)), wanted
 
     def _job_done(self, job: Job) -> None:
         self._running.pop(job.id, None)
@@ -370,7 +432,8 @@ class UserActor:
             if self.dropping:
                 return  # dropped while reading: the next owner resumes it
             self._capacity.gate.enter_now()
-            task = self._start(in_flight, resumed=True)
+            in_flight, route = self._resumable(in_flight)
+            task = self._start(in_flight, resumed=True, route=route)
             if job.cancel_requested_at is not None:
                 task.cancel()
 

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
@@ -33,16 +33,18 @@ import trio
 
 from actors import (
     ActorConfig,
+    BreakerProvider,
     Capacity,
     InFlightGate,
     ListingWatch,
     LoadMonitor,
     RateBudget,
     Registry,
+    Routes,
     ServicePacer,
 )
 from orchestrator.auditor import run_auditor
-from orchestrator.core import JobTracing, NullTracing, Provider, sole_exception
+from orchestrator.core import BreakerPolicy, JobTracing, NullTracing, Provider, sole_exception
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
 from orchestrator.http import HttpApp
@@ -106,8 +108,8 @@ class Daemon:
         await self._stop.wait()
 
 
-def webhook_base(settings: Settings) -> str | None:
-    """Where providers should call back, or None to rely on polling alone.
+def webhook_base(settings: Settings, provider: str | None = None) -> str | None:
+    """Where a provider (the default one unless named) calls back, or None: polling alone.
 
     Raises:
         SettingsError: webhooks requested without a secret, unless unsigned ones are allowed.
@@ -119,7 +121,7 @@ def webhook_base(settings: Settings) -> str | None:
             "ORCHESTRATOR_PUBLIC_URL enables webhooks: set ORCHESTRATOR_WEBHOOK_SECRET, or "
             "ORCHESTRATOR_ACCEPT_UNSIGNED_WEBHOOKS=1 to accept forgeable ones"
         )
-    return f"{settings.public_url.rstrip('/')}/webhooks/{settings.provider}"
+    return f"{settings.public_url.rstrip('/')}/webhooks/{provider or settings.provider}"
 
 
 def capacity(settings: Settings) -> Capacity:
@@ -165,32 +167,68 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
 
 @asynccontextmanager
 async def open_provider(settings: Settings) -> AsyncIterator[Provider]:
-    """The configured provider over one pooled HTTP client.
+    """The default provider over one pooled HTTP client.
+
+    Raises:
+        SettingsError: a real provider without its token.
+    """
+    async with open_providers(settings) as providers:
+        yield providers[settings.provider]
+
+
+@asynccontextmanager
+async def open_providers(settings: Settings) -> AsyncIterator[dict[str, Provider]]:
+    """Every configured provider (`ORCHESTRATOR_PROVIDERS`) over one pooled HTTP client.
 
     Raises:
         SettingsError: a real provider without its token.
     """
     timeout = httpx.Timeout(10.0, connect=5.0)
     async with queued_client(limit=settings.provider_connections, timeout=timeout) as client:
-        if settings.provider == "kie":
-            if settings.kie_api_token is None and _PUBLIC_KIE in settings.kie_api_base:
-                raise SettingsError("KIE_API_TOKEN is required to use KIE")
-            yield KieProvider(
-                client,
-                base_url=settings.kie_api_base,
-                token=settings.kie_api_token or "unset",
-                model=settings.kie_model,
-            )
-            return
-        token = settings.replicate_api_token
-        if token is None and _PUBLIC_REPLICATE in settings.replicate_api_base:
-            raise SettingsError("REPLICATE_API_TOKEN is required to use Replicate")
-        yield ReplicateProvider(
+        yield {name: _adapter(settings, name, client) for name in settings.configured_providers}
+
+
+def _adapter(settings: Settings, name: str, client: httpx.AsyncClient) -> Provider:
+    if name == "kie":
+        if settings.kie_api_token is None and _PUBLIC_KIE in settings.kie_api_base:
+            raise SettingsError("KIE_API_TOKEN is required to use KIE")
+        return KieProvider(
             client,
-            base_url=settings.replicate_api_base,
-            token=token or "unset",
-            model=settings.replicate_model,
+            base_url=settings.kie_api_base,
+            token=settings.kie_api_token or "unset",
+            model=settings.kie_model,
         )
+    token = settings.replicate_api_token
+    if token is None and _PUBLIC_REPLICATE in settings.replicate_api_base:
+        raise SettingsError("REPLICATE_API_TOKEN is required to use Replicate")
+    return ReplicateProvider(
+        client,
+        base_url=settings.replicate_api_base,
+        token=token or "unset",
+        model=settings.replicate_model,
+    )
+
+
+def routes(settings: Settings, providers: Mapping[str, Provider], metrics: Metrics) -> Routes:
+    """Each configured provider behind its circuit breaker, the default and the fallback."""
+    policy = BreakerPolicy(
+        threshold=settings.breaker_threshold,
+        window_s=settings.breaker_window_s,
+        cooldown_s=settings.breaker_cooldown_s,
+        max_cooldown_s=settings.breaker_max_cooldown_s,
+    )
+    metrics.breakers.known(providers)
+    return Routes(
+        {
+            name: BreakerProvider(name, provider, policy=policy, observer=metrics.breakers)
+            for name, provider in providers.items()
+        },
+        primary=settings.provider,
+        fallback=settings.fallback_provider,
+        webhook_urls={name: webhook_base(settings, name) for name in providers},
+        allowed_params={name: settings.allowed_params_of(name) for name in providers},
+        observer=metrics.breakers,
+    )
 
 
 def storage_root(settings: Settings) -> Path:
@@ -198,13 +236,16 @@ def storage_root(settings: Settings) -> Path:
 
 
 def download_hosts(settings: Settings) -> tuple[str, ...]:
-    """The allow-list: configured hosts, or the provider's own host and Replicate's CDN."""
+    """The allow-list: configured hosts, or the providers' own hosts and Replicate's CDN."""
     if settings.download_hosts:
         return settings.download_hosts
-    base = settings.kie_api_base if settings.provider == "kie" else settings.replicate_api_base
-    parts = urllib.parse.urlsplit(base)
-    host = parts.hostname or ""
-    return (f"{host}:{parts.port}" if parts.port else host, *_REPLICATE_DELIVERY)
+    hosts = []
+    for name in settings.configured_providers:
+        base = settings.kie_api_base if name == "kie" else settings.replicate_api_base
+        parts = urllib.parse.urlsplit(base)
+        host = parts.hostname or ""
+        hosts.append(f"{host}:{parts.port}" if parts.port else host)
+    return (*dict.fromkeys(hosts), *_REPLICATE_DELIVERY)
 
 
 @asynccontextmanager
@@ -303,11 +344,18 @@ def assemble(
     provider: Provider,
     downloader: Downloader,
     *,
+    providers: Mapping[str, Provider] | None = None,
     tracing: JobTracing | None = None,
 ) -> Daemon:
-    """Every part of a daemon, wired; nothing runs yet."""
+    """Every part of a daemon, wired; nothing runs yet.
+
+    `providers` are every configured one by name (`provider` alone when None), each
+    put behind its circuit breaker here.
+    """
     webhooks_at = webhook_base(settings)
     metrics = Metrics()
+    routed = routes(settings, providers or {settings.provider: provider}, metrics)
+    provider = routed.providers[settings.provider]
     limits = capacity(settings)
     keeper = LeaseKeeper(
         db,
@@ -326,6 +374,7 @@ def assemble(
         capacity=limits,
         watch=listing_watch(settings, provider, limits, webhooks_at),
         slots=keeper,
+        routes=routed,
         tracing=tracing,
     )
     keeper.on_lost = registry.drop_slots
@@ -354,7 +403,7 @@ def assemble(
         daemon.webhooks = WebhookHandler(
             db,
             registry,
-            {settings.provider: provider},
+            dict(routed.providers),
             secret=settings.webhook_secret,
             observer=metrics,
         )
@@ -403,10 +452,17 @@ async def serve(
             reserved_size=settings.db_settle_pool_size,
             listen_url=settings.listen_url,
         ) as db,
-        open_provider(settings) as provider,
+        open_providers(settings) as providers,
         open_downloader(settings) as downloader,
     ):
-        daemon = assemble(settings, db, provider, downloader, tracing=traces)
+        daemon = assemble(
+            settings,
+            db,
+            providers[settings.provider],
+            downloader,
+            providers=providers,
+            tracing=traces,
+        )
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)
 

@@ -66,6 +66,17 @@ def _input_names(
         )
 
 
+PROVIDER_NAMES: Final = ("replicate", "kie")
+
+
+def _provider_names(_instance: object, _attribute: object, value: tuple[str, ...]) -> None:
+    if unknown := sorted(set(value) - set(PROVIDER_NAMES)):
+        raise SettingsError(
+            f"ORCHESTRATOR_PROVIDERS: unknown {', '.join(unknown)}; known: "
+            + ", ".join(PROVIDER_NAMES)
+        )
+
+
 MIN_WEBHOOK_SECRET_BYTES: Final = 24
 
 
@@ -97,6 +108,14 @@ class Settings:
     provider: str = attrs.field(
         default="replicate", validator=attrs.validators.in_(("replicate", "kie"))
     )
+    # Every provider this daemon runs jobs on; () = `provider` alone. `provider` is the
+    # default, `fallback_provider` where new jobs go while the default's breaker is open.
+    providers: tuple[str, ...] = attrs.field(default=(), validator=_provider_names)
+    fallback_provider: str | None = None
+    breaker_threshold: int = attrs.field(default=5, validator=_positive)
+    breaker_window_s: float = attrs.field(default=30.0, validator=_positive)
+    breaker_cooldown_s: float = attrs.field(default=15.0, validator=_positive)
+    breaker_max_cooldown_s: float = attrs.field(default=300.0, validator=_positive)
     replicate_api_base: str = "https://api.replicate.com"
     replicate_api_token: str | None = attrs.field(default=None, repr=False)
     replicate_model: str = "black-forest-labs/flux-schnell"
@@ -168,6 +187,18 @@ class Settings:
     )
 
     def __attrs_post_init__(self) -> None:
+        configured = self.configured_providers
+        if self.providers and self.provider not in self.providers:
+            raise SettingsError(
+                f"ORCHESTRATOR_PROVIDERS must include ORCHESTRATOR_PROVIDER ({self.provider})"
+            )
+        if self.fallback_provider is not None and (
+            self.fallback_provider not in configured or self.fallback_provider == self.provider
+        ):
+            raise SettingsError(
+                "ORCHESTRATOR_FALLBACK_PROVIDER must be another of ORCHESTRATOR_PROVIDERS"
+                f" ({', '.join(configured)}), got {self.fallback_provider!r}"
+            )
         if self.lease_renew_s >= self.lease_ttl_s / 2:
             raise SettingsError(
                 "ORCHESTRATOR_LEASE_RENEW must be under half of ORCHESTRATOR_LEASE_TTL, "
@@ -175,8 +206,17 @@ class Settings:
             )
 
     @property
+    def configured_providers(self) -> tuple[str, ...]:
+        """The providers this daemon runs jobs on, the default one first."""
+        rest = tuple(name for name in self.providers if name != self.provider)
+        return (self.provider, *rest)
+
+    @property
     def model(self) -> str:
-        return self.kie_model if self.provider == "kie" else self.replicate_model
+        return self.model_of(self.provider)
+
+    def model_of(self, provider: str) -> str:
+        return self.kie_model if provider == "kie" else self.replicate_model
 
     @property
     def traces_to(self) -> str | None:
@@ -187,10 +227,17 @@ class Settings:
 
     @property
     def allowed_params(self) -> frozenset[str]:
-        """The params keys a job may pass to the configured model."""
+        """The params keys a job may pass to the default provider's model."""
+        return self.allowed_params_of(self.provider)
+
+    def allowed_params_of(self, provider: str) -> frozenset[str]:
+        """The params keys a job may pass to one provider's model.
+
+        `ORCHESTRATOR_PARAMS_ALLOWED`, when set, holds for every provider.
+        """
         if self.params_allowed is not None:
             return frozenset(self.params_allowed)
-        return default_allowed(self.provider, self.model)
+        return default_allowed(provider, self.model_of(provider))
 
 
 def _boolean(raw: str) -> bool:
@@ -219,6 +266,12 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_LISTEN_URL": ("listen_url", str),
     "ORCHESTRATOR_HOME": ("home", Path),
     "ORCHESTRATOR_PROVIDER": ("provider", str),
+    "ORCHESTRATOR_PROVIDERS": ("providers", _hosts),
+    "ORCHESTRATOR_FALLBACK_PROVIDER": ("fallback_provider", str),
+    "ORCHESTRATOR_BREAKER_THRESHOLD": ("breaker_threshold", int),
+    "ORCHESTRATOR_BREAKER_WINDOW": ("breaker_window_s", float),
+    "ORCHESTRATOR_BREAKER_COOLDOWN": ("breaker_cooldown_s", float),
+    "ORCHESTRATOR_BREAKER_MAX_COOLDOWN": ("breaker_max_cooldown_s", float),
     "REPLICATE_API_BASE": ("replicate_api_base", str),
     "REPLICATE_API_TOKEN": ("replicate_api_token", str),
     "ORCHESTRATOR_MODEL": ("replicate_model", str),

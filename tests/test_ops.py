@@ -43,6 +43,7 @@ EXPECTED_ALERTS = {
     "UpstreamSuccessesUndelivered",
     "PartitionSlotsUnowned",
     "LeasesLost",
+    "ProviderBreakerOpen",
 }
 ANNOTATIONS = ("summary", "description", "runbook_url")
 METRIC_NAME = re.compile(r"\borchestrator_[a-z0-9_]+\b")

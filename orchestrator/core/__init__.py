@@ -6,6 +6,14 @@ other's; only the composition roots (`orchestrator.daemon`, `orchestrator.cli`) 
 concrete adapters in. Code lives in private modules; import from here only.
 """
 
+from ._breaker import DEFAULT_POLICY as DEFAULT_POLICY
+from ._breaker import Breaker as Breaker
+from ._breaker import BreakerPolicy as BreakerPolicy
+from ._breaker import BreakerState as BreakerState
+from ._breaker import breaker_failure as breaker_failure
+from ._breaker import breaker_probe as breaker_probe
+from ._breaker import breaker_success as breaker_success
+from ._breaker import breaker_tick as breaker_tick
 from ._cancel import cancel_upstream as cancel_upstream
 from ._exceptions import ExpectedFault as ExpectedFault
 from ._exceptions import FencedOff as FencedOff
@@ -102,6 +110,7 @@ __all__ = [
     "ALL_SLOTS",
     "COST_MULTIPLIERS",
     "DEFAULT_ALLOWED",
+    "DEFAULT_POLICY",
     "MAX_OUTPUTS",
     "MAX_PARAMS_BYTES",
     "MAX_PARAMS_DEPTH",
@@ -124,6 +133,9 @@ __all__ = [
     "Admit",
     "AttributeValue",
     "Attributes",
+    "Breaker",
+    "BreakerPolicy",
+    "BreakerState",
     "CanceledByUser",
     "Delivered",
     "Ending",
@@ -171,6 +183,10 @@ __all__ = [
     "UpstreamRef",
     "UrlOnlyOutputs",
     "Usage",
+    "breaker_failure",
+    "breaker_probe",
+    "breaker_success",
+    "breaker_tick",
     "cancel_upstream",
     "clean_text",
     "cost_of",

@@ -213,13 +213,15 @@ class InFlight:
 
     `remaining_s` is negative when the deadline passed; `predictions` are the
     provider predictions recorded so far, by output index, and `replaced` how many
-    earlier ones each recorded prediction replaced (its attempts before it).
+    earlier ones each recorded prediction replaced (its attempts before it);
+    `provider` is the provider they were recorded on (None before the first).
     """
 
     job: Job
     remaining_s: float
     predictions: Mapping[int, str] = attrs.field(factory=dict)
     replaced: Mapping[int, int] = attrs.field(factory=dict)
+    provider: str | None = None
 
 
 @attrs.frozen

@@ -44,7 +44,13 @@ async def in_flight_job(pool: Pool, job_id: uuid.UUID) -> InFlight | None:
         return None
     predictions = {int(idx): pid for idx, pid in row["predictions"].items()}
     replaced = {int(idx): int(n) for idx, n in row["replaced"].items()}
-    return InFlight(_rows.job(row), row["remaining_s"], predictions, replaced)
+    return InFlight(
+        _rows.job(row),
+        row["remaining_s"],
+        predictions,
+        replaced,
+        provider=row["recorded_provider"],
+    )
 
 
 async def stuck(pool: Pool, older_than_s: float, limit: int, slots: Sequence[int]) -> list[JobRef]:

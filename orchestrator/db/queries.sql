@@ -164,9 +164,11 @@ SELECT id, user_id, slot, status, cancel_requested_at IS NOT NULL AS cancel_requ
 
 -- name: in_flight_job
 -- One in-flight job with the seconds left before its deadline (negative when past),
--- measured on the database's clock, the same clock that set the deadline.
+-- measured on the database's clock, the same clock that set the deadline, and the
+-- provider its predictions were recorded on.
 SELECT {{job_columns}},
        extract(epoch FROM deadline_at - clock_timestamp())::float8 AS remaining_s,
+       j.provider AS recorded_provider,
        (SELECT coalesce(jsonb_object_agg(p.idx::text, p.prediction_id), '{}'::jsonb)
           FROM orchestrator.predictions p WHERE p.job_id = j.id) AS predictions,
        (SELECT coalesce(jsonb_object_agg(r.idx::text, r.n), '{}'::jsonb)

@@ -64,6 +64,8 @@ class InMemoryStore:
         self.ledger: list[LedgerRow] = []
         self.outputs: dict[uuid.UUID, dict[int, StoredOutput]] = {}
         self.predictions: dict[uuid.UUID, dict[int, str]] = {}
+        # jobs.provider: set with the first prediction recorded
+        self.providers: dict[uuid.UUID, str] = {}
         self.seats: dict[uuid.UUID, int] = {}
         self.deadlines: dict[uuid.UUID, float] = {}
         self.calls: list[tuple[str, uuid.UUID]] = []
@@ -224,6 +226,7 @@ class InMemoryStore:
             ref = UpstreamRef(provider, replaced, job_id, idx, "replaced")
             self.upstream.setdefault(replaced, (ref, None, False))
         self.predictions[job_id][idx] = prediction_id
+        self.providers[job_id] = provider
         self.jobs[job_id] = attrs.evolve(
             job, status=JobStatus.PROCESSING, prediction_id=job.prediction_id or prediction_id
         )
@@ -291,6 +294,7 @@ class InMemoryStore:
             self.deadlines[job_id] - trio.current_time(),
             dict(self.predictions.get(job_id, {})),
             replaced,
+            provider=self.providers.get(job_id),
         )
 
     async def note_traceparent(

@@ -12,6 +12,7 @@ so on), each with a null default; the parts here implement them, and only
 the composition root hands them out.
 """
 
+from ._breakers import BreakerMetrics as BreakerMetrics
 from ._cluster import ClusterMetrics as ClusterMetrics
 from ._intake import IntakeMetrics as IntakeMetrics
 from ._jobs import JobMetrics as JobMetrics
@@ -23,6 +24,7 @@ from ._upkeep import UpkeepMetrics as UpkeepMetrics
 
 __all__ = [
     "CONTENT_TYPE",
+    "BreakerMetrics",
     "ClusterMetrics",
     "IntakeMetrics",
     "JobMetrics",

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from orchestrator.core import ErrorCode, JobStatus
 
+from ._breakers import BreakerMetrics
 from ._cluster import ClusterMetrics
 from ._intake import IntakeMetrics
 from ._jobs import JobMetrics
@@ -32,6 +33,7 @@ class Metrics:
         self.intake = IntakeMetrics(self.registry)
         self.upkeep = UpkeepMetrics(self.registry)
         self.process = ProcessGauges(self.registry)
+        self.breakers = BreakerMetrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
