@@ -6,6 +6,7 @@ listings never print it whole.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import uuid
@@ -214,32 +215,53 @@ def cluster(members: Sequence[MemberRow], owners: Sequence[OwnerSummary], *, as_
     )
     for column in columns:
         table.add_column(column)
+    urls = [str(member.info.get("http_url", "")) for member in members]
+    for row, url in itertools.zip_longest(
+        owner_rows(members, owners, lambda slots: slot_ranges(slots)[:40]), urls, fillvalue=""
+    ):
+        table.add_row(*row, url)
+    _out.print(table)
+
+
+def owner_rows(
+    members: Sequence[MemberRow],
+    owners: Sequence[OwnerSummary],
+    slots_text: Callable[[Sequence[int]], str],
+) -> list[list[str]]:
+    """The cluster's rows, one per member then the slots nobody holds; `top` shows them too.
+
+    Columns: member, alive, heartbeat, slots, highest epoch, queued, in flight, oldest queued.
+    """
+    work = {owner.owner: owner for owner in owners}
+    rows = []
     for member in members:
         summary = work.get(member.member_id)
-        table.add_row(
-            member.member_id,
-            "yes" if member.alive else "[red]no[/red]",
-            f"{member.heartbeat_age_s:.1f} s ago",
-            f"{len(member.slots)} ({slot_ranges(member.slots)[:40]})",
-            str(member.max_epoch),
-            str(summary.queued if summary else 0),
-            str(summary.in_flight if summary else 0),
-            _age(summary.oldest_queued_s if summary else None),
-            str(member.info.get("http_url", "")),
+        rows.append(
+            [
+                member.member_id,
+                "yes" if member.alive else "[red]no[/red]",
+                f"{member.heartbeat_age_s:.1f} s ago",
+                f"{len(member.slots)} ({slots_text(member.slots)})",
+                str(member.max_epoch),
+                str(summary.queued if summary else 0),
+                str(summary.in_flight if summary else 0),
+                _age(summary.oldest_queued_s if summary else None),
+            ]
         )
     if (nobody := work.get(None)) is not None:
-        table.add_row(
-            "[red](nobody)[/red]",
-            "",
-            "",
-            str(nobody.slots),
-            str(nobody.max_epoch),
-            str(nobody.queued),
-            str(nobody.in_flight),
-            _age(nobody.oldest_queued_s),
-            "",
+        rows.append(
+            [
+                "[red](nobody)[/red]",
+                "",
+                "",
+                str(nobody.slots),
+                str(nobody.max_epoch),
+                str(nobody.queued),
+                str(nobody.in_flight),
+                _age(nobody.oldest_queued_s),
+            ]
         )
-    _out.print(table)
+    return rows
 
 
 def _age(seconds: float | None) -> str:

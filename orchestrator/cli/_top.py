@@ -318,34 +318,12 @@ def _short_ranges(slots: Sequence[int], limit: int = 30) -> str:
 
 
 def _owners_table(members: Sequence[MemberRow], owners: Sequence[OwnerSummary]) -> Table:
-    work = {owner.owner: owner for owner in owners}
     table = Table(title="slot owners", title_justify="left", expand=True)
     for column in ("member", "alive", "heartbeat", "slots", "epoch ≤", "queued", "in flight"):
         table.add_column(column, justify="right" if column in {"queued", "in flight"} else "left")
     table.add_column("oldest queued", justify="right")
-    for member in members:
-        summary = work.get(member.member_id)
-        table.add_row(
-            member.member_id,
-            "yes" if member.alive else "[red]no[/red]",
-            f"{member.heartbeat_age_s:.1f} s ago",
-            f"{len(member.slots)} ({_short_ranges(member.slots)})",
-            str(member.max_epoch),
-            str(summary.queued if summary else 0),
-            str(summary.in_flight if summary else 0),
-            _age(summary.oldest_queued_s if summary else None),
-        )
-    if (nobody := work.get(None)) is not None:
-        table.add_row(
-            "[red](nobody)[/red]",
-            "",
-            "",
-            str(nobody.slots),
-            str(nobody.max_epoch),
-            str(nobody.queued),
-            str(nobody.in_flight),
-            _age(nobody.oldest_queued_s),
-        )
+    for row in views.owner_rows(members, owners, _short_ranges):
+        table.add_row(*row)
     if not members and not owners:
         table.add_row("[dim](no members)[/]")
     return table
