@@ -363,10 +363,15 @@ def _listed(rig: Rig, statuses: set[str]) -> list[dict[str, object]]:
     page: object = f"http://127.0.0.1:{rig.sim_port}/v1/predictions"
     while isinstance(page, str) and len(listed) < 20000:
         request = urllib.request.Request(page, headers={"Authorization": "Bearer soak"})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
-                body = json.loads(response.read())
-        except (OSError, ValueError):
+        body = None
+        for _attempt in range(3):  # a busy simulator may miss one page's timeout
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                    body = json.loads(response.read())
+                break
+            except (OSError, ValueError):
+                time.sleep(1.0)
+        if body is None:
             break
         listed += [e for e in body.get("results", []) if e.get("status") in statuses]
         page = body.get("next")
