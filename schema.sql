@@ -598,7 +598,7 @@ $$;
 
 -- Submit many jobs in one round trip. `p_items` is a JSON array of objects
 -- {user_id, prompt, params?, num_outputs?, idempotency_key?}; one row comes back
--- per item, in input order (`ordinal` counts from 1): the job's id, or the
+-- per item, with its place in the input (`ordinal`, from 1): the job's id, or the
 -- SQLSTATE and message submit_job would have raised for that item (OR001
 -- unknown user, OR003 key reused for a different request, OR004 malformed).
 -- A bad item never fails the others, and a repeated key returns the first
@@ -608,7 +608,9 @@ $$;
 -- taken meanwhile); the INSERT runs after the block and cannot fail on what the
 -- block checked. The insert trigger notifies each job's slot, as for one job.
 -- Over 1000 items or 8 MiB of JSON refuses the whole call (OR004), before any
--- insert.
+-- insert. Items are inserted in (user_id, idempotency_key) order, so two calls
+-- that share keys wait on each other's rows in one order and never deadlock;
+-- the rows come back in that order too: `ORDER BY ordinal` for the input's.
 CREATE OR REPLACE FUNCTION orchestrator.submit_jobs(p_items jsonb)
 RETURNS TABLE (ordinal integer, job_id uuid, code text, message text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -643,7 +645,7 @@ BEGIN
     FOR v_item, v_n IN
         SELECT e.item, e.n
           FROM pg_catalog.jsonb_array_elements(p_items) WITH ORDINALITY AS e (item, n)
-         ORDER BY e.n
+         ORDER BY e.item ->> 'user_id', e.item ->> 'idempotency_key', e.n
     LOOP
         ordinal := v_n::integer;
         job_id := NULL;

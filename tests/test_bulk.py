@@ -123,6 +123,32 @@ async def test_a_repeated_bulk_returns_the_same_jobs_and_inserts_nothing(db: Dat
     assert await _job_count(db_url) == 20
 
 
+async def test_bulks_sharing_keys_in_opposite_orders_never_deadlock(db: Database, db_url: str):
+    """Items are inserted in key order, so two uploads of one batch, one reversed, both land.
+
+    Inserted in input order, each call would hold the rows the other waits for, and
+    Postgres would abort one of them whole (SQLSTATE 40P01): every one of its items lost.
+    """
+    await db.grant("dan", 5)
+    for round_ in range(8):
+        items = [
+            {"user_id": "dan", "prompt": f"p{n}", "idempotency_key": f"r{round_}-{n:03}"}
+            for n in range(300)
+        ]
+        answers: list[list[uuid.UUID | None]] = []
+
+        async def upload(batch: list[dict[str, object]]) -> None:
+            results = await db.submit_jobs(batch)
+            answers.append(sorted((r.job_id for r in results), key=str))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload, items)
+            nursery.start_soon(upload, items[::-1])
+        assert answers[0] == answers[1]
+        assert None not in answers[0]
+    assert await _job_count(db_url) == 8 * 300
+
+
 async def test_an_oversized_bulk_is_refused_whole(db: Database, db_url: str):
     """Past 1,000 items or 8 MiB nothing is submitted, and the error says how to fix it."""
     await db.grant("carol", 5)
