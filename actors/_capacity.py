@@ -238,8 +238,10 @@ class InFlightGate:
     async def enter(self, key: Hashable | None = None, weight: int = 1) -> None:
         """Wait until a place is free; the caller must `leave` once done with it."""
         if self._has_room() and not self._order:
+            # A cancelled caller must not hold the place: raise before counting it.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self.in_flight += 1
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         # `leave` counts the place for us before it wakes us, so a place handed over is
         # never lost; a cancelled waiter is simply taken out of the order.

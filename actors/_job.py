@@ -273,6 +273,9 @@ class JobTask:
             prediction = await self._attach(idx)
             attempt = 1 + self._earlier.get(idx, 0)
             while True:
+                if prediction is None and attempt > 1 and self._resumed:
+                    # A crash may have cut off the record of an attempt that runs upstream.
+                    prediction = await self._found_upstream(idx)
                 if prediction is None:
                     with self._trace.span(
                         "prediction.create",
@@ -344,6 +347,14 @@ class JobTask:
             return Prediction(id=prediction_id, status=PredictionStatus.PROCESSING)
         if not self._resumed:
             return None
+        return await self._found_upstream(idx)
+
+    async def _found_upstream(self, idx: int) -> Prediction | None:
+        """The output's newest prediction upstream, adopted, if it may still deliver.
+
+        An earlier run may have created it and died before recording it: at the first
+        attempt of a resumed output, or after a recorded attempt that failed.
+        """
         found = await self._find_lost_prediction(idx)
         if found is None or found.status in _DEAD:
             return None
@@ -400,18 +411,20 @@ class JobTask:
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 return UpstreamFailed(exc.summary)
 
-    def _create_retryable(self, exc: ProviderError) -> bool:
+    @staticmethod
+    def _create_retryable(exc: ProviderError) -> bool:
         """A create that failed and was not found upstream by its tag may be sent again.
 
-        Only a provider-side failure: a 5xx said so, or the tag lookup (webhooks on)
-        looked and found nothing. A timeout with no lookup could have created one, and a
-        2xx with a garbled body almost surely did: sending again would pay twice upstream.
+        Only when the provider answered 5xx: it said it failed. A timeout may have created
+        the prediction, and a lookup that found nothing proves little (KIE has no listing,
+        a listing can fail or lag behind a create); a 2xx with a garbled body almost
+        surely did create it. Sending those again would pay twice upstream.
         """
-        if not isinstance(exc, ProviderUnavailable):
-            return False
-        if self._config.webhook_url is not None:
-            return True
-        return exc.status_code is not None and exc.status_code >= _SERVER_ERROR
+        return (
+            isinstance(exc, ProviderUnavailable)
+            and exc.status_code is not None
+            and exc.status_code >= _SERVER_ERROR
+        )
 
     async def _create_token(self) -> None:
         if self._prepaid_creates:

@@ -235,6 +235,7 @@ class UserActor:
         with trio.move_on_after(_HANDLE_LIMIT_S):
             decided = await self._decide(job_id)
         if decided is None:
+            self._held.discard(job_id)
             return
         job, lag_s, priority, wanted = decided
         route = await self._route(job, wanted)
@@ -251,6 +252,11 @@ class UserActor:
                         await self._capacity.admissions.take()
                     if self._capacity.creates is not None:
                         await self._capacity.creates.take(job.num_outputs)
+                    routes = self._deps.routes
+                    if routes is not None and not await routes.providers[route].admits():
+                        # Its breaker opened while the job waited for capacity: still queued,
+                        # uncharged, and routed afresh at its next offer.
+                        return
                     # Shielded and unbounded: a timeout here could land after the commit and
                     # leave a charged job without a task until the orphan scan.
                     with trio.CancelScope(shield=True):
@@ -269,6 +275,7 @@ class UserActor:
         """
         routes = self._deps.routes
         if routes is None or job.cancel_requested_at is not None:
+            self._held.discard(job.id)
             return wanted
         with structlog.contextvars.bound_contextvars(job_id=str(job.id)):
             route = await routes.choose(job, wanted)

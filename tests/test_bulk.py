@@ -123,6 +123,13 @@ async def test_a_repeated_bulk_returns_the_same_jobs_and_inserts_nothing(db: Dat
     assert await _job_count(db_url) == 20
 
 
+async def _upload(
+    db: Database, batch: list[dict[str, object]], answers: list[list[uuid.UUID | None]]
+) -> None:
+    results = await db.submit_jobs(batch)
+    answers.append(sorted((r.job_id for r in results), key=str))
+
+
 async def test_bulks_sharing_keys_in_opposite_orders_never_deadlock(db: Database, db_url: str):
     """Items are inserted in key order, so two uploads of one batch, one reversed, both land.
 
@@ -136,14 +143,9 @@ async def test_bulks_sharing_keys_in_opposite_orders_never_deadlock(db: Database
             for n in range(300)
         ]
         answers: list[list[uuid.UUID | None]] = []
-
-        async def upload(batch: list[dict[str, object]]) -> None:
-            results = await db.submit_jobs(batch)
-            answers.append(sorted((r.job_id for r in results), key=str))
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(upload, items)
-            nursery.start_soon(upload, items[::-1])
+            nursery.start_soon(_upload, db, items, answers)
+            nursery.start_soon(_upload, db, items[::-1], answers)
         assert answers[0] == answers[1]
         assert None not in answers[0]
     assert await _job_count(db_url) == 8 * 300

@@ -325,3 +325,16 @@ async def test_the_pacer_sets_the_admission_rate_from_what_a_window_cost(autojum
     cpu[0], done[0] = 2.1, 105  # an idle window: too few jobs, the rate stays
     await trio.sleep(5)
     assert pacer.rate == pytest.approx(42.5)
+
+
+async def test_an_admission_cancelled_at_the_gate_holds_no_place():
+    """A place counted for a caller already cancelled would be lost for good (review F5)."""
+    gate = InFlightGate(limit=1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await gate.enter("ann")
+    assert scope.cancelled_caught
+    assert gate.in_flight == 0
+    with trio.fail_after(1):
+        await gate.enter("bob")  # the one place is still there
+    assert gate.in_flight == 1

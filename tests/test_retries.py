@@ -237,13 +237,27 @@ async def test_a_create_answered_5xx_and_not_found_is_sent_again(autojump_clock,
 
 
 async def test_a_tagged_create_answered_5xx_is_looked_up_then_sent_again(autojump_clock, nursery):
-    rig = await make_rig(nursery, TAGGED, unavailable_submits=1, unavailable_status=None)
+    rig = await make_rig(nursery, TAGGED, unavailable_submits=1)
     rig.store.grant("hal", 5, plan="pro")
     job_id = rig.submit("hal")
     await rig.settled(job_id)
     assert rig.status(job_id) is JobStatus.SUCCEEDED
     assert rig.provider.found == [job_id]  # looked for first: it might have been made
     assert _predictions_of(rig, job_id) == ["p0"]
+
+
+async def test_a_tagged_create_with_no_answer_is_not_sent_again_when_not_found(
+    autojump_clock, nursery
+):
+    """A lookup that found nothing proves little (no listing, a lagging one): no resend."""
+    rig = await make_rig(nursery, TAGGED, unavailable_submits=1, unavailable_status=None)
+    rig.store.grant("hal", 5, plan="pro")
+    job_id = rig.submit("hal")
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.FAILED
+    assert rig.provider.found == [job_id]
+    assert _predictions_of(rig, job_id) == []
+    assert rig.store.balance("hal") == 5
 
 
 async def test_an_untagged_create_timeout_is_not_sent_again(autojump_clock, nursery):
@@ -274,6 +288,24 @@ async def test_a_resume_mid_retry_reattaches_to_the_latest_prediction(autojump_c
     assert rig.status(job_id) is JobStatus.SUCCEEDED
     assert list(rig.provider.predictions) == ["p0", "p1"]
     assert rig.provider.found == []  # recorded, so no search either
+    assert _ledger(rig, job_id) == [("debit", -1)]
+
+
+async def test_a_resume_adopts_a_retry_whose_record_a_crash_cut_off(autojump_clock, nursery):
+    """p0 recorded and failed; p1 created but never recorded: the next run takes p1, no p2."""
+    rig = await make_rig(nursery, TAGGED)
+    rig.store.grant("lea", 5, plan="pro")
+    params = {"simulate": "fail_once"}
+    job_id = rig.store.submit("lea", "x", params=params)
+    await rig.store.admit(job_id, deadline_s=120)
+    made = await rig.provider.submit(PredictionRequest(job_id, "x", params, 1))
+    await rig.store.mark_processing(job_id, provider="replicate", prediction_id=made.id)
+    await rig.provider.submit(PredictionRequest(job_id, "x", params, 1))  # then the crash
+    rig.registry.deliver("lea", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert list(rig.provider.predictions) == ["p0", "p1"]
+    assert rig.store.predictions[job_id] == {0: "p1"}
     assert _ledger(rig, job_id) == [("debit", -1)]
 
 
