@@ -312,15 +312,19 @@ async def ensure_schema(database_url: str) -> None:
 def _sweeper(
     settings: Settings,
     db: Database,
-    provider: Provider,
+    routed: Routes,
     registry: Registry,
     keeper: LeaseKeeper,
     metrics: Metrics,
 ) -> Sweeper:
+    """Stuck jobs and provider money, on every provider a job may have run on."""
+    provider = routed.providers[settings.provider]
+    others: dict[str, Provider] = dict(routed.providers)
     return Sweeper(
         db,
         provider,
         registry,
+        others=others,
         stuck_after_s=settings.stuck_after_s,
         cancel_timeout_s=settings.cancel_timeout_s,
         webhook_retention_s=settings.webhook_retention_s,
@@ -333,6 +337,7 @@ def _sweeper(
             limit=settings.reconcile_limit,
             cancel_timeout_s=settings.cancel_timeout_s,
             observer=metrics.upkeep,
+            others=others,
         ),
         slots=keeper,
     )
@@ -388,7 +393,7 @@ def assemble(
         per_user=settings.mailbox_size,
         observer=metrics.intake,
     )
-    sweeper = _sweeper(settings, db, provider, registry, keeper, metrics)
+    sweeper = _sweeper(settings, db, routed, registry, keeper, metrics)
     daemon = Daemon(db, registry, intake, sweeper, metrics, keeper)
     if settings.lag_target_s:
         daemon.monitor = LoadMonitor(

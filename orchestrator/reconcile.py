@@ -102,12 +102,14 @@ class ReconcileObserver(Protocol):
 
 
 class Reconciler:
-    """Runs reconciliation passes for one provider.
+    """Runs reconciliation passes for the default provider and any others.
 
     Args:
         db: The database, as a role that may call ``note_upstream_v1``.
         provider: The adapter to ask and to cancel through.
         provider_name: The name predictions are recorded under (``replicate``, ``kie``).
+        others: Further providers by name (failover): each prediction is asked about and
+            cancelled on the provider it was recorded under, and each one's listing is read.
         window_s: How far back ended jobs are looked at.
         limit: At most this many predictions are asked about per pass.
         concurrency: Provider requests in flight at once.
@@ -127,9 +129,10 @@ class Reconciler:
         cancel_timeout_s: float = 5.0,
         dry_run: bool = False,
         observer: ReconcileObserver | None = None,
+        others: Mapping[str, Provider] | None = None,
     ) -> None:
         self._db = db
-        self._provider = provider
+        self._providers = {**(others or {}), provider_name: provider}
         self._provider_name = provider_name
         self._window_s = window_s
         self._limit = limit
@@ -150,7 +153,8 @@ class Reconciler:
         async with trio.open_nursery() as nursery:
             for ref in refs:
                 nursery.start_soon(self._check, ref, tally, limiter)
-        for ref, prediction in await self._listed_strays():
+        strays = [found for name in self._providers for found in await self._listed_strays(name)]
+        for ref, prediction in strays:
             if ref.prediction_id in tally.seen:
                 continue  # already looked at through the database this pass
             tally.listed += 1
@@ -165,7 +169,7 @@ class Reconciler:
             status: PredictionStatus | None = None
             with trio.move_on_after(self._timeout_s):
                 try:
-                    status = (await self._provider.get(ref.prediction_id)).status
+                    status = (await self._on(ref.provider).get(ref.prediction_id)).status
                 except ProviderError as exc:
                     log.info(
                         "reconcile.unreadable", prediction_id=ref.prediction_id, error=exc.summary
@@ -175,11 +179,14 @@ class Reconciler:
                 return
             await self._act(ref, status, tally)
 
-    async def _listed_strays(self) -> list[tuple[UpstreamRef, Prediction]]:
+    def _on(self, name: str) -> Provider:
+        return self._providers.get(name, self._providers[self._provider_name])
+
+    async def _listed_strays(self, name: str) -> list[tuple[UpstreamRef, Prediction]]:
         """Tagged predictions upstream that no job follows; empty if the listing fails."""
         try:
             with trio.fail_after(self._timeout_s * 4):
-                listed = await self._provider.recent()
+                listed = await self._providers[name].recent()
         except (ProviderError, trio.TooSlowError) as exc:
             error = exc.summary if isinstance(exc, ProviderError) else "timed out"
             log.info("reconcile.listing_failed", error=error)
@@ -188,12 +195,12 @@ class Reconciler:
             return []
         by_id = {tagged.prediction.id: tagged for tagged in listed}
         claims = await self._db.listed_claims(
-            self._provider_name,
+            name,
             [(t.prediction.id, t.job_id, t.output_index) for t in by_id.values()],
         )
         return [
             (
-                UpstreamRef(self._provider_name, c.prediction_id, c.job_id, c.idx, "listed"),
+                UpstreamRef(name, c.prediction_id, c.job_id, c.idx, "listed"),
                 by_id[c.prediction_id].prediction,
             )
             for c in claims
@@ -226,7 +233,8 @@ class Reconciler:
                 log.warning("reconcile.succeeded_undelivered", found_by=ref.found_by)
 
     async def _cancel(self, ref: UpstreamRef) -> bool:
-        return await cancel_upstream(self._provider.cancel, ref.prediction_id, self._timeout_s)
+        cancel = self._on(ref.provider).cancel
+        return await cancel_upstream(cancel, ref.prediction_id, self._timeout_s)
 
     def _observe(self, report: ReconcileReport) -> None:
         if self._observer is None or report.dry_run:

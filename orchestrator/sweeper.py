@@ -17,6 +17,7 @@ two daemons never race on one prediction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Protocol
 
 import structlog
@@ -83,6 +84,7 @@ class Sweeper:
         reconciler: Reconciler | None = None,
         slots: Slots | None = None,
         lease_history_s: float = 7 * 86400.0,
+        others: Mapping[str, Provider] | None = None,
     ) -> None:
         self._slots: Slots = slots or EverySlot()
         self._lease_history_s = lease_history_s
@@ -91,6 +93,8 @@ class Sweeper:
         self._observer = observer or NullSweepObserver()
         self._db = db
         self._provider = provider
+        # Every provider a job may run on, by name: a prediction is cancelled where it runs.
+        self._others = dict(others or {})
         self._registry = registry
         self._stuck_after_s = stuck_after_s
         self._cancel_timeout_s = cancel_timeout_s
@@ -158,10 +162,11 @@ class Sweeper:
                 return
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as nursery:
-                    for prediction_id in ref.prediction_ids:
+                    names = ref.prediction_providers or ("",) * len(ref.prediction_ids)
+                    for prediction_id, name in zip(ref.prediction_ids, names, strict=True):
                         nursery.start_soon(
                             cancel_upstream,
-                            self._provider.cancel,
+                            self._others.get(name, self._provider).cancel,
                             prediction_id,
                             self._cancel_timeout_s,
                         )

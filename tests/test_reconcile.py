@@ -88,6 +88,25 @@ async def test_a_recorded_prediction_still_running_for_a_timed_out_job_is_cancel
     assert metrics.sample("orchestrator_upstream_running_for_nothing") == 0
 
 
+async def test_a_prediction_is_asked_about_and_cancelled_on_the_provider_it_ran_on(
+    nursery, db: Database, client
+):
+    """A failed-over job's prediction runs on the fallback: reconciliation goes there.
+
+    The second simulator stands in for the fallback; what counts is the name the
+    prediction was recorded under.
+    """
+    primary = _provider(client, await start_simulator(nursery, latency=(60, 60)))
+    fallback = _provider(client, await start_simulator(nursery, latency=(60, 60)))
+    job_id = await _admitted(db, "ivo")
+    prediction_id = await _submit(fallback, job_id)
+    await db.mark_processing(job_id, provider="kie", prediction_id=prediction_id)
+    await _time_out(db, job_id)
+    report = await _reconciler(db, primary, others={"kie": fallback}).run_once()
+    assert (report.checked, report.canceled, report.unreadable) == (1, 1, 0)
+    assert await _status(fallback, prediction_id) is PredictionStatus.CANCELED
+
+
 async def test_a_success_upstream_for_a_failed_job_is_counted_undelivered_exactly_once(
     nursery, db: Database, client
 ):

@@ -115,6 +115,40 @@ async def test_a_job_whose_deadline_passed_while_down_times_out_and_refunds(nurs
     assert stats["cancels"] >= 1
 
 
+async def test_the_sweeper_cancels_a_stuck_jobs_prediction_on_the_provider_it_runs_on(
+    nursery, db: Database, db_url: str
+):
+    """A failed-over job's prediction runs on the fallback: the sweeper cancels it there."""
+    await db.grant("uma", 10, plan="pro")
+    job_id = await _left_in_flight(db, "uma")
+    primary_url = await start_simulator(nursery)
+    fallback_url = await start_simulator(nursery, latency=(60, 60))
+    prediction_id = await _create_prediction(fallback_url, job_id, {})
+    await db.mark_processing(job_id, provider="kie", prediction_id=prediction_id)
+    await pg.execute(
+        db_url,
+        "UPDATE orchestrator.jobs SET deadline_at = now() - interval '2 hours' WHERE id = $1",
+        job_id,
+    )
+    async with httpx.AsyncClient(trust_env=False) as client:
+        primary = ReplicateProvider(client, base_url=primary_url, token="t", model="sim/image")
+        fallback = ReplicateProvider(client, base_url=fallback_url, token="t", model="sim/image")
+        registry = Registry(store=db, provider=primary, config=ActorConfig())
+        sweeper = Sweeper(
+            db,
+            primary,
+            registry,
+            stuck_after_s=1800,
+            cancel_timeout_s=2,
+            others={"kie": fallback},
+        )
+        assert await sweeper.sweep() == 1
+        assert (await fallback.get(prediction_id)).status.value == "canceled"
+    job = await db.job(job_id)
+    assert job is not None
+    assert (job.status, job.error_code) == (JobStatus.FAILED, ErrorCode.STUCK)
+
+
 async def test_the_sweeper_fails_and_refunds_jobs_stuck_past_the_limit(
     nursery, db: Database, db_url: str
 ):

@@ -193,6 +193,8 @@ class JobRef:
     cancel_requested: bool = False
     prediction_ids: tuple[str, ...] = ()
     slot: int = 0
+    # The provider each of `prediction_ids` runs on, in the same order.
+    prediction_providers: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ def _ref(row: asyncpg.Record) -> JobRef:
         cancel_requested=row["cancel_requested"],
         prediction_ids=tuple(row.get("prediction_ids") or ()),
         slot=row["slot"],
+        prediction_providers=tuple(row.get("prediction_providers") or ()),
     )
 
 

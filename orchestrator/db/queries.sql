@@ -184,8 +184,10 @@ SELECT {{job_columns}},
 -- after an outage is not stuck), with every prediction to cancel upstream.
 SELECT j.id, j.user_id, j.slot, j.status,
        j.cancel_requested_at IS NOT NULL AS cancel_requested,
-       coalesce((SELECT array_agg(p.prediction_id) FROM orchestrator.predictions p
-                  WHERE p.job_id = j.id), '{}') AS prediction_ids
+       coalesce((SELECT array_agg(p.prediction_id ORDER BY p.idx) FROM orchestrator.predictions p
+                  WHERE p.job_id = j.id), '{}') AS prediction_ids,
+       coalesce((SELECT array_agg(p.provider ORDER BY p.idx) FROM orchestrator.predictions p
+                  WHERE p.job_id = j.id), '{}') AS prediction_providers
   FROM orchestrator.jobs j
  WHERE j.slot = ANY($3::integer[])
    AND ((j.status = 'queued' AND j.created_at < clock_timestamp() - make_interval(secs => $1))
