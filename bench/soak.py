@@ -363,17 +363,22 @@ def _listed(rig: Rig, statuses: set[str]) -> list[dict[str, object]]:
     page: object = f"http://127.0.0.1:{rig.sim_port}/v1/predictions"
     while isinstance(page, str) and len(listed) < 20000:
         request = urllib.request.Request(page, headers={"Authorization": "Bearer soak"})
-        body = None
-        for _attempt in range(3):  # a busy simulator may miss one page's timeout
+        body: dict[str, object] | None = None
+        for _attempt in range(3):  # a busy simulator may miss a timeout, or answer garbage
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                    body = json.loads(response.read())
-                break
+                    parsed = json.loads(response.read())
             except (OSError, ValueError):
-                time.sleep(1.0)
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("results"), list):
+                body = parsed
+                break
+            time.sleep(1.0)
         if body is None:
             break
-        listed += [e for e in body.get("results", []) if e.get("status") in statuses]
+        results = body["results"]
+        assert isinstance(results, list)  # noqa: S101  (checked above; for the type checker)
+        listed += [e for e in results if isinstance(e, dict) and e.get("status") in statuses]
         page = body.get("next")
     return listed
 
