@@ -319,7 +319,7 @@ def _sweeper(
 ) -> Sweeper:
     """Stuck jobs and provider money, on every provider a job may have run on."""
     provider = routed.providers[settings.provider]
-    others: dict[str, Provider] = dict(routed.providers)
+    others = routed.providers
     return Sweeper(
         db,
         provider,

@@ -94,7 +94,7 @@ class Sweeper:
         self._db = db
         self._provider = provider
         # Every provider a job may run on, by name: a prediction is cancelled where it runs.
-        self._others = dict(others or {})
+        self._others: Mapping[str, Provider] = others or {}
         self._registry = registry
         self._stuck_after_s = stuck_after_s
         self._cancel_timeout_s = cancel_timeout_s
@@ -162,8 +162,7 @@ class Sweeper:
                 return
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as nursery:
-                    names = ref.prediction_providers or ("",) * len(ref.prediction_ids)
-                    for prediction_id, name in zip(ref.prediction_ids, names, strict=True):
+                    for name, prediction_id in ref.predictions:
                         nursery.start_soon(
                             cancel_upstream,
                             self._others.get(name, self._provider).cancel,

@@ -191,10 +191,9 @@ class JobRef:
     user_id: str
     status: JobStatus
     cancel_requested: bool = False
-    prediction_ids: tuple[str, ...] = ()
     slot: int = 0
-    # The provider each of `prediction_ids` runs on, in the same order.
-    prediction_providers: tuple[str, ...] = ()
+    # (provider, prediction id) of each prediction recorded for the job.
+    predictions: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen

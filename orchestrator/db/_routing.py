@@ -20,9 +20,14 @@ def _ref(row: asyncpg.Record) -> JobRef:
         user_id=row["user_id"],
         status=JobStatus(row["status"]),
         cancel_requested=row["cancel_requested"],
-        prediction_ids=tuple(row.get("prediction_ids") or ()),
         slot=row["slot"],
-        prediction_providers=tuple(row.get("prediction_providers") or ()),
+        predictions=tuple(
+            zip(
+                row.get("prediction_providers") or (),
+                row.get("prediction_ids") or (),
+                strict=True,
+            )
+        ),
     )
 
 
