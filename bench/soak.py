@@ -362,25 +362,30 @@ def _listed(rig: Rig, statuses: set[str]) -> list[dict[str, object]]:
     listed: list[dict[str, object]] = []
     page: object = f"http://127.0.0.1:{rig.sim_port}/v1/predictions"
     while isinstance(page, str) and len(listed) < 20000:
-        request = urllib.request.Request(page, headers={"Authorization": "Bearer soak"})
-        body: dict[str, object] | None = None
-        for _attempt in range(3):  # a busy simulator may miss a timeout, or answer garbage
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                    parsed = json.loads(response.read())
-            except (OSError, ValueError):
-                parsed = None
-            if isinstance(parsed, dict) and isinstance(parsed.get("results"), list):
-                body = parsed
-                break
-            time.sleep(1.0)
-        if body is None:
+        read = _listing_page(page)
+        if read is None:
             break
-        results = body["results"]
-        assert isinstance(results, list)  # noqa: S101  (checked above; for the type checker)
+        results, page = read
         listed += [e for e in results if isinstance(e, dict) and e.get("status") in statuses]
-        page = body.get("next")
     return listed
+
+
+def _listing_page(url: str) -> tuple[list[object], object] | None:
+    """One page's results and the next page's URL, or None after three tries.
+
+    A busy simulator may miss the timeout or answer garbage (the soak asks it to).
+    """
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer soak"})  # noqa: S310
+    for _attempt in range(3):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                body = json.loads(response.read())
+        except (OSError, ValueError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("results"), list):
+            return body["results"], body.get("next")
+        time.sleep(1.0)
+    return None
 
 
 def _job_and_idx(entry: dict[str, object]) -> tuple[str | None, int]:
