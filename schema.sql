@@ -175,6 +175,10 @@ CREATE TABLE IF NOT EXISTS orchestrator.jobs (
     traceparent         text CONSTRAINT jobs_traceparent_format CHECK (
                             traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
                             AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-'),
+    -- Where the app hears this job's ending when it cannot LISTEN: a signed POST from
+    -- the slot's owner (see callback_deliveries). Checked at INSERT for its shape
+    -- (check_callback_url_v1); the daemon rejects a host off its allow-list.
+    callback_url        text,
     CONSTRAINT jobs_user_idempotency_key_key UNIQUE (user_id, idempotency_key),
     CONSTRAINT jobs_id_num_outputs_key UNIQUE (id, num_outputs),
     -- A seat is held exactly while the job is in flight.
@@ -198,7 +202,8 @@ ALTER TABLE orchestrator.jobs
     ADD COLUMN IF NOT EXISTS retry_of uuid REFERENCES orchestrator.jobs (id),
     ADD COLUMN IF NOT EXISTS traceparent text CONSTRAINT jobs_traceparent_format CHECK (
         traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
-        AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-');
+        AND traceparent !~ '^00-0{32}-' AND traceparent !~ '-0{16}-'),
+    ADD COLUMN IF NOT EXISTS callback_url text;
 
 CREATE TABLE IF NOT EXISTS orchestrator.ledger (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -231,6 +236,8 @@ CREATE TABLE IF NOT EXISTS orchestrator.outputs (
     size_bytes   bigint CHECK (size_bytes >= 0),
     sha256       text,
     content_type text,
+    -- An http(s) URL serving the stored bytes, for the app to hand a browser.
+    public_url   text,
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     deleted_at   timestamptz,
     PRIMARY KEY (job_id, idx),
@@ -238,6 +245,8 @@ CREATE TABLE IF NOT EXISTS orchestrator.outputs (
     CONSTRAINT outputs_job_fkey FOREIGN KEY (job_id, num_outputs)
         REFERENCES orchestrator.jobs (id, num_outputs)
 );
+
+ALTER TABLE orchestrator.outputs ADD COLUMN IF NOT EXISTS public_url text;
 
 -- Every provider prediction a job started, by output index, recorded the
 -- moment its id is known, so a restart re-attaches instead of paying again.
@@ -282,6 +291,52 @@ CREATE TABLE IF NOT EXISTS orchestrator.webhook_events (
     event_id    text NOT NULL,
     received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (provider, event_id)
+);
+
+-- The event feed: one row per ending (any terminal status), appended in the same
+-- transaction as the status by the deferred trigger `jobs_append_event`, which also
+-- sends NOTIFY orchestrator_job_events. `seq` follows commit order (see
+-- append_job_event), so a reader resuming after the last seq it read never misses
+-- one. Pruned after the retention by prune_job_events_v1.
+CREATE TABLE IF NOT EXISTS orchestrator.job_events (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      uuid NOT NULL REFERENCES orchestrator.jobs (id),
+    user_id     text NOT NULL,
+    status      text NOT NULL REFERENCES orchestrator.job_statuses (status),
+    error_code  text REFERENCES orchestrator.error_codes (code),
+    finished_at timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- One row, never changed, only locked: the event trigger holds it FOR UPDATE from
+-- taking a seq until its transaction's commit is visible, so seqs are handed out
+-- in commit order. Nobody but the schema's owner may read it, so no other role
+-- can take that lock and stall the endings.
+CREATE TABLE IF NOT EXISTS orchestrator.job_event_clock (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id)
+);
+INSERT INTO orchestrator.job_event_clock (id) VALUES (true) ON CONFLICT (id) DO NOTHING;
+
+-- A job's ending owed to its callback_url: created with the event, delivered at
+-- least once by the owner of the job's slot (the webhook-id is `evt_<seq>`), retried
+-- with backoff until `delivered_at`, or given up at `failed_at` (24 h by default).
+-- `attempts` counts claims; a claim moves `next_attempt_at` past the request's
+-- timeout, so a daemon that dies mid-request leaves it due again for the next owner.
+CREATE TABLE IF NOT EXISTS orchestrator.callback_deliveries (
+    seq             bigint PRIMARY KEY REFERENCES orchestrator.job_events (seq),
+    job_id          uuid NOT NULL,
+    slot            integer NOT NULL,
+    url             text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text,
+    claimed_by      text,
+    delivered_at    timestamptz,
+    failed_at       timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT callback_deliveries_one_end CHECK (delivered_at IS NULL OR failed_at IS NULL)
 );
 
 CREATE TABLE IF NOT EXISTS orchestrator.meta (
@@ -371,6 +426,18 @@ CREATE INDEX IF NOT EXISTS jobs_finished_idx
 -- A job's earlier attempts, for a resume's retry count and the runbook's look-up.
 CREATE INDEX IF NOT EXISTS upstream_predictions_job_idx
     ON orchestrator.upstream_predictions (job_id, idx);
+
+-- Protects: a job's ending is in the feed once.
+CREATE UNIQUE INDEX IF NOT EXISTS job_events_one_per_job ON orchestrator.job_events (job_id);
+-- Serves pruning of the feed, oldest first.
+CREATE INDEX IF NOT EXISTS job_events_created_idx ON orchestrator.job_events (created_at);
+-- Serves each slot owner's claim of the callbacks due.
+CREATE INDEX IF NOT EXISTS callback_deliveries_due_idx
+    ON orchestrator.callback_deliveries (slot, next_attempt_at)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+-- Serves `orchestrator callbacks --failed` and the web view, newest first.
+CREATE INDEX IF NOT EXISTS callback_deliveries_failed_idx
+    ON orchestrator.callback_deliveries (failed_at) WHERE failed_at IS NOT NULL;
 
 -- Serves reconciliation: strays not yet seen terminal upstream.
 CREATE INDEX IF NOT EXISTS upstream_predictions_open_idx
@@ -512,6 +579,25 @@ BEGIN
 END
 $$;
 
+-- The outer shape of a job's callback_url, at INSERT (trigger below) and in
+-- submit_job and submit_jobs: NULL, or an http(s) URL of at most 2048 characters
+-- with a host and no whitespace. Whether its host may be called is the daemon's
+-- decision (ORCHESTRATOR_CALLBACK_HOSTS): a host off the list ends the job
+-- `rejected` VALIDATION_ERROR, uncharged, and nothing is ever sent to it.
+CREATE OR REPLACE FUNCTION orchestrator.check_callback_url_v1(p_url text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_url IS NULL THEN
+        RETURN;
+    END IF;
+    IF pg_catalog.length(p_url) > 2048 OR p_url !~ '^https?://[^/?#[:space:]]+[^[:space:]]*$' THEN
+        RAISE EXCEPTION 'callback_url must be an http(s) URL of at most 2048 characters'
+            USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_callback_url_format';
+    END IF;
+END
+$$;
+
 -- What submit_job, submit_jobs and retry_job_v1 refuse before inserting, one
 -- list so they cannot drift: OR004 for a malformed submission, OR001 for a
 -- user without an account. Only reads, so a caller may run it inside an
@@ -540,20 +626,24 @@ END
 $$;
 
 -- Submit a job. The same (user, idempotency key) returns the first job's id
--- and inserts nothing; reusing a key for a different request is an error
--- rather than a silent answer about another job.
--- The optional trailing `p_traceparent` (a W3C trace context) makes the job's
--- trace a child of the submitter's span; it is never sent to the provider. The
--- five-argument form it replaces is dropped first: two overloads with defaults
--- would make every short call ambiguous.
+-- and inserts nothing; reusing a key for a different request (prompt, params,
+-- outputs) is an error rather than a silent answer about another job.
+-- `p_traceparent` (a W3C trace context) makes the job's trace a child of the
+-- submitter's span and is never sent to the provider; `p_callback_url` is where
+-- the app hears the ending (see callback_deliveries). Neither is part of the
+-- request an idempotency key names: the first submission's stand. The shorter
+-- forms this replaces are dropped first: overloads with defaults would make every
+-- short call ambiguous.
 DROP FUNCTION IF EXISTS orchestrator.submit_job(text, text, jsonb, integer, text);
+DROP FUNCTION IF EXISTS orchestrator.submit_job(text, text, jsonb, integer, text, text);
 CREATE OR REPLACE FUNCTION orchestrator.submit_job(
     p_user_id text,
     p_prompt text,
     p_params jsonb DEFAULT '{}',
     p_num_outputs integer DEFAULT 1,
     p_idempotency_key text DEFAULT NULL,
-    p_traceparent text DEFAULT NULL
+    p_traceparent text DEFAULT NULL,
+    p_callback_url text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -563,6 +653,7 @@ DECLARE
 BEGIN
     PERFORM orchestrator.check_submit_v1(p_user_id, p_prompt, p_params, p_num_outputs,
                                          p_idempotency_key);
+    PERFORM orchestrator.check_callback_url_v1(p_callback_url);
     IF p_traceparent IS NOT NULL AND (
            p_traceparent !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
            OR p_traceparent ~ '^00-0{32}-' OR p_traceparent ~ '-0{16}-') THEN
@@ -571,9 +662,9 @@ BEGIN
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
         INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key,
-                                       traceparent)
+                                       traceparent, callback_url)
         VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_idempotency_key,
-                p_traceparent)
+                p_traceparent, p_callback_url)
         ON CONFLICT (user_id, idempotency_key) DO NOTHING
         RETURNING id INTO v_id;
         IF v_id IS NULL THEN
@@ -589,15 +680,17 @@ BEGIN
         END IF;
         RETURN v_id;
     END IF;
-    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, traceparent)
-    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_traceparent)
+    INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, traceparent,
+                                   callback_url)
+    VALUES (p_user_id, p_prompt, coalesce(p_params, '{}'), p_num_outputs, p_traceparent,
+            p_callback_url)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
 
 -- Submit many jobs in one round trip. `p_items` is a JSON array of objects
--- {user_id, prompt, params?, num_outputs?, idempotency_key?}; one row comes back
+-- {user_id, prompt, params?, num_outputs?, idempotency_key?, callback_url?}; one row comes back
 -- per item, with its place in the input (`ordinal`, from 1): the job's id, or the
 -- SQLSTATE and message submit_job would have raised for that item (OR001
 -- unknown user, OR003 key reused for a different request, OR004 malformed).
@@ -625,6 +718,7 @@ DECLARE
     v_params jsonb;
     v_outputs integer;
     v_key text;
+    v_callback text;
     v_id uuid;
     v_same boolean;
 BEGIN
@@ -662,8 +756,10 @@ BEGIN
             END IF;
             IF pg_catalog.jsonb_typeof(v_item -> 'num_outputs') NOT IN ('number', 'null')
                OR pg_catalog.jsonb_typeof(v_item -> 'idempotency_key') NOT IN ('string', 'null')
+               OR pg_catalog.jsonb_typeof(v_item -> 'callback_url') NOT IN ('string', 'null')
             THEN
-                RAISE EXCEPTION 'num_outputs must be a number and idempotency_key a string'
+                RAISE EXCEPTION
+                    'num_outputs must be a number, idempotency_key and callback_url strings'
                     USING ERRCODE = 'OR004';
             END IF;
             v_user := v_item ->> 'user_id';
@@ -672,7 +768,9 @@ BEGIN
                              THEN v_item -> 'params' ELSE '{}' END;
             v_outputs := coalesce((v_item ->> 'num_outputs')::integer, 1);
             v_key := v_item ->> 'idempotency_key';
+            v_callback := v_item ->> 'callback_url';
             PERFORM orchestrator.check_submit_v1(v_user, v_prompt, v_params, v_outputs, v_key);
+            PERFORM orchestrator.check_callback_url_v1(v_callback);
         EXCEPTION
             WHEN SQLSTATE 'OR001' OR SQLSTATE 'OR004' THEN
                 code := SQLSTATE;
@@ -683,13 +781,14 @@ BEGIN
         END;
         IF code IS NULL THEN
             IF v_key IS NULL THEN
-                INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs)
-                VALUES (v_user, v_prompt, v_params, v_outputs)
+                INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs,
+                                               callback_url)
+                VALUES (v_user, v_prompt, v_params, v_outputs, v_callback)
                 RETURNING id INTO job_id;
             ELSE
                 INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs,
-                                               idempotency_key)
-                VALUES (v_user, v_prompt, v_params, v_outputs, v_key)
+                                               idempotency_key, callback_url)
+                VALUES (v_user, v_prompt, v_params, v_outputs, v_key, v_callback)
                 ON CONFLICT (user_id, idempotency_key) DO NOTHING
                 RETURNING id INTO job_id;
                 IF job_id IS NULL THEN
@@ -716,8 +815,9 @@ $$;
 -- An operator's retry of a job that failed or timed out: a new queued job of
 -- the same user, prompt, params and output count, `retry_of` naming the old
 -- one, admitted and charged like any other (the old one was refunded when it
--- ended). Only failed and timed_out: a success needs no retry; a job queued
--- or in flight may still succeed, and a second one would pay twice; a cancel
+-- ended); its callback_url goes with it. Only failed and timed_out: a success
+-- needs no retry; a job queued or in flight may still succeed, and a second one
+-- would pay twice; a cancel
 -- was somebody's decision; a rejection never ran (submit it again once its
 -- cause is fixed). The key defaults to 'retry:<old id>', so retrying one job
 -- twice returns the same new job; a deliberate second retry passes another
@@ -734,11 +834,12 @@ DECLARE
     v_params jsonb;
     v_outputs integer;
     v_status text;
+    v_callback text;
     v_id uuid;
     v_same boolean;
 BEGIN
-    SELECT j.user_id, j.prompt, j.params, j.num_outputs, j.status
-      INTO v_user, v_prompt, v_params, v_outputs, v_status
+    SELECT j.user_id, j.prompt, j.params, j.num_outputs, j.status, j.callback_url
+      INTO v_user, v_prompt, v_params, v_outputs, v_status, v_callback
       FROM orchestrator.jobs j WHERE j.id = p_job_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown job %', p_job_id USING ERRCODE = 'OR002';
@@ -749,8 +850,8 @@ BEGIN
     END IF;
     PERFORM orchestrator.check_submit_v1(v_user, v_prompt, v_params, v_outputs, v_key);
     INSERT INTO orchestrator.jobs (user_id, prompt, params, num_outputs, idempotency_key,
-                                   retry_of)
-    VALUES (v_user, v_prompt, v_params, v_outputs, v_key, p_job_id)
+                                   retry_of, callback_url)
+    VALUES (v_user, v_prompt, v_params, v_outputs, v_key, p_job_id, v_callback)
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN
@@ -926,6 +1027,7 @@ DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigin
 DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint, text[]);
 DROP FUNCTION IF EXISTS orchestrator.finish_job_v1(uuid, text, text, text, bigint, jsonb);
 DROP FUNCTION IF EXISTS orchestrator.finish_job_v2(uuid, text, text, text, jsonb);
+DROP FUNCTION IF EXISTS orchestrator.finish_job_v3(uuid, text, text, text, jsonb, text, bigint);
 DROP FUNCTION IF EXISTS orchestrator.reject_job_v1(uuid, text, text);
 DROP FUNCTION IF EXISTS orchestrator.record_prediction_v1(uuid, text, text, integer);
 DROP FUNCTION IF EXISTS orchestrator.take_intake_epoch_v1();
@@ -1042,11 +1144,15 @@ BEGIN
 END
 $$;
 
--- End an admitted job. Only a success stores outputs; its refund is the cost
--- of the outputs it asked for and did not store (the unit is the job's own
--- cost over its num_outputs, the price it was admitted at). Any other ending
--- gets the whole debit back. Finishing a finished job is a no-op.
-CREATE OR REPLACE FUNCTION orchestrator.finish_job_v3(
+-- End an admitted job. Only a success stores outputs, each under its own index
+-- (`idx` in each item of `p_outputs`, never its position in the array: a job whose
+-- output 0 failed stores outputs 1 and 2 as 1 and 2); an index outside the job's
+-- outputs is never stored. Its refund is the cost of the outputs it asked for and
+-- did not store (the unit is the job's own cost over its num_outputs, the price it
+-- was admitted at). Any other ending gets the whole debit back. Finishing a
+-- finished job is a no-op. The ending's event (and callback) comes from the
+-- deferred trigger jobs_append_event, in this same transaction.
+CREATE OR REPLACE FUNCTION orchestrator.finish_job_v4(
     p_job_id uuid, p_status text, p_error_code text, p_message text,
     p_outputs jsonb, p_member text, p_epoch bigint
 ) RETURNS TABLE (status text, refunded bigint, balance bigint)
@@ -1076,13 +1182,20 @@ BEGIN
         RAISE EXCEPTION 'cannot finish a job as %', p_status USING ERRCODE = 'OR004';
     END IF;
     IF p_status = 'succeeded' AND p_outputs IS NOT NULL THEN
+        IF pg_catalog.jsonb_typeof(p_outputs) <> 'array' OR EXISTS (
+               SELECT 1 FROM pg_catalog.jsonb_array_elements(p_outputs) o(item)
+                WHERE pg_catalog.jsonb_typeof(o.item -> 'idx') IS DISTINCT FROM 'number') THEN
+            RAISE EXCEPTION 'outputs must be an array of objects, each with its idx'
+                USING ERRCODE = 'OR004';
+        END IF;
         INSERT INTO orchestrator.outputs (job_id, idx, num_outputs, url, path, size_bytes,
-                                          sha256, content_type)
-        SELECT p_job_id, o.idx - 1, v_job.num_outputs, o.item ->> 'url', o.item ->> 'path',
-               (o.item ->> 'size_bytes')::bigint, o.item ->> 'sha256',
-               o.item ->> 'content_type'
-          FROM pg_catalog.jsonb_array_elements(p_outputs) WITH ORDINALITY AS o(item, idx)
-         WHERE o.idx <= v_job.num_outputs
+                                          sha256, content_type, public_url)
+        SELECT p_job_id, (o.item ->> 'idx')::integer, v_job.num_outputs, o.item ->> 'url',
+               o.item ->> 'path', (o.item ->> 'size_bytes')::bigint, o.item ->> 'sha256',
+               o.item ->> 'content_type', o.item ->> 'public_url'
+          FROM pg_catalog.jsonb_array_elements(p_outputs) AS o(item)
+         WHERE (o.item ->> 'idx')::integer >= 0
+           AND (o.item ->> 'idx')::integer < v_job.num_outputs
         ON CONFLICT (job_id, idx) DO NOTHING;
     END IF;
     SELECT pg_catalog.count(*) INTO v_delivered
@@ -1237,6 +1350,222 @@ BEGIN
 END
 $$;
 
+-- The event feed's writer: the deferred trigger jobs_append_event runs it at
+-- commit for each job the transaction ended (any terminal status), and it appends
+-- the event, the callback owed (when the job has a callback_url) and NOTIFY
+-- orchestrator_job_events {seq, job_id, status, code} (never a prompt, params or
+-- user id: any role may LISTEN on any channel).
+--
+-- Why a reader resuming after the last seq it read never misses an event: an
+-- identity value is taken before commit, so two transactions could commit out of
+-- seq order, and a reader that saw seq 11 before seq 10 committed would skip 10.
+-- Here the seq is taken only after locking job_event_clock's row FOR UPDATE, and
+-- that lock is released only after this transaction's commit is visible (Postgres
+-- releases locks after it leaves the proc array). So when a transaction takes seq
+-- n, every transaction that took a smaller one has committed and is visible, or
+-- aborted; any snapshot that sees n sees every smaller committed seq. The feed is
+-- a prefix in seq order, gaps only where a transaction rolled back. The lock is
+-- held from commit-time trigger to commit, about as long as the NOTIFY queue's own
+-- commit lock that every notifying transaction already takes.
+CREATE OR REPLACE FUNCTION orchestrator.append_job_event() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_seq bigint;
+BEGIN
+    PERFORM 1 FROM orchestrator.job_event_clock FOR UPDATE;
+    INSERT INTO orchestrator.job_events (job_id, user_id, status, error_code, finished_at)
+    VALUES (NEW.id, NEW.user_id, NEW.status, NEW.error_code,
+            coalesce(NEW.finished_at, pg_catalog.clock_timestamp()))
+    RETURNING seq INTO v_seq;
+    IF NEW.callback_url IS NOT NULL THEN
+        INSERT INTO orchestrator.callback_deliveries (seq, job_id, slot, url)
+        VALUES (v_seq, NEW.id, NEW.slot, NEW.callback_url);
+    END IF;
+    PERFORM pg_catalog.pg_notify('orchestrator_job_events', pg_catalog.json_build_object(
+        'seq', v_seq, 'job_id', NEW.id, 'status', NEW.status, 'code', NEW.error_code)::text);
+    RETURN NULL;
+END
+$$;
+
+-- The endings after seq `p_after`, at most `p_limit` (1 to 10000) of them, in seq
+-- order: a reader keeps the last seq it read and asks again from there (after a
+-- NOTIFY, a reconnect or a restart). Raises OR009 when events after `p_after` were
+-- pruned already (the retention, ORCHESTRATOR_EVENT_RETENTION): that reader must
+-- catch up from orchestrator.jobs, then resume from job_events_head().
+CREATE OR REPLACE FUNCTION orchestrator.job_events_after(p_after bigint, p_limit integer)
+RETURNS TABLE (seq bigint, job_id uuid, user_id text, status text, error_code text,
+               finished_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pruned bigint;
+BEGIN
+    IF p_after IS NULL OR p_after < 0 OR p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'read after a seq >= 0, at most 1 to 10000 events at a time'
+            USING ERRCODE = 'OR004';
+    END IF;
+    SELECT m.value::bigint INTO v_pruned FROM orchestrator.meta m
+     WHERE m.key = 'job_events_pruned_through';
+    IF p_after < v_pruned THEN
+        RAISE EXCEPTION 'events up to seq % were pruned; catch up from orchestrator.jobs', v_pruned
+            USING ERRCODE = 'OR009',
+                  HINT = 'then resume after orchestrator.job_events_head()';
+    END IF;
+    RETURN QUERY
+        SELECT e.seq, e.job_id, e.user_id, e.status, e.error_code, e.finished_at
+          FROM orchestrator.job_events e
+         WHERE e.seq > p_after
+         ORDER BY e.seq
+         LIMIT p_limit;
+END
+$$;
+
+-- The newest seq in the feed (0 when it is empty): where a new reader starts.
+CREATE OR REPLACE FUNCTION orchestrator.job_events_head() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT coalesce(pg_catalog.max(e.seq), 0) FROM orchestrator.job_events e;
+$$;
+
+-- Forget events and finished callbacks older than `p_older_than_s`, oldest first,
+-- at most `p_limit` events a call; an event whose callback is still owed stays.
+-- The highest seq forgotten is kept in meta, so job_events_after can tell a reader
+-- that it fell behind the retention instead of silently skipping.
+CREATE OR REPLACE FUNCTION orchestrator.prune_job_events_v1(
+    p_older_than_s double precision, p_limit integer
+) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_seqs bigint[];
+    v_pruned integer;
+BEGIN
+    IF p_older_than_s IS NULL OR p_older_than_s < 60 OR p_limit IS NULL OR p_limit <= 0 THEN
+        RAISE EXCEPTION 'keep at least a minute of events, and prune a positive batch'
+            USING ERRCODE = 'OR004';
+    END IF;
+    SELECT pg_catalog.array_agg(old.seq) INTO v_seqs
+      FROM (SELECT e.seq FROM orchestrator.job_events e
+             WHERE e.created_at < pg_catalog.clock_timestamp()
+                                  - pg_catalog.make_interval(secs => p_older_than_s)
+               AND NOT EXISTS (SELECT 1 FROM orchestrator.callback_deliveries d
+                                WHERE d.seq = e.seq AND d.delivered_at IS NULL
+                                  AND d.failed_at IS NULL)
+             ORDER BY e.created_at
+             LIMIT p_limit) old;
+    IF v_seqs IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM orchestrator.callback_deliveries d WHERE d.seq = ANY (v_seqs);
+    DELETE FROM orchestrator.job_events e WHERE e.seq = ANY (v_seqs);
+    GET DIAGNOSTICS v_pruned = ROW_COUNT;
+    INSERT INTO orchestrator.meta AS m (key, value)
+    VALUES ('job_events_pruned_through',
+            (SELECT pg_catalog.max(x) FROM pg_catalog.unnest(v_seqs) x)::text)
+    ON CONFLICT (key) DO UPDATE
+       SET value = GREATEST(m.value::bigint, excluded.value::bigint)::text;
+    RETURN v_pruned;
+END
+$$;
+
+-- Take up to `p_limit` callbacks due in the slots `p_member` holds a live lease on,
+-- each with its event and stored outputs, for one attempt each: `attempts` counts
+-- it and `next_attempt_at` moves `p_claim_s` ahead, so a daemon that dies while
+-- sending leaves the callback due again for the slot's next owner. The lease rows
+-- are held FOR KEY SHARE, as by every fenced write, so no takeover interleaves.
+CREATE OR REPLACE FUNCTION orchestrator.claim_callbacks_v1(
+    p_member text, p_limit integer, p_claim_s double precision
+) RETURNS TABLE (seq bigint, attempt integer, url text, created_at timestamptz,
+                 job_id uuid, user_id text, status text, error_code text,
+                 error_message text, finished_at timestamptz, outputs jsonb)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_now timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    IF p_member IS NULL OR p_limit IS NULL OR p_limit <= 0 OR p_claim_s IS NULL
+       OR p_claim_s <= 0 THEN
+        RAISE EXCEPTION 'a member, a positive batch and a claim time are required'
+            USING ERRCODE = 'OR004';
+    END IF;
+    RETURN QUERY
+    WITH due AS (
+        SELECT d.seq
+          FROM orchestrator.callback_deliveries d
+          JOIN orchestrator.partition_leases l ON l.slot = d.slot
+         WHERE l.owner = p_member AND l.expires_at > v_now
+           AND d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= v_now
+         ORDER BY d.next_attempt_at
+         LIMIT p_limit
+           FOR UPDATE OF d SKIP LOCKED
+           FOR KEY SHARE OF l
+    ), claimed AS (
+        UPDATE orchestrator.callback_deliveries d
+           SET attempts = d.attempts + 1, last_attempt_at = v_now, claimed_by = p_member,
+               next_attempt_at = v_now + pg_catalog.make_interval(secs => p_claim_s)
+          FROM due WHERE d.seq = due.seq
+        RETURNING d.seq, d.attempts, d.url, d.created_at, d.job_id
+    )
+    SELECT c.seq, c.attempts, c.url, c.created_at, c.job_id, e.user_id, e.status,
+           e.error_code, j.error_message, e.finished_at,
+           coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                 'idx', o.idx, 'public_url', o.public_url, 'sha256', o.sha256,
+                                 'content_type', o.content_type, 'size_bytes', o.size_bytes)
+                             ORDER BY o.idx)
+                       FROM orchestrator.outputs o
+                      WHERE o.job_id = c.job_id AND o.deleted_at IS NULL), '[]'::jsonb)
+      FROM claimed c
+      JOIN orchestrator.job_events e ON e.seq = c.seq
+      JOIN orchestrator.jobs j ON j.id = c.job_id
+     ORDER BY c.seq;
+END
+$$;
+
+-- What one claimed attempt came to. Delivered is final whoever claimed it (the
+-- receiver has it); any other outcome is stored only while `p_attempt` is still
+-- the latest claim, so a late answer to an attempt some other owner has since
+-- retried never moves that owner's schedule. `p_give_up` ends the retries
+-- (`failed_at`); otherwise the next attempt is `p_retry_in_s` from now.
+CREATE OR REPLACE FUNCTION orchestrator.record_callback_v1(
+    p_seq bigint, p_attempt integer, p_delivered boolean, p_status integer, p_error text,
+    p_retry_in_s double precision, p_give_up boolean
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_now timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    IF p_delivered THEN
+        UPDATE orchestrator.callback_deliveries d
+           SET delivered_at = v_now, last_status = p_status, last_error = NULL
+         WHERE d.seq = p_seq AND d.delivered_at IS NULL AND d.failed_at IS NULL;
+        RETURN FOUND;
+    END IF;
+    UPDATE orchestrator.callback_deliveries d
+       SET last_status = p_status, last_error = pg_catalog.left(p_error, 500),
+           failed_at = CASE WHEN p_give_up THEN v_now END,
+           next_attempt_at = CASE WHEN p_give_up THEN d.next_attempt_at
+                                  ELSE v_now + pg_catalog.make_interval(
+                                           secs => greatest(coalesce(p_retry_in_s, 0), 0)) END
+     WHERE d.seq = p_seq AND d.attempts = p_attempt
+       AND d.delivered_at IS NULL AND d.failed_at IS NULL;
+    RETURN FOUND;
+END
+$$;
+
+-- An operator's second chance for a callback given up on: due again now, counted
+-- on from its attempts so far. False when it is not failed.
+CREATE OR REPLACE FUNCTION orchestrator.redeliver_callback_v1(p_seq bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE orchestrator.callback_deliveries d
+       SET failed_at = NULL, next_attempt_at = pg_catalog.clock_timestamp()
+     WHERE d.seq = p_seq AND d.failed_at IS NOT NULL;
+    RETURN FOUND;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION orchestrator.notify_job_inserted() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -1278,6 +1607,7 @@ CREATE OR REPLACE FUNCTION orchestrator.check_job_inserted() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM orchestrator.check_submission_v1(NEW.user_id, NEW.prompt, NEW.params);
+    PERFORM orchestrator.check_callback_url_v1(NEW.callback_url);
     RETURN NEW;
 END
 $$;
@@ -1323,6 +1653,26 @@ CREATE OR REPLACE TRIGGER jobs_refuse_change
              IS DISTINCT FROM (NEW.user_id, NEW.prompt, NEW.params, NEW.num_outputs))
     EXECUTE FUNCTION orchestrator.refuse_job_change();
 
+-- Deferred to commit, so the event's seq is taken as late as possible (see
+-- append_job_event); the WHEN clause lets every other update pass for free.
+-- Constraint triggers cannot be created OR REPLACE: created once.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                    WHERE t.tgrelid = 'orchestrator.jobs'::regclass
+                      AND t.tgname = 'jobs_append_event') THEN
+        CREATE CONSTRAINT TRIGGER jobs_append_event
+            AFTER UPDATE OF status ON orchestrator.jobs
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW
+            WHEN (NEW.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'rejected')
+                  AND OLD.status NOT IN ('succeeded', 'failed', 'timed_out', 'canceled',
+                                         'rejected'))
+            EXECUTE FUNCTION orchestrator.append_job_event();
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE TRIGGER ledger_append_only
     BEFORE UPDATE OR DELETE ON orchestrator.ledger
     FOR EACH ROW EXECUTE FUNCTION orchestrator.refuse_ledger_change();
@@ -1348,13 +1698,17 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orchestrator FROM PUBLIC;
 GRANT USAGE ON SCHEMA orchestrator TO submitter;
 GRANT SELECT ON orchestrator.jobs, orchestrator.job_statuses, orchestrator.error_codes,
     orchestrator.outputs TO submitter;
-GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key, traceparent)
+GRANT INSERT (user_id, prompt, params, num_outputs, idempotency_key, traceparent,
+               callback_url)
     ON orchestrator.jobs TO submitter;
 GRANT EXECUTE ON FUNCTION
-    orchestrator.submit_job(text, text, jsonb, integer, text, text),
+    orchestrator.submit_job(text, text, jsonb, integer, text, text, text),
     orchestrator.submit_jobs(jsonb),
     orchestrator.request_cancel(uuid),
-    orchestrator.check_submission_v1(text, text, jsonb)
+    orchestrator.check_submission_v1(text, text, jsonb),
+    orchestrator.check_callback_url_v1(text),
+    orchestrator.job_events_after(bigint, integer),
+    orchestrator.job_events_head()
     TO submitter;
 -- A job's slot is generated at INSERT from the user id; every role may compute it.
 GRANT EXECUTE ON FUNCTION orchestrator.slot_of(text)
@@ -1368,14 +1722,20 @@ GRANT SELECT ON ALL TABLES IN SCHEMA orchestrator TO orchestrator_daemon;
 GRANT INSERT ON orchestrator.webhook_events TO orchestrator_daemon;
 GRANT EXECUTE ON FUNCTION
     orchestrator.admit_job_v3(uuid, double precision, text, bigint),
-    orchestrator.finish_job_v3(uuid, text, text, text, jsonb, text, bigint),
+    orchestrator.finish_job_v4(uuid, text, text, text, jsonb, text, bigint),
     orchestrator.reject_job_v2(uuid, text, text, text, bigint),
     orchestrator.record_prediction_v2(uuid, text, text, integer, text, bigint),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean),
     orchestrator.note_traceparent_v1(uuid, text, text, bigint),
     orchestrator.lease_round_v1(text, double precision, integer[], integer[], jsonb),
     orchestrator.leave_cluster_v1(text),
-    orchestrator.prune_lease_history_v1(double precision)
+    orchestrator.prune_lease_history_v1(double precision),
+    orchestrator.job_events_after(bigint, integer),
+    orchestrator.job_events_head(),
+    orchestrator.prune_job_events_v1(double precision, integer),
+    orchestrator.claim_callbacks_v1(text, integer, double precision),
+    orchestrator.record_callback_v1(bigint, integer, boolean, integer, text,
+                                    double precision, boolean)
     TO orchestrator_daemon;
 
 -- Webhook pruning: the daemon forgets old deliveries through this function only.
@@ -1394,9 +1754,12 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.grant_credits(text, bigint, text),
     orchestrator.adjust_balance_v1(text, bigint, text, text),
     orchestrator.refund_job_v1(uuid, bigint),
-    orchestrator.submit_job(text, text, jsonb, integer, text, text),
+    orchestrator.submit_job(text, text, jsonb, integer, text, text, text),
     orchestrator.submit_jobs(jsonb),
     orchestrator.retry_job_v1(uuid, text),
+    orchestrator.job_events_after(bigint, integer),
+    orchestrator.job_events_head(),
+    orchestrator.redeliver_callback_v1(bigint),
     orchestrator.request_cancel(uuid),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean)
     TO orchestrator_operator;

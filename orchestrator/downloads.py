@@ -79,6 +79,7 @@ class Downloader:
                 f"storage failed: {exc.strerror or type(exc).__name__}"
             ) from exc
         return StoredOutput(
+            idx=idx,
             url=url,
             path=path,
             size_bytes=len(data),

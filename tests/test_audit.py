@@ -28,7 +28,7 @@ async def _admitted_job(db: Database, user: str, outputs: int = 1) -> uuid.UUID:
 async def test_the_audit_is_clean_after_every_honest_outcome(db: Database, db_url: str):
     """Success, partial success, failure, timeout, cancel and rejection all keep the books straight."""
     await db.grant("alice", 50, plan=await pg.plan(db_url, cost_per_output=2))
-    one = (StoredOutput(url="https://cdn.test/0.png"),)
+    one = (StoredOutput(idx=0, url="https://cdn.test/0.png"),)
     ok = await _admitted_job(db, "alice")
     await db.finish(ok, JobStatus.SUCCEEDED, outputs=one)
     partial = await _admitted_job(db, "alice", outputs=2)

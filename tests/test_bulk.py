@@ -299,7 +299,9 @@ async def test_only_failed_or_timed_out_jobs_may_be_retried(db: Database, db_url
     await db.grant("gus", 10, plan="pro")
     succeeded = await db.submit_job("gus", "ok")
     await db.admit(succeeded, deadline_s=60)
-    await db.finish(succeeded, JobStatus.SUCCEEDED, outputs=(StoredOutput(url="https://x/a"),))
+    await db.finish(
+        succeeded, JobStatus.SUCCEEDED, outputs=(StoredOutput(idx=0, url="https://x/a"),)
+    )
     running = await db.submit_job("gus", "running")
     await db.admit(running, deadline_s=60)
     queued = await db.submit_job("gus", "waiting")

@@ -361,7 +361,7 @@ def test_retry_makes_one_linked_job_and_refuses_what_did_not_fail(db_url: str):
     pg.fetch_sync(db_url, "SELECT * FROM orchestrator.admit_job_v3($1, 60, NULL, NULL)", failed)
     pg.fetch_sync(
         db_url,
-        "SELECT * FROM orchestrator.finish_job_v3($1, 'failed', 'UPSTREAM_ERROR', 'x',"
+        "SELECT * FROM orchestrator.finish_job_v4($1, 'failed', 'UPSTREAM_ERROR', 'x',"
         " NULL, NULL, NULL)",
         failed,
     )

@@ -152,7 +152,7 @@ async def _finished_job(db: Database, user_id: str, status: JobStatus) -> uuid.U
     job_id = await _new_job(db, user_id)
     assert (await db.admit(job_id, deadline_s=60)).outcome == "admitted"
     code = None if status is JobStatus.SUCCEEDED else ErrorCode.UPSTREAM_ERROR
-    outputs = (StoredOutput(url="https://cdn.test/0.png"),) if code is None else ()
+    outputs = (StoredOutput(idx=0, url="https://cdn.test/0.png"),) if code is None else ()
     await db.finish(job_id, status, code=code, message="done", outputs=outputs)
     return job_id
 
@@ -309,7 +309,7 @@ async def test_two_racing_deliveries_of_one_output_index_keep_one_row(db: Databa
     assert (await db.admit(job_id, deadline_s=60)).outcome == "admitted"
 
     async def deliver(url: str) -> None:
-        await db.finish(job_id, JobStatus.SUCCEEDED, outputs=(StoredOutput(url=url),))
+        await db.finish(job_id, JobStatus.SUCCEEDED, outputs=(StoredOutput(idx=0, url=url),))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(deliver, "https://cdn.test/a.png")

@@ -123,7 +123,9 @@ def test_random_ledger_histories_keep_every_audit_invariant(portal: Portal):
             if job.status.terminal or not debited:
                 return
             delivered = max(1, job.num_outputs - missing)
-            outputs = tuple(StoredOutput(url=f"https://cdn.test/{i}.png") for i in range(delivered))
+            outputs = tuple(
+                StoredOutput(idx=i, url=f"https://cdn.test/{i}.png") for i in range(delivered)
+            )
             refund = (job.num_outputs - delivered) * PRICE
             finish = portal.call(self.db.finish, job_id, JobStatus.SUCCEEDED, outputs=outputs)
             assert finish.refunded == refund

@@ -60,7 +60,7 @@ _JOB_WRITES = {
     "disable the ledger's triggers": _MONEY_WRITES["disable the ledger's triggers"],
     "admit a job": "SELECT * FROM orchestrator.admit_job_v3("
     "(SELECT id FROM orchestrator.jobs LIMIT 1), 60, NULL, NULL)",
-    "finish a job": "SELECT * FROM orchestrator.finish_job_v3("
+    "finish a job": "SELECT * FROM orchestrator.finish_job_v4("
     "(SELECT id FROM orchestrator.jobs LIMIT 1), 'failed', 'UPSTREAM_ERROR', 'x', NULL, NULL, NULL)",
     "take a partition slot": "SELECT * FROM orchestrator.lease_round_v1("
     "'intruder', 15, '{}', '{0}', '{}')",
@@ -131,7 +131,9 @@ async def test_the_operator_role_grants_adjusts_refunds_and_audits(db: Database,
     job_id = await db.submit_job("vic", "a lake")
     await db.admit(job_id, deadline_s=60)
     await db.finish(
-        job_id, JobStatus.SUCCEEDED, outputs=(StoredOutput(url="https://example.test/a.png"),)
+        job_id,
+        JobStatus.SUCCEEDED,
+        outputs=(StoredOutput(idx=0, url="https://example.test/a.png"),),
     )
 
     async with open_database(db_url, min_size=1, max_size=1, role=OPERATOR_ROLE) as operator:

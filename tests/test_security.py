@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import asyncpg
 import pytest
@@ -248,9 +249,9 @@ async def test_the_daemon_cannot_choose_what_admission_debits_or_finishing_refun
     whole, part, failed = [await db.submit_job("vic", f"p{i}", num_outputs=2) for i in range(3)]
     admit = "SELECT outcome, cost, balance FROM orchestrator.admit_job_v3($1, $2, $3, NULL)"
     finish = (
-        "SELECT refunded, balance FROM orchestrator.finish_job_v3($1, $2, $3, $4, $5, NULL, NULL)"
+        "SELECT refunded, balance FROM orchestrator.finish_job_v4($1, $2, $3, $4, $5, NULL, NULL)"
     )
-    five = '[{"url": "a"}, {"url": "b"}, {"url": "c"}, {"url": "d"}, {"url": "e"}]'
+    five = json.dumps([{"idx": i, "url": u} for i, u in enumerate("abcde")])
 
     (row,) = await _as_daemon(db_url, admit, whole, 1e9, None)
     assert (row["outcome"], row["cost"], row["balance"]) == ("admitted", 6, 14)
@@ -260,7 +261,9 @@ async def test_the_daemon_cannot_choose_what_admission_debits_or_finishing_refun
     assert (row["refunded"], row["balance"]) == (0, 14)  # five outputs, two paid for and kept
 
     await _as_daemon(db_url, admit, part, 60.0, None)
-    (row,) = await _as_daemon(db_url, finish, part, "succeeded", None, "x", '[{"url": "a"}]')
+    (row,) = await _as_daemon(
+        db_url, finish, part, "succeeded", None, "x", '[{"idx": 0, "url": "a"}]'
+    )
     assert (row["refunded"], row["balance"]) == (3, 11)
     (row,) = await _as_daemon(db_url, finish, part, "failed", "UPSTREAM_ERROR", "x", None)
     assert row["refunded"] == 0  # finished already: nothing more
@@ -283,6 +286,7 @@ async def test_the_daemon_cannot_choose_what_admission_debits_or_finishing_refun
         "SELECT * FROM orchestrator.finish_job_v1($1, 'failed', 'UPSTREAM_ERROR', 'x', 1000)",
         "SELECT * FROM orchestrator.admit_job_v2($1, 60, NULL)",
         "SELECT * FROM orchestrator.finish_job_v2($1, 'failed', 'UPSTREAM_ERROR', 'x', NULL)",
+        "SELECT * FROM orchestrator.finish_job_v3($1, 'failed', 'x', 'x', NULL, NULL, NULL)",
     ],
 )
 async def test_the_superseded_money_functions_are_gone(db: Database, db_url: str, query: str):

@@ -18,6 +18,7 @@ from orchestrator.core import (
     Fence,
     FencedOff,
     Job,
+    JobEvent,
     JobStatus,
     JobStore,
     Plan,
@@ -47,6 +48,10 @@ class Backend(Protocol):
     async def hold(self, job_id: uuid.UUID, member: str) -> Fence: ...
 
     async def steal(self, job_id: uuid.UUID) -> None: ...
+
+    async def events(self) -> list[JobEvent]: ...
+
+    async def outputs(self, job_id: uuid.UUID) -> list[StoredOutput]: ...
 
 
 class Memory:
@@ -83,6 +88,13 @@ class Memory:
 
     async def steal(self, job_id: uuid.UUID) -> None:
         await self.hold(job_id, "thief")
+
+    async def events(self) -> list[JobEvent]:
+        return list(self.twin.events)
+
+    async def outputs(self, job_id: uuid.UUID) -> list[StoredOutput]:
+        stored = self.twin.outputs.get(job_id, {})
+        return [stored[idx] for idx in sorted(stored)]
 
 
 class Postgres:
@@ -127,6 +139,12 @@ class Postgres:
             " WHERE slot = $1",
             slot,
         )
+
+    async def events(self) -> list[JobEvent]:
+        return await self.db.job_events_after(0, limit=1000)
+
+    async def outputs(self, job_id: uuid.UUID) -> list[StoredOutput]:
+        return (await self.db.job_outputs([job_id]))[job_id]
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -189,7 +207,7 @@ async def test_finishing_refunds_what_was_not_delivered_and_a_second_finish_is_a
     partial = await backend.submit("ed", "three", num_outputs=3)
     await backend.store.admit(partial, deadline_s=60)
     done = await backend.store.finish(
-        partial, JobStatus.SUCCEEDED, outputs=(StoredOutput(url="https://cdn.test/a.png"),)
+        partial, JobStatus.SUCCEEDED, outputs=(StoredOutput(idx=0, url="https://cdn.test/a.png"),)
     )
     assert (done.status, done.refunded, done.balance) == (JobStatus.SUCCEEDED, 2, 9)
     again = await backend.store.finish(partial, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR)
@@ -313,3 +331,61 @@ async def test_a_trace_context_is_kept_once_and_only_under_the_slots_lease(backe
     assert await backend.store.note_traceparent(job_id, first)
     assert not await backend.store.note_traceparent(job_id, other)
     assert (await backend.job(job_id)).traceparent == first
+
+
+async def test_every_ending_appends_one_event_in_the_order_the_endings_happened(
+    backend: Backend,
+):
+    """Success, failure, rejection and a cancel before admission: one event each, in order."""
+    await backend.grant("jo", 10, plan="pro")
+    done, broken, refused, called_off, running = [
+        await backend.submit("jo", f"job {n}") for n in range(5)
+    ]
+    for job_id in (done, broken, running):
+        await backend.store.admit(job_id, deadline_s=60)
+    await backend.store.finish(
+        done, JobStatus.SUCCEEDED, outputs=(StoredOutput(idx=0, url="https://cdn.test/a.png"),)
+    )
+    await backend.store.finish(broken, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR)
+    await backend.store.reject(refused, ErrorCode.RATE_LIMITED, "too soon")
+    await backend.request_cancel(called_off)
+    assert (await backend.store.admit(called_off, deadline_s=60)).outcome is (
+        AdmissionOutcome.CANCELED
+    )
+    await backend.store.reject(called_off, ErrorCode.CANCELED, "cancelled before it started")
+    await backend.store.finish(done, JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR)  # a no-op
+    events = await backend.events()
+    assert [(e.job_id, e.status, e.error_code) for e in events] == [
+        (done, JobStatus.SUCCEEDED, None),
+        (broken, JobStatus.FAILED, ErrorCode.UPSTREAM_ERROR),
+        (refused, JobStatus.REJECTED, ErrorCode.RATE_LIMITED),
+        (called_off, JobStatus.CANCELED, ErrorCode.CANCELED),
+    ]
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs))
+    assert all(e.user_id == "jo" for e in events)
+    assert [e.finished_at for e in events] == [
+        (await backend.job(e.job_id)).finished_at for e in events
+    ]
+
+
+async def test_a_partial_job_whose_first_output_failed_keeps_each_output_under_its_index(
+    backend: Backend,
+):
+    """Outputs 1 and 2 of three are stored as 1 and 2, and output 0 is refunded."""
+    await backend.grant("kai", 10, plan="pro")
+    job_id = await backend.submit("kai", "three", num_outputs=3)
+    await backend.store.admit(job_id, deadline_s=60)
+    delivered = tuple(
+        StoredOutput(idx=idx, url=f"https://cdn.test/{idx}.png", public_url=f"https://p/{idx}")
+        for idx in (1, 2)
+    )
+    stray = StoredOutput(idx=3, url="https://cdn.test/3.png")  # past num_outputs: never kept
+    done = await backend.store.finish(job_id, JobStatus.SUCCEEDED, outputs=(*delivered, stray))
+    assert (done.status, done.refunded) == (JobStatus.SUCCEEDED, 1)
+    stored = await backend.outputs(job_id)
+    assert [(o.idx, o.url, o.public_url) for o in stored] == [
+        (1, "https://cdn.test/1.png", "https://p/1"),
+        (2, "https://cdn.test/2.png", "https://p/2"),
+    ]
+    assert (await backend.job(job_id)).partial

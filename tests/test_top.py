@@ -52,7 +52,7 @@ async def _seed(db: Database, url: str) -> dict[str, uuid.UUID]:
         assert await db.mark_processing(
             ids["processing"], provider="replicate", prediction_id=f"p{idx}", idx=idx
         )
-    await db.finish(ids["succeeded"], JobStatus.SUCCEEDED, outputs=(StoredOutput(url="u"),))
+    await db.finish(ids["succeeded"], JobStatus.SUCCEEDED, outputs=(StoredOutput(idx=0, url="u"),))
     await db.finish(ids["failed"], JobStatus.FAILED, code=ErrorCode.UPSTREAM_ERROR, message="x")
     await db.finish(ids["old_failed"], JobStatus.FAILED, code=ErrorCode.TIMEOUT, message="x")
     assert await db.reject(ids["rejected"], ErrorCode.DUPLICATE, "dup")

@@ -15,6 +15,13 @@ from ._breaker import breaker_probe as breaker_probe
 from ._breaker import breaker_success as breaker_success
 from ._breaker import breaker_tick as breaker_tick
 from ._cancel import cancel_upstream as cancel_upstream
+from ._events import CALLBACK_EVENT_TYPE as CALLBACK_EVENT_TYPE
+from ._events import EVENTS_CHANNEL as EVENTS_CHANNEL
+from ._events import CallbackDue as CallbackDue
+from ._events import CallbackOutput as CallbackOutput
+from ._events import CallbackPolicy as CallbackPolicy
+from ._events import JobEvent as JobEvent
+from ._events import callback_body as callback_body
 from ._exceptions import ExpectedFault as ExpectedFault
 from ._exceptions import FencedOff as FencedOff
 from ._exceptions import is_expected as is_expected
@@ -108,9 +115,11 @@ from ._tracing import Span as Span
 
 __all__ = [
     "ALL_SLOTS",
+    "CALLBACK_EVENT_TYPE",
     "COST_MULTIPLIERS",
     "DEFAULT_ALLOWED",
     "DEFAULT_POLICY",
+    "EVENTS_CHANNEL",
     "MAX_OUTPUTS",
     "MAX_PARAMS_BYTES",
     "MAX_PARAMS_DEPTH",
@@ -136,6 +145,9 @@ __all__ = [
     "Breaker",
     "BreakerPolicy",
     "BreakerState",
+    "CallbackDue",
+    "CallbackOutput",
+    "CallbackPolicy",
     "CanceledByUser",
     "Delivered",
     "Ending",
@@ -148,6 +160,7 @@ __all__ = [
     "FoundBy",
     "InFlight",
     "Job",
+    "JobEvent",
     "JobRef",
     "JobStatus",
     "JobStore",
@@ -187,6 +200,7 @@ __all__ = [
     "breaker_probe",
     "breaker_success",
     "breaker_tick",
+    "callback_body",
     "cancel_upstream",
     "clean_text",
     "cost_of",

@@ -132,6 +132,8 @@ class Job:
     retry_of: UUID | None = None  # the failed or timed-out job this one retries
     # The W3C trace context the job's trace continues (tracing metadata, never sent upstream).
     traceparent: str | None = None
+    # Where the app hears the job's ending when it cannot LISTEN (a Standard Webhooks POST).
+    callback_url: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -387,13 +389,21 @@ def refund_for_delivery(job: Job, delivered: int) -> int:
 
 @attrs.frozen
 class StoredOutput:
-    """One delivered output: where the provider served it and where we keep it."""
+    """One delivered output of a job: which one, where the provider served it, where we keep it.
 
+    `idx` is the output's own index among the job's `num_outputs`, not its position among
+    those delivered: when output 0 fails, outputs 1 and 2 are stored as 1 and 2, so the
+    prediction, the stored object and the row always agree. `path` locates the stored
+    object for deletion; `public_url` is an http(s) URL an app may hand a browser.
+    """
+
+    idx: int
     url: str
     path: str | None = None
     size_bytes: int | None = None
     sha256: str | None = None
     content_type: str | None = None
+    public_url: str | None = None
 
 
 @attrs.frozen
@@ -512,7 +522,8 @@ def settle(job: Job, ending: Ending) -> Settlement:  # noqa: PLR0911  (one answe
 def _delivered(
     job: Job, outputs: tuple[StoredOutput, ...], failures: tuple[str, ...]
 ) -> Settlement:
-    kept = outputs[: job.num_outputs]
+    by_idx = {output.idx: output for output in outputs if 0 <= output.idx < job.num_outputs}
+    kept = tuple(by_idx[idx] for idx in sorted(by_idx))
     refund = refund_for_delivery(job, len(kept))
     if not refund:
         return Settlement(JobStatus.SUCCEEDED, None, f"{len(kept)} outputs delivered", 0, kept)

@@ -202,5 +202,5 @@ class UrlOnlyOutputs:
     """Keeps only the provider's URL: for tests and deployments without storage."""
 
     async def store(self, job_id: uuid.UUID, idx: int, url: str) -> StoredOutput:
-        del job_id, idx
-        return StoredOutput(url=url)
+        del job_id
+        return StoredOutput(idx=idx, url=url)

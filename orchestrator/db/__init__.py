@@ -5,6 +5,8 @@ Its code lives in private modules; this module is the front door:
 across the Trio/asyncio bridge, raising the `DbError` hierarchy.
 """
 
+from orchestrator.core import EVENTS_CHANNEL as EVENTS_CHANNEL
+
 from ._audit import AuditReport as AuditReport
 from ._audit import CheckResult as CheckResult
 from ._connector import DAEMON_ROLE as DAEMON_ROLE
@@ -19,6 +21,7 @@ from ._embedded import is_running as embedded_server_running
 from ._embedded import stop_server as stop_embedded_server
 from ._errors import DbError as DbError
 from ._errors import DbUnavailable as DbUnavailable
+from ._errors import EventsPruned as EventsPruned
 from ._errors import Fenced as Fenced
 from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import IntegrityViolation as IntegrityViolation
@@ -29,6 +32,7 @@ from ._errors import SchemaNotCurrent as SchemaNotCurrent
 from ._errors import UnknownJob as UnknownJob
 from ._errors import UnknownUser as UnknownUser
 from ._errors import map_error as map_error
+from ._events import CallbackRow as CallbackRow
 from ._jobs import MAX_BULK_JOBS as MAX_BULK_JOBS
 from ._jobs import SubmitResult as SubmitResult
 from ._lease_session import LeaseSession as LeaseSession
@@ -51,15 +55,18 @@ from ._views import UpstreamRow as UpstreamRow
 
 __all__ = [
     "DAEMON_ROLE",
+    "EVENTS_CHANNEL",
     "MAX_BULK_JOBS",
     "MEMBERS_CHANNEL",
     "OPERATOR_ROLE",
     "AccountSummary",
     "AuditReport",
+    "CallbackRow",
     "CheckResult",
     "Database",
     "DbError",
     "DbUnavailable",
+    "EventsPruned",
     "Fenced",
     "HeldSlot",
     "IdempotencyConflict",

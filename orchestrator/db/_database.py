@@ -15,11 +15,13 @@ from orchestrator.core import (
     Account,
     Admission,
     AdmissionContext,
+    CallbackDue,
     ErrorCode,
     Fence,
     Finish,
     InFlight,
     Job,
+    JobEvent,
     JobRef,
     JobStatus,
     ListedClaim,
@@ -29,6 +31,7 @@ from orchestrator.core import (
 
 from . import (
     _audit,
+    _events,
     _jobs,
     _leases,
     _ledger,
@@ -173,17 +176,27 @@ class Database:
         num_outputs: int = 1,
         idempotency_key: str | None = None,
         traceparent: str | None = None,
+        callback_url: str | None = None,
     ) -> uuid.UUID:
         """Submit as submitters do, through `orchestrator.submit_job`.
 
-        ``traceparent`` (W3C) makes the job's trace a child of the caller's span.
+        ``traceparent`` (W3C) makes the job's trace a child of the caller's span;
+        ``callback_url`` is where the ending is POSTed (its host must be allowed).
 
         Raises:
             UnknownUser: the user has no account.
             IdempotencyConflict: the key was used for a different request.
+            InvalidRequest: a malformed submission (prompt, params, callback URL).
         """
         return await self._connector.run(
-            _jobs.submit, user_id, prompt, params or {}, num_outputs, idempotency_key, traceparent
+            _jobs.submit,
+            user_id,
+            prompt,
+            params or {},
+            num_outputs,
+            idempotency_key,
+            traceparent,
+            callback_url,
         )
 
     async def submit_jobs(self, items: Sequence[object]) -> list[_jobs.SubmitResult]:
@@ -411,6 +424,65 @@ class Database:
             status,
             cancel_sent,
         )
+
+    async def job_events_after(self, seq: int, *, limit: int = 1000) -> list[JobEvent]:
+        """The endings after `seq`, oldest first; resume from the last seq returned.
+
+        Raises:
+            EventsPruned: events after `seq` are past the retention and gone.
+            InvalidRequest: a negative seq, or a limit outside 1..10000.
+        """
+        return await self._connector.run(_events.after, seq, limit)
+
+    async def job_events_head(self) -> int:
+        """The newest seq in the feed (0 when empty): where a reader that starts now begins."""
+        return await self._connector.run(_events.head)
+
+    async def prune_job_events(self, *, older_than_s: float, limit: int = 10_000) -> int:
+        """Forget events (and their finished callbacks) older than `older_than_s`; how many."""
+        return await self._connector.run(_events.prune, older_than_s, limit)
+
+    async def job_outputs(
+        self, job_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[StoredOutput]]:
+        """The stored, undeleted outputs of each job, by index."""
+        return await self._connector.run(_events.outputs, job_ids)
+
+    async def claim_callbacks(
+        self, member: str, *, limit: int, claim_s: float
+    ) -> list[CallbackDue]:
+        """Callbacks due in the slots `member` holds, each claimed for one attempt."""
+        return await self._connector.run(_events.claim, member, limit, claim_s)
+
+    async def record_callback(
+        self,
+        seq: int,
+        attempt: int,
+        *,
+        delivered: bool,
+        status: int | None,
+        error: str | None,
+        retry_in_s: float | None,
+    ) -> bool:
+        """Store what attempt `attempt` came to; `retry_in_s` None after a failure gives up.
+
+        False when it changed nothing: delivered already, or another attempt since.
+        """
+        return await self._connector.run(
+            _events.record, seq, attempt, delivered, status, error, retry_in_s
+        )
+
+    async def redeliver_callback(self, seq: int) -> bool:
+        """Make a given-up callback due again now; False when it was not given up."""
+        return await self._connector.run(_events.redeliver, seq)
+
+    async def callbacks(self, *, failed: bool, limit: int = 100) -> list[_events.CallbackRow]:
+        """Given-up callbacks (`failed`), or every one not delivered yet; newest first."""
+        return await self._connector.run(_events.listing, failed, limit)
+
+    async def callback_counts(self) -> tuple[int, int]:
+        """Callbacks owed, and callbacks given up on."""
+        return await self._connector.run(_events.counts)
 
     async def top_figures(
         self, *, window_minutes: int = 5, slowest: int = 10, ledger_rows: int = 100_000

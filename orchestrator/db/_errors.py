@@ -11,6 +11,8 @@
      ├── InvalidRequest         an argument the database refuses (OR004, 22xxx)
      ├── Fenced                 the partition lease the write carried is not
      │                          held any more (OR008): drop the job, settle nothing
+     ├── EventsPruned           the feed no longer holds events after that seq
+     │                          (OR009): catch up from the jobs, then resume
      └── IntegrityViolation     a guard of the money invariants fired
                                 (OR005-OR007, 23xxx): a bug or an attack,
                                 never a normal outcome
@@ -67,6 +69,10 @@ class IntegrityViolation(DbError):
     pass
 
 
+class EventsPruned(DbError):
+    """Events after the reader's seq are past the retention: it must catch up from the jobs."""
+
+
 class Fenced(DbError, FencedOff):
     """The write carried a lease epoch that is no longer the slot's live one."""
 
@@ -81,6 +87,7 @@ _BY_SQLSTATE: Final[dict[str, type[DbError]]] = {
     "OR006": IntegrityViolation,
     "OR007": IntegrityViolation,
     "OR008": Fenced,
+    "OR009": EventsPruned,
 }
 
 _BY_CLASS: Final[dict[str, type[DbError]]] = {

@@ -49,6 +49,7 @@ async def submit(
     num_outputs: int,
     idempotency_key: str | None,
     traceparent: str | None = None,
+    callback_url: str | None = None,
 ) -> uuid.UUID:
     job_id: uuid.UUID = await pool.fetchval(
         queries()["submit_job"],
@@ -58,6 +59,7 @@ async def submit(
         num_outputs,
         idempotency_key,
         traceparent,
+        callback_url,
     )
     return job_id
 

@@ -37,6 +37,7 @@ def job(row: asyncpg.Record) -> Job:
         slot=row.get("slot", 0),
         retry_of=row.get("retry_of"),
         traceparent=row.get("traceparent"),
+        callback_url=row.get("callback_url"),
     )
 
 

@@ -1,6 +1,6 @@
 """The transitions that move money: admit, reject, finish. Each one transaction.
 
-The SQL functions behind them (`admit_job_v3`, `finish_job_v3` in schema.sql)
+The SQL functions behind them (`admit_job_v3`, `finish_job_v4` in schema.sql)
 keep the debit with the move to `starting`, and the refund with the terminal
 status, so no crash can separate a charge from the state that justifies it.
 Each write carries the daemon's `Fence` on the job's slot (or none, for tools

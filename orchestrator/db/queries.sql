@@ -11,7 +11,7 @@
 -- A job's columns as `_rows.job` decodes them.
 id, user_id, prompt, params, num_outputs, status, cost, error_code, error_message,
 idempotency_key, prediction_id, deadline_at, cancel_requested_at, partial, created_at,
-updated_at, admitted_at, finished_at, slot, retry_of, traceparent
+updated_at, admitted_at, finished_at, slot, retry_of, traceparent, callback_url
 
 -- name: schema_version
 -- The stamp migrate leaves, to tell whether the database matches this code.
@@ -107,9 +107,10 @@ SELECT orchestrator.note_traceparent_v1($1, $2, $3, $4);
 SELECT orchestrator.reject_job_v2($1, $2, $3, $4, $5);
 
 -- name: finish_job
--- Outputs, terminal status, seat release and the refund the database computes
--- from what was stored, in one transaction (see finish_job_v3).
-SELECT status, refunded, balance FROM orchestrator.finish_job_v3($1, $2, $3, $4, $5, $6, $7);
+-- Outputs (each under its own idx), terminal status, seat release, the refund the
+-- database computes from what was stored, and the ending's event, in one
+-- transaction (see finish_job_v4).
+SELECT status, refunded, balance FROM orchestrator.finish_job_v4($1, $2, $3, $4, $5, $6, $7);
 
 -- name: finish_jobs
 -- Several finishes in one statement (group commit): $1 is a JSON array of
@@ -117,7 +118,7 @@ SELECT status, refunded, balance FROM orchestrator.finish_job_v3($1, $2, $3, $4,
 -- in order.
 SELECT f.status, f.refunded, f.balance
   FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a (item, n)
- CROSS JOIN LATERAL orchestrator.finish_job_v3(
+ CROSS JOIN LATERAL orchestrator.finish_job_v4(
            (a.item ->> 'id')::uuid, a.item ->> 'status', a.item ->> 'code',
            a.item ->> 'message',
            CASE WHEN jsonb_typeof(a.item -> 'outputs') = 'array' THEN a.item -> 'outputs' END,
@@ -326,7 +327,7 @@ SELECT user_id, balance, plan FROM orchestrator.accounts WHERE user_id = $1;
 
 -- name: submit_job
 -- Submit through the SQL function (idempotency and NOTIFY live there).
-SELECT orchestrator.submit_job($1, $2, $3, $4, $5, $6);
+SELECT orchestrator.submit_job($1, $2, $3, $4, $5, $6, $7);
 
 -- name: submit_jobs
 -- Many submissions in one round trip (see submit_jobs): one row per item, in order.
@@ -526,7 +527,7 @@ SELECT provider, prediction_id, idx, found_by, status, cancel_sent_at, checked_a
 
 -- name: ui_job_outputs
 -- A job's stored outputs, deleted ones included (their rows stay for the audit).
-SELECT idx, url, path, size_bytes, sha256, content_type, created_at, deleted_at
+SELECT idx, url, path, size_bytes, sha256, content_type, public_url, created_at, deleted_at
   FROM orchestrator.outputs
  WHERE job_id = $1
  ORDER BY idx
@@ -611,3 +612,58 @@ SELECT j.id, j.user_id, j.status, j.num_outputs, j.slot,
  WHERE j.status IN ({{statuses:in_flight}})
  ORDER BY j.admitted_at, j.id
  LIMIT $1;
+
+-- name: job_events_after
+-- The endings after a seq, in seq order (see job_events_after).
+SELECT seq, job_id, user_id, status, error_code, finished_at
+  FROM orchestrator.job_events_after($1, $2);
+
+-- name: job_events_head
+-- The newest seq in the feed, 0 when empty: where a new reader starts.
+SELECT orchestrator.job_events_head();
+
+-- name: prune_job_events
+-- Forget events and finished callbacks past the retention (see prune_job_events_v1).
+SELECT orchestrator.prune_job_events_v1($1, $2);
+
+-- name: job_outputs
+-- The stored outputs of jobs, not deleted, by job and index: for status, listings
+-- and callers following a job to its end.
+SELECT job_id, idx, url, path, size_bytes, sha256, content_type, public_url
+  FROM orchestrator.outputs
+ WHERE job_id = ANY ($1::uuid[]) AND deleted_at IS NULL
+ ORDER BY job_id, idx;
+
+-- name: claim_callbacks
+-- Callbacks due in the slots this member holds, claimed for one attempt each
+-- (see claim_callbacks_v1).
+SELECT seq, attempt, url, created_at, job_id, user_id, status, error_code, error_message,
+       finished_at, outputs
+  FROM orchestrator.claim_callbacks_v1($1, $2, $3);
+
+-- name: record_callback
+-- What an attempt came to (see record_callback_v1).
+SELECT orchestrator.record_callback_v1($1, $2, $3, $4, $5, $6, $7);
+
+-- name: redeliver_callback
+-- A failed callback due again now (see redeliver_callback_v1).
+SELECT orchestrator.redeliver_callback_v1($1);
+
+-- name: callbacks
+-- Callbacks, newest first: failed ones only ($1 true) or every one still owed or
+-- given up ($1 false), at most $2.
+SELECT d.seq, d.job_id, d.url, d.attempts, d.next_attempt_at, d.last_attempt_at,
+       d.last_status, d.last_error, d.delivered_at, d.failed_at, d.created_at, e.status
+  FROM orchestrator.callback_deliveries d
+  JOIN orchestrator.job_events e ON e.seq = d.seq
+ WHERE CASE WHEN $1::boolean THEN d.failed_at IS NOT NULL ELSE d.delivered_at IS NULL END
+ ORDER BY d.seq DESC
+ LIMIT $2;
+
+-- name: callback_counts
+-- How many callbacks are owed, and how many were given up on (each through its
+-- partial index, so the count stays cheap however many were delivered).
+SELECT (SELECT count(*) FROM orchestrator.callback_deliveries
+         WHERE delivered_at IS NULL AND failed_at IS NULL) AS pending,
+       (SELECT count(*) FROM orchestrator.callback_deliveries
+         WHERE failed_at IS NOT NULL) AS failed;

@@ -24,6 +24,7 @@ from orchestrator.core import (
     Finish,
     InFlight,
     Job,
+    JobEvent,
     JobStatus,
     Plan,
     StoredOutput,
@@ -73,6 +74,8 @@ class InMemoryStore:
         self.upstream: dict[str, tuple[UpstreamRef, str | None, bool]] = {}
         # partition_leases: slot -> the fence that holds it (fenced writes need a match)
         self.leases: dict[int, Fence] = {}
+        # job_events: one per ending, in seq order (the twin commits one write at a time)
+        self.events: list[JobEvent] = []
 
     def now(self) -> datetime:
         return _EPOCH + timedelta(seconds=trio.current_time())
@@ -197,15 +200,32 @@ class InMemoryStore:
             return False
         self._check_fence(job, fence)
         canceled = code is ErrorCode.CANCELED
-        self.jobs[job_id] = attrs.evolve(
-            job,
-            status=JobStatus.CANCELED if canceled else JobStatus.REJECTED,
-            cost=0 if canceled else None,
-            error_code=code,
-            error_message=message,
-            finished_at=self.now(),
+        self._ended(
+            attrs.evolve(
+                job,
+                status=JobStatus.CANCELED if canceled else JobStatus.REJECTED,
+                cost=0 if canceled else None,
+                error_code=code,
+                error_message=message,
+                finished_at=self.now(),
+            )
         )
         return True
+
+    def _ended(self, job: Job) -> None:
+        """Store a job that just ended, and its event (the deferred trigger's part)."""
+        self.jobs[job.id] = job
+        assert job.finished_at is not None  # noqa: S101  (every ending stamps it)
+        self.events.append(
+            JobEvent(
+                seq=len(self.events) + 1,
+                job_id=job.id,
+                user_id=job.user_id,
+                status=job.status,
+                error_code=job.error_code,
+                finished_at=job.finished_at,
+            )
+        )
 
     async def mark_processing(
         self,
@@ -250,8 +270,9 @@ class InMemoryStore:
         if job.status is JobStatus.QUEUED:
             raise IntegrityViolation(f"job {job_id} was never admitted; reject it instead")
         if status is JobStatus.SUCCEEDED:
-            for idx, output in enumerate(outputs[: job.num_outputs]):
-                self.outputs.setdefault(job_id, {}).setdefault(idx, output)
+            for output in outputs:
+                if 0 <= output.idx < job.num_outputs:
+                    self.outputs.setdefault(job_id, {}).setdefault(output.idx, output)
         debited = -sum(r.amount for r in self.ledger if r.job_id == job_id and r.kind == "debit")
         delivered = len(self.outputs.get(job_id, {}))
         if status is JobStatus.SUCCEEDED and not delivered:
@@ -271,13 +292,15 @@ class InMemoryStore:
             refunded = owed
             self.ledger.append(LedgerRow(job.user_id, job_id, "refund", owed))
         self.seats.pop(job_id, None)
-        self.jobs[job_id] = attrs.evolve(
-            job,
-            status=status,
-            error_code=code,
-            error_message=message,
-            partial=status is JobStatus.SUCCEEDED and refunded > 0,
-            finished_at=self.now(),
+        self._ended(
+            attrs.evolve(
+                job,
+                status=status,
+                error_code=code,
+                error_message=message,
+                partial=status is JobStatus.SUCCEEDED and refunded > 0,
+                finished_at=self.now(),
+            )
         )
         return Finish(status, refunded, balance)
 
