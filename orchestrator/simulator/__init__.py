@@ -2,16 +2,17 @@
 
 It speaks Replicate's predictions API or KIE's jobs API over real HTTP, misbehaves on request
 (latency, failures, hangs, 429, 5xx, malformed bodies), serves real PNG outputs, delivers
-signed, retried, sometimes duplicated or reordered webhooks, and keeps each prediction's
-``image_input`` URLs, which it cannot finish without.
+signed, retried, sometimes duplicated or reordered webhooks, and fetches each prediction's
+``image_input`` URLs as Replicate does, failing the prediction when one cannot be fetched.
 Code lives in private modules: ``_config`` (the knobs), ``_state`` (predictions and owed
 webhooks computed from a clock), ``_inputs`` (``image_input`` validation and fetch records),
 ``_images`` (the PNG encoder), ``_app`` (the raw ASGI app), ``_webhooks`` (the sender),
-``_server`` (hypercorn).
+``_fetcher`` (the input fetcher) and ``_server`` (hypercorn).
 """
 
 from ._app import SimulatorApp as SimulatorApp
 from ._config import SimulatorConfig as SimulatorConfig
+from ._fetcher import InputFetcher as InputFetcher
 from ._flags import add_simulator_flags as add_simulator_flags
 from ._flags import simulator_config as simulator_config
 from ._inputs import ImageInputs as ImageInputs
@@ -35,6 +36,7 @@ __all__ = [
     "ImageInputs",
     "InputFetch",
     "InputFetchRequest",
+    "InputFetcher",
     "InvalidPredictionInput",
     "SimulatedPrediction",
     "SimulatorApp",
