@@ -21,10 +21,10 @@ import attrs
 
 from orchestrator.asgi import lifespan, read_body
 
+from ._inputs import ImageInputs, InputFetch, InvalidPredictionInput
 from ._state import (
     Fault,
     FaultKind,
-    InvalidPredictionInput,
     SimulatedPrediction,
     SimulatorState,
 )
@@ -129,8 +129,8 @@ class SimulatorApp:
         parts = tuple(part for part in scope["path"].split("/") if part)
         base = _base_url(scope)
         match method, parts:
-            case "GET", ("_sim", "stats"):
-                return _json(200, self._state.stats())
+            case "GET", ("_sim", *what):
+                return self._introspect(what)
             case "GET", ("files", prediction_id, file_name):
                 return self._file(prediction_id, file_name)
         if self._state.config.api == "kie":
@@ -151,6 +151,19 @@ class SimulatorApp:
         if handler is None:
             return _NOT_FOUND
         return self._api(scope, body, handler)
+
+    def _introspect(self, what: list[str]) -> _Response:
+        """``/_sim/...``: what tests read about the simulator, outside any provider's API."""
+        match what:
+            case ["stats"]:
+                return _json(200, self._state.stats())
+            case ["inputs"]:
+                given = self._state.all_image_inputs()
+                return _json(200, {"predictions": [_inputs_json(inputs) for inputs in given]})
+            case ["inputs", prediction_id]:
+                found = self._state.image_inputs(prediction_id)
+                return _NOT_FOUND if found is None else _json(200, _inputs_json(found))
+        return _NOT_FOUND
 
     def _handle_kie(
         self, scope: HTTPScope, body: bytes, method: str, parts: tuple[str, ...], base: str
@@ -431,6 +444,24 @@ class SimulatorApp:
     def _timestamp(self, monotonic: float) -> str:
         moment = datetime.fromtimestamp(monotonic + self._wall_offset, UTC)
         return moment.isoformat().replace("+00:00", "Z")
+
+
+def _inputs_json(inputs: ImageInputs) -> dict[str, object]:
+    """`ImageInputs` for `/_sim/inputs`: URLs as received, one entry per fetch (null if running).
+
+    Times are Unix seconds, so a test can set them beside an expiry carried in a URL.
+    """
+    return {
+        "id": inputs.prediction_id,
+        "model": inputs.model,
+        "image_input": list(inputs.urls),
+        "fetches": [None if fetch is None else _fetch_json(fetch) for fetch in inputs.fetches],
+        "error": None if inputs.failure is None else inputs.failure.error,
+    }
+
+
+def _fetch_json(fetch: InputFetch) -> dict[str, object]:
+    return {**attrs.asdict(fetch), "ok": fetch.ok, "error": fetch.error}
 
 
 def _malformed(fault: Fault, real: _Response, wrong_shape: object) -> _Response:

@@ -69,6 +69,8 @@ class SimulatorConfig:
         webhook_failure_rate: Share of delivery attempts dropped; each message is retried up
             to three times with a short backoff.
         webhook_delay: Seconds between an event and its first delivery attempt.
+        input_fetch_timeout: Seconds allowed to fetch one ``image_input`` URL, from connect
+            to last byte; an input that takes longer fails its prediction.
     """
 
     latency: tuple[float, float] = attrs.field(
@@ -94,4 +96,7 @@ class SimulatorConfig:
     webhook_failure_rate: float = attrs.field(default=0.0, validator=_rate)
     webhook_delay: float = attrs.field(
         default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.lt(math.inf)]
+    )
+    input_fetch_timeout: float = attrs.field(
+        default=5.0, validator=[attrs.validators.gt(0.0), attrs.validators.lt(math.inf)]
     )

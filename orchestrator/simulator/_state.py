@@ -6,7 +6,9 @@ nothing runs in the background, and tests drive time with a fake clock instead o
 Webhooks work the same way: `SimulatorState.next_webhook_at` says when the next one falls
 due and `SimulatorState.take_due_webhooks` hands out what is due, with every misbehaviour
 (drops, duplicates, stale reorderings) already drawn; the sender in ``_webhooks`` only does
-the I/O.
+the I/O. Image inputs too: a prediction with ``image_input`` queues one fetch per URL
+(`SimulatorState.take_input_fetches`), the fetcher in ``_fetcher`` reports each outcome
+(`SimulatorState.record_input_fetch`), and until every one is in the prediction cannot end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ import attrs
 
 from ._config import SimulatorConfig
 from ._images import render_output
+from ._inputs import (
+    IMAGE_INPUT_MODELS,
+    ImageInputs,
+    InputFetch,
+    InputFetchRequest,
+    InvalidPredictionInput,
+    image_input_urls,
+)
 from ._wire import WireFailure, WireStatus
 
 MAX_OUTPUTS: Final = 30
@@ -113,10 +123,6 @@ class WebhookDelivery:
     drops: int
 
 
-class InvalidPredictionInput(ValueError):
-    """The create request is one Replicate would answer with 422."""
-
-
 class _Outcome(enum.Enum):
     SUCCEED = enum.auto()
     FAIL = enum.auto()
@@ -159,17 +165,47 @@ class _Record:
     outcome: _Outcome
     canceled_at: float | None = None
     webhooks_sent: set[WebhookKind] = attrs.Factory(set)
+    image_input: tuple[str, ...] = ()
+    fetches: dict[int, InputFetch] = attrs.Factory(dict)
+    # When the last input fetch reported; stays None while any is under way.
+    inputs_done_at: float | None = None
+
+    @property
+    def inputs(self) -> ImageInputs:
+        fetched = tuple(self.fetches.get(index) for index in range(len(self.image_input)))
+        return ImageInputs(self.id, self.model, self.image_input, fetched)
+
+    @property
+    def input_failure(self) -> InputFetch | None:
+        return self.inputs.failure if self.inputs_done_at is not None else None
+
+    @property
+    def ends_at(self) -> float | None:
+        """When it ends on its own; ``None`` while undecided (inputs in flight, or a hang).
+
+        The model cannot run before its inputs are in, so success waits for the last
+        fetch; an unusable input ends it at once, whatever was drawn (a hang, a failure),
+        but never before it reported starting, so the start event still comes first.
+        """
+        if self.image_input and self.inputs_done_at is None:
+            return None
+        if self.inputs_done_at is not None and self.input_failure is not None:
+            return max(self.inputs_done_at, self.started_at)
+        if self.finish_at is None or self.inputs_done_at is None:
+            return self.finish_at
+        return max(self.finish_at, self.inputs_done_at)
 
     @property
     def terminal_at(self) -> float | None:
-        """When it ends: cancel only ever lands before the drawn finish, so it wins."""
-        return self.canceled_at if self.canceled_at is not None else self.finish_at
+        """When it ends: cancel only ever lands before the decided end, so it wins."""
+        return self.canceled_at if self.canceled_at is not None else self.ends_at
 
     def status(self, now: float) -> WireStatus:
         if self.canceled_at is not None:
             return WireStatus.CANCELED
-        if self.finish_at is not None and now >= self.finish_at:
-            if self.outcome in _FAILURES:
+        ends_at = self.ends_at
+        if ends_at is not None and now >= ends_at:
+            if self.input_failure is not None or self.outcome in _FAILURES:
                 return WireStatus.FAILED
             return WireStatus.SUCCEEDED
         if now >= self.started_at:
@@ -204,7 +240,7 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
     if status is WireStatus.CANCELED:
         completed_at = record.canceled_at
     elif status.terminal:
-        completed_at = record.finish_at
+        completed_at = record.ends_at
     started = now >= record.started_at and (
         record.canceled_at is None or record.canceled_at >= record.started_at
     )
@@ -219,7 +255,7 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
         created_at=record.created_at,
         started_at=record.started_at if started else None,
         completed_at=completed_at,
-        error=_failure(record).text if status is WireStatus.FAILED else None,
+        error=_error(record) if status is WireStatus.FAILED else None,
         webhook=record.webhook,
         webhook_events_filter=record.webhook_events_filter,
         fail_code=_failure(record).kie_code if status is WireStatus.FAILED else None,
@@ -229,6 +265,14 @@ def _snapshot(record: _Record, now: float) -> SimulatedPrediction:
 def _failure(record: _Record) -> WireFailure:
     """A garbled failure carries NUL, terminal escapes and 5,000 characters, as real ones can."""
     return _FAILURES.get(record.outcome, WireFailure.MODEL)
+
+
+def _error(record: _Record) -> str:
+    """An unusable input is reported instead of the drawn failure: it happened first."""
+    failure = record.input_failure
+    if failure is not None and failure.error is not None:
+        return failure.error
+    return _failure(record).text
 
 
 def _processing_view(record: _Record) -> SimulatedPrediction:
@@ -299,9 +343,12 @@ class SimulatorState:
         # (webhook, input) of every `fail_once` prediction made, for its first-time failure.
         self._attempted: set[tuple[str | None, str]] = set()
         self._order: list[_Record] = []
+        self._input_queue: list[InputFetchRequest] = []
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "created",
+                "input_fetches",
+                "input_fetch_failures",
                 "gets",
                 "cancels",
                 "canceled",
@@ -348,12 +395,14 @@ class SimulatorState:
         directive never shifts the random stream seen by the next one.
 
         Raises:
-            InvalidPredictionInput: Missing prompt, bad ``num_outputs`` or ``simulate``.
+            InvalidPredictionInput: Missing prompt, bad ``num_outputs``, ``simulate`` or
+                ``image_input``.
         """
         if not isinstance(prediction_input.get("prompt"), str):
             raise InvalidPredictionInput("input.prompt is required and must be a string")
         num_outputs = _num_outputs(prediction_input.get("num_outputs"))
         directive = _directive(prediction_input.get("simulate"))
+        image_input = self._image_input(prediction_input, model)
         low, high = self.config.latency
         duration = self._rng.uniform(low, high)
         fails = self._rng.random() < self.config.failure_rate
@@ -376,15 +425,69 @@ class SimulatorState:
             started_at=now + duration * _STARTING_SHARE,
             finish_at=None if outcome is _Outcome.HANG else now + duration,
             outcome=outcome,
+            image_input=image_input,
         )
         self._records[prediction_id] = record
         self._order.append(record)
         self._counters["created"] += 1
+        self._input_queue.extend(
+            InputFetchRequest(prediction_id, index, url) for index, url in enumerate(image_input)
+        )
         if webhook is not None and self._owed_webhooks(record):
             self._webhook_pending[prediction_id] = record
             self._schedule(record)
+        if image_input or record.id in self._webhook_pending:
             self._on_change()
         return _snapshot(record, now)
+
+    def _image_input(
+        self, prediction_input: Mapping[str, object], model: str | None
+    ) -> tuple[str, ...]:
+        """The URLs to fetch: only Replicate's models whose schema has ``image_input``.
+
+        Elsewhere (KIE, other models) the key is an opaque input, echoed and not fetched.
+        """
+        if self.config.api != "replicate" or model not in IMAGE_INPUT_MODELS:
+            return ()
+        return image_input_urls(prediction_input.get("image_input"))
+
+    def take_input_fetches(self) -> list[InputFetchRequest]:
+        """Every input fetch queued since the last call, in creation order, each handed out once."""
+        queued, self._input_queue = self._input_queue, []
+        return queued
+
+    def record_input_fetch(self, prediction_id: str, fetch: InputFetch) -> None:
+        """Keep what one fetch found; the last one in decides when the prediction can end.
+
+        A second report for the same input, or one for an unknown prediction, is ignored:
+        what the provider saw first is what it acted on.
+        """
+        record = self._records.get(prediction_id)
+        if record is None or fetch.index in record.fetches:
+            return
+        if not 0 <= fetch.index < len(record.image_input):
+            return
+        record.fetches[fetch.index] = fetch
+        self._counters["input_fetches"] += 1
+        if not fetch.ok:
+            self._counters["input_fetch_failures"] += 1
+        if len(record.fetches) == len(record.image_input):
+            record.inputs_done_at = self._clock()
+            if record.id in self._webhook_pending:
+                self._schedule(record)
+            self._on_change()
+
+    def image_inputs(self, prediction_id: str) -> ImageInputs | None:
+        """What this prediction was given as ``image_input`` and what fetching found.
+
+        ``None`` for an unknown prediction; empty ``urls`` for one given no image input.
+        """
+        record = self._records.get(prediction_id)
+        return None if record is None else record.inputs
+
+    def all_image_inputs(self) -> list[ImageInputs]:
+        """`image_inputs` of every prediction given any, oldest first."""
+        return [record.inputs for record in self._order if record.image_input]
 
     def _outcome(
         self,
@@ -403,8 +506,13 @@ class SimulatorState:
         return _DIRECTED[directive]
 
     def _first_attempt(self, prediction_input: Mapping[str, object], webhook: str | None) -> bool:
-        """Whether no prediction was made before for this input and webhook (job and output)."""
-        key = (webhook, json.dumps(prediction_input, sort_keys=True, default=str))
+        """Whether no prediction was made before for this input and webhook (job and output).
+
+        ``image_input`` is left out of the key: a retry carries freshly presigned URLs for
+        the same photos, and must still count as the same output's second attempt.
+        """
+        stable = {key: value for key, value in prediction_input.items() if key != "image_input"}
+        key = (webhook, json.dumps(stable, sort_keys=True, default=str))
         if key in self._attempted:
             return False
         self._attempted.add(key)
