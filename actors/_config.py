@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from orchestrator.core import HostList
+
 
 @attrs.frozen(kw_only=True)
 class ActorConfig:
@@ -26,3 +28,6 @@ class ActorConfig:
     allowed_params: frozenset[str] = frozenset()
     # Where the provider calls back; the adapter tags it with the job and output.
     webhook_url: str | None = None
+    # Where a job's image_input URLs may point, and where its callback_url may.
+    input_hosts: HostList = attrs.field(factory=HostList)
+    callback_hosts: HostList = attrs.field(factory=HostList)

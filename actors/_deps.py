@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import attrs
 
-from orchestrator.core import JobStore, JobTracing, NullTracing, Observer, OutputStore, Provider
+from orchestrator.core import (
+    InputImages,
+    JobStore,
+    JobTracing,
+    NullTracing,
+    Observer,
+    OutputStore,
+    PassThroughInputs,
+    Provider,
+)
 
 from ._capacity import Capacity
 from ._config import ActorConfig
@@ -27,6 +36,8 @@ class Deps:
     tracing: JobTracing = attrs.field(factory=NullTracing)
     # Every provider behind its breaker; None: `provider` alone, with no breaker.
     routes: Routes | None = None
+    # A job's private input images: checked before the debit, presigned at each create.
+    inputs: InputImages = attrs.field(factory=PassThroughInputs)
 
     def on(self, name: str) -> Deps:
         """These deps for a job that runs on provider `name` (the default one, or the fallback)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 import attrs
@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from orchestrator.core import (
+    IMAGE_INPUT,
     NULL_SPAN,
     Abandoned,
     CanceledByUser,
@@ -52,6 +53,7 @@ from orchestrator.core import (
     UpstreamRef,
     cancel_upstream,
     finish,
+    image_inputs,
     poll_delays,
 )
 
@@ -123,6 +125,7 @@ class JobTask:
         self._store = deps.store
         self._provider = deps.provider
         self._outputs = deps.outputs
+        self._inputs = deps.inputs
         self._config = deps.config
         self._provider_name = deps.config.provider_name
         self._observer = deps.observer
@@ -380,7 +383,7 @@ class JobTask:
         request = PredictionRequest(
             job_id=job.id,
             prompt=job.prompt,
-            params=job.params,
+            params=await self._provider_params(),
             num_outputs=1,
             webhook_url=self._config.webhook_url,
             output_index=idx,
@@ -410,6 +413,18 @@ class JobTask:
             except ProviderError as exc:
                 log.warning("provider.error", operation="submit", error=exc.summary)
                 return UpstreamFailed(exc.summary)
+
+    async def _provider_params(self) -> Mapping[str, object]:
+        """The job's params as this create sends them: input images as fresh short-lived URLs.
+
+        Presigned at each create (a retry, a resume), so no URL handed to the provider
+        outlives the few minutes it needs to fetch the image.
+        """
+        params = self.job.params
+        inputs = image_inputs(self.job.user_id, params, self._config.input_hosts)
+        if isinstance(inputs, str) or not inputs:
+            return params
+        return {**params, IMAGE_INPUT: list(await self._inputs.for_provider(inputs))}
 
     @staticmethod
     def _create_retryable(exc: ProviderError) -> bool:

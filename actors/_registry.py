@@ -21,12 +21,14 @@ import trio
 
 from orchestrator.core import (
     EverySlot,
+    InputImages,
     JobStore,
     JobTracing,
     NullObserver,
     NullTracing,
     Observer,
     OutputStore,
+    PassThroughInputs,
     Prediction,
     Provider,
     Slots,
@@ -59,6 +61,7 @@ class Registry:
         slots: Slots | None = None,
         routes: Routes | None = None,
         tracing: JobTracing | None = None,
+        inputs: InputImages | None = None,
     ) -> None:
         self.slots: Slots = slots or EverySlot()
         self.capacity = capacity or Capacity()
@@ -73,6 +76,7 @@ class Registry:
             watch=watch,
             routes=routes,
             tracing=tracing or NullTracing(),
+            inputs=inputs or PassThroughInputs(),
         )
         self._actors: dict[str, UserActor] = {}
         self._nursery: trio.Nursery | None = None

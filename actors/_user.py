@@ -24,12 +24,14 @@ from orchestrator.core import (
     Fence,
     FencedOff,
     InFlight,
+    InputsUnavailable,
     Job,
     JobStatus,
     JobTrace,
     Prediction,
     Reject,
     decide_admission,
+    image_inputs,
 )
 
 from ._deps import Deps
@@ -224,6 +226,9 @@ class UserActor:
             # The slot's lease is gone; the registry drops this actor at the next round.
             log.warning("actor.fenced", message=type(message).__name__)
             self._observer.write_fenced(type(message).__name__.lower())
+        except InputsUnavailable as exc:
+            # Still queued and uncharged: the next scan offers it again.
+            log.warning("job.inputs_unavailable", error=str(exc))
         except Exception:
             # The job stays as the store has it; the catch-up scan brings it back.
             log.exception("actor.message_failed", message=type(message).__name__)
@@ -311,8 +316,15 @@ class UserActor:
                 unroutable = Reject(ErrorCode.VALIDATION_ERROR, str(exc))
             job, allowed = without_routing(job), routes.allowed(wanted, allowed)
         decision = unroutable or decide_admission(
-            job, context.usage, context.now, allowed_params=allowed
+            job,
+            context.usage,
+            context.now,
+            allowed_params=allowed,
+            input_hosts=self._config.input_hosts,
+            callback_hosts=self._config.callback_hosts,
         )
+        if not isinstance(decision, Reject):
+            decision = await self._inputs_checked(job) or decision
         if isinstance(decision, Reject):
             trace = self._tracing.job_trace(job)
             try:
@@ -325,6 +337,19 @@ class UserActor:
                 trace.end()
             return None
         return job, lag_s, decision.priority, wanted
+
+    async def _inputs_checked(self, job: Job) -> Reject | None:
+        """Refuse the job, before its debit, when an input image is missing, no image or big.
+
+        Raises:
+            InputsUnavailable: the store did not answer; the job stays queued, uncharged,
+                and the next scan offers it again.
+        """
+        inputs = image_inputs(job.user_id, job.params, self._config.input_hosts)
+        if isinstance(inputs, str) or not inputs:
+            return None  # refused by validation already, or none to check
+        problem = await self._deps.inputs.problem(inputs)
+        return None if problem is None else Reject(ErrorCode.VALIDATION_ERROR, problem)
 
     async def _commit(
         self, job: Job, lag_s: float | None, priority: int, trace: JobTrace, route: str

@@ -18,6 +18,7 @@ from actors import ActorConfig, Cancel, Offer, Registry, Resume, Submit
 from orchestrator.core import (
     ErrorCode,
     Fence,
+    InputImages,
     JobStatus,
     Observer,
     OutputStore,
@@ -199,6 +200,7 @@ async def make_rig(
     slots: Leases | None = None,
     outputs: OutputStore | None = None,
     observer: Observer | None = None,
+    inputs: InputImages | None = None,
     **provider: object,
 ) -> Rig:
     store = InMemoryStore(
@@ -218,7 +220,13 @@ async def make_rig(
     store.finish = finish  # type: ignore[method-assign]
     fake = FakeProvider(**provider)  # type: ignore[arg-type]
     registry = Registry(
-        store=store, provider=fake, config=config, slots=slots, outputs=outputs, observer=observer
+        store=store,
+        provider=fake,
+        config=config,
+        slots=slots,
+        outputs=outputs,
+        observer=observer,
+        inputs=inputs,
     )
     await nursery.start(registry.run)
     return Rig(store, fake, registry, finished_at)

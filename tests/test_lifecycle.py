@@ -20,6 +20,7 @@ from orchestrator.core import (
     JobStatus,
     Plan,
     Reject,
+    StoredOutput,
     TimedOut,
     UpstreamFailed,
     Usage,
@@ -159,7 +160,7 @@ def test_a_partial_delivery_refunds_exactly_the_missing_outputs():
     paid = job(num_outputs=30, cost=90, status=JobStatus.PROCESSING)
     assert refund_for_delivery(paid, 30) == 0
     assert refund_for_delivery(paid, 24) == 18
-    settlement = settle(paid, Delivered(tuple(f"u{n}" for n in range(24))))
+    settlement = settle(paid, Delivered(_outputs(range(24))))
     assert settlement.status is JobStatus.SUCCEEDED
     assert settlement.refund == 18
     assert len(settlement.outputs) == 24
@@ -168,9 +169,22 @@ def test_a_partial_delivery_refunds_exactly_the_missing_outputs():
 def test_extra_outputs_from_the_provider_are_never_kept():
     """A provider returning more than asked cannot over-deliver."""
     paid = job(num_outputs=2, cost=6, status=JobStatus.PROCESSING)
-    settlement = settle(paid, Delivered(("a", "b", "c")))
-    assert settlement.outputs == ("a", "b")
+    settlement = settle(paid, Delivered(_outputs([0, 1, 2, -1])))
+    assert settlement.outputs == _outputs([0, 1])
     assert settlement.refund == 0
+
+
+def test_outputs_keep_their_own_index_when_the_first_one_is_missing():
+    """Outputs 1 and 2 of three stay 1 and 2, sorted, and output 0 is refunded."""
+    paid = job(num_outputs=3, cost=9, status=JobStatus.PROCESSING)
+    settlement = settle(paid, Delivered(_outputs([2, 1]), failures=("output 0: refused",)))
+    assert [output.idx for output in settlement.outputs] == [1, 2]
+    assert (settlement.status, settlement.refund) == (JobStatus.SUCCEEDED, 3)
+    assert "output 0: refused" in settlement.message
+
+
+def _outputs(indices) -> tuple[StoredOutput, ...]:
+    return tuple(StoredOutput(idx=idx, url=f"https://cdn.test/{idx}.png") for idx in indices)
 
 
 def test_every_unsuccessful_ending_refunds_in_full_with_its_code():

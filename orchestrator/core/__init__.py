@@ -27,6 +27,17 @@ from ._exceptions import FencedOff as FencedOff
 from ._exceptions import is_expected as is_expected
 from ._exceptions import sole_exception as sole_exception
 from ._finish import finish as finish
+from ._hosts import HostList as HostList
+from ._images import IMAGE_INPUT as IMAGE_INPUT
+from ._images import INPUT_HOSTS_SETTING as INPUT_HOSTS_SETTING
+from ._images import MAX_IMAGE_INPUTS as MAX_IMAGE_INPUTS
+from ._images import SNIFF_BYTES as SNIFF_BYTES
+from ._images import ImageInput as ImageInput
+from ._images import PrivateInput as PrivateInput
+from ._images import RemoteInput as RemoteInput
+from ._images import image_inputs as image_inputs
+from ._images import input_key as input_key
+from ._images import sniffed_type as sniffed_type
 from ._inputs import COST_MULTIPLIERS as COST_MULTIPLIERS
 from ._inputs import DEFAULT_ALLOWED as DEFAULT_ALLOWED
 from ._inputs import MAX_PARAMS_BYTES as MAX_PARAMS_BYTES
@@ -37,6 +48,7 @@ from ._inputs import USER_ID as USER_ID
 from ._inputs import default_allowed as default_allowed
 from ._inputs import params_problem as params_problem
 from ._inputs import user_id_problem as user_id_problem
+from ._lifecycle import CALLBACK_HOSTS_SETTING as CALLBACK_HOSTS_SETTING
 from ._lifecycle import MAX_OUTPUTS as MAX_OUTPUTS
 from ._lifecycle import MAX_PRIORITY as MAX_PRIORITY
 from ._lifecycle import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
@@ -68,6 +80,7 @@ from ._lifecycle import TimedOut as TimedOut
 from ._lifecycle import UpstreamFailed as UpstreamFailed
 from ._lifecycle import UpstreamRef as UpstreamRef
 from ._lifecycle import Usage as Usage
+from ._lifecycle import callback_problem as callback_problem
 from ._lifecycle import cost_of as cost_of
 from ._lifecycle import decide_admission as decide_admission
 from ._lifecycle import poll_delays as poll_delays
@@ -75,11 +88,14 @@ from ._lifecycle import refund_for_delivery as refund_for_delivery
 from ._lifecycle import settle as settle
 from ._lifecycle import validate as validate
 from ._ports import EverySlot as EverySlot
+from ._ports import InputImages as InputImages
+from ._ports import InputsUnavailable as InputsUnavailable
 from ._ports import JobStore as JobStore
 from ._ports import NullObserver as NullObserver
 from ._ports import Observer as Observer
 from ._ports import OutputStore as OutputStore
 from ._ports import OutputUnavailable as OutputUnavailable
+from ._ports import PassThroughInputs as PassThroughInputs
 from ._ports import RunningJobs as RunningJobs
 from ._ports import Slots as Slots
 from ._ports import UrlOnlyOutputs as UrlOnlyOutputs
@@ -116,10 +132,14 @@ from ._tracing import Span as Span
 __all__ = [
     "ALL_SLOTS",
     "CALLBACK_EVENT_TYPE",
+    "CALLBACK_HOSTS_SETTING",
     "COST_MULTIPLIERS",
     "DEFAULT_ALLOWED",
     "DEFAULT_POLICY",
     "EVENTS_CHANNEL",
+    "IMAGE_INPUT",
+    "INPUT_HOSTS_SETTING",
+    "MAX_IMAGE_INPUTS",
     "MAX_OUTPUTS",
     "MAX_PARAMS_BYTES",
     "MAX_PARAMS_DEPTH",
@@ -133,6 +153,7 @@ __all__ = [
     "RESERVED_INPUTS",
     "RESERVED_PARAMS",
     "SLOTS",
+    "SNIFF_BYTES",
     "USER_ID",
     "Abandoned",
     "Account",
@@ -158,7 +179,11 @@ __all__ = [
     "FencedOff",
     "Finish",
     "FoundBy",
+    "HostList",
+    "ImageInput",
     "InFlight",
+    "InputImages",
+    "InputsUnavailable",
     "Job",
     "JobEvent",
     "JobRef",
@@ -172,10 +197,12 @@ __all__ = [
     "Observer",
     "OutputStore",
     "OutputUnavailable",
+    "PassThroughInputs",
     "Plan",
     "Prediction",
     "PredictionRequest",
     "PredictionStatus",
+    "PrivateInput",
     "Provider",
     "ProviderError",
     "ProviderProtocolError",
@@ -184,6 +211,7 @@ __all__ = [
     "ProviderUnavailable",
     "ProviderUnreachable",
     "Reject",
+    "RemoteInput",
     "RunningJobs",
     "Settlement",
     "Slots",
@@ -201,6 +229,7 @@ __all__ = [
     "breaker_success",
     "breaker_tick",
     "callback_body",
+    "callback_problem",
     "cancel_upstream",
     "clean_text",
     "cost_of",
@@ -208,6 +237,8 @@ __all__ = [
     "default_allowed",
     "failure_text_retryable",
     "finish",
+    "image_inputs",
+    "input_key",
     "is_expected",
     "kie_failure_retryable",
     "params_problem",
@@ -217,6 +248,7 @@ __all__ = [
     "retry_margin",
     "safe_summary",
     "settle",
+    "sniffed_type",
     "sole_exception",
     "user_id_problem",
     "validate",

@@ -4,7 +4,8 @@ Whatever a job's params hold is merged into the model input the operator pays fo
 key the model does not declare is at best ignored and at worst multiplies the bill
 (``num_images: 4``, ``batch_size: 8``, ``num_inference_steps: 50``) while the user pays
 for one output. So admission passes only an allow-list of inputs per provider and
-model, each a JSON scalar, and refuses everything else with a message naming the key.
+model, each a JSON scalar (but `image_input`, a list: see `_images`), and refuses
+everything else with a message naming the key.
 
 The database enforces the same outer limits at INSERT (schema.sql,
 ``check_submission_v1``); these checks also catch rows that predate them.
@@ -17,6 +18,8 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import Final
+
+from ._images import IMAGE_INPUT
 
 MAX_USER_ID_CHARS: Final = 128
 MAX_PARAMS_BYTES: Final = 16 * 1024
@@ -47,9 +50,13 @@ DEFAULT_ALLOWED: Final[Mapping[tuple[str, str], frozenset[str]]] = {
     ("replicate", "black-forest-labs/flux-schnell"): frozenset(
         {"aspect_ratio", "go_fast", "megapixels", "output_format", "output_quality", "seed"}
     ),
+    # An image editor: `image_input` is its list of input images (see _images).
+    ("replicate", "google/nano-banana"): frozenset(
+        {"image_input", "aspect_ratio", "output_format"}
+    ),
     ("kie", "google/nano-banana"): frozenset({"image_size", "output_format"}),
     # The bundled simulator (`orchestrator simulate-provider`, the demo).
-    ("replicate", "sim/image"): frozenset({"seed", "simulate", "variation"}),
+    ("replicate", "sim/image"): frozenset({"seed", "simulate", "variation", "image_input"}),
     ("kie", "sim/image"): frozenset({"seed", "simulate", "variation"}),
 }
 
@@ -88,6 +95,8 @@ def _problems(params: Mapping[str, object], allowed: frozenset[str]) -> Iterator
         else:
             yield f"params key {_shown(key)} is not an input of this model ({_listing(allowed)})"
     for key in keys:
+        if key == IMAGE_INPUT and key in allowed:
+            continue  # a list of keys or URLs, checked by `image_inputs`
         if not _scalar(params[key]):
             yield (
                 f"params key {_shown(key)} must be a string, a number within 64 bits, "

@@ -14,6 +14,8 @@ from uuid import UUID
 
 import attrs
 
+from ._hosts import HostList
+from ._images import image_inputs
 from ._inputs import params_problem, user_id_problem
 
 MAX_PROMPT_CHARS: Final = 4000
@@ -251,16 +253,30 @@ class Reject:
     message: str
 
 
-def validate(job: Job, allowed_params: frozenset[str] = frozenset()) -> Reject | None:
-    """Refuse submissions no provider should see; the message says what to fix.
+_NO_HOSTS: Final = HostList()
+CALLBACK_HOSTS_SETTING: Final = "ORCHESTRATOR_CALLBACK_HOSTS"
 
-    `allowed_params` are the model inputs a job may set; by default none.
+
+def validate(
+    job: Job,
+    allowed_params: frozenset[str] = frozenset(),
+    *,
+    input_hosts: HostList = _NO_HOSTS,
+    callback_hosts: HostList = _NO_HOSTS,
+) -> Reject | None:
+    """Refuse submissions no provider (or callback receiver) should see; say what to fix.
+
+    `allowed_params` are the model inputs a job may set (by default none);
+    `input_hosts` where its `image_input` URLs may point; `callback_hosts` where its
+    `callback_url` may (none: callbacks are off, and a job asking for one is refused).
     """
-    problem = next(_validation_problems(job, allowed_params), None)
+    problem = next(_validation_problems(job, allowed_params, input_hosts, callback_hosts), None)
     return None if problem is None else Reject(ErrorCode.VALIDATION_ERROR, problem)
 
 
-def _validation_problems(job: Job, allowed_params: frozenset[str]) -> Iterator[str]:
+def _validation_problems(
+    job: Job, allowed_params: frozenset[str], input_hosts: HostList, callback_hosts: HostList
+) -> Iterator[str]:
     if (user_problem := user_id_problem(job.user_id)) is not None:
         yield user_problem
     if not job.prompt.strip():
@@ -273,17 +289,38 @@ def _validation_problems(job: Job, allowed_params: frozenset[str]) -> Iterator[s
         yield job.params_error
     elif (params_rule := params_problem(job.params, allowed_params)) is not None:
         yield params_rule
+    elif isinstance(inputs := image_inputs(job.user_id, job.params, input_hosts), str):
+        yield inputs
+    if job.callback_url is not None and (
+        refused := callback_problem(job.callback_url, callback_hosts)
+    ):
+        yield refused
+
+
+def callback_problem(url: str, hosts: HostList) -> str | None:
+    """Why the daemon will not POST to `url`, or None: its host must be allow-listed."""
+    if not hosts:
+        return f"callbacks are off here ({CALLBACK_HOSTS_SETTING} is empty)"
+    refused = hosts.problem(url, setting=CALLBACK_HOSTS_SETTING)
+    return None if refused is None else f"callback_url is refused: {refused}"
 
 
 def decide_admission(
-    job: Job, usage: Usage, now: datetime, *, allowed_params: frozenset[str] = frozenset()
+    job: Job,
+    usage: Usage,
+    now: datetime,
+    *,
+    allowed_params: frozenset[str] = frozenset(),
+    input_hosts: HostList = _NO_HOSTS,
+    callback_hosts: HostList = _NO_HOSTS,
 ) -> Admit | Reject:
     """Admit or refuse a queued job, checking in the documented order.
 
     The order matters: a duplicate is reported as a duplicate even when the
     user is also out of credits, because that is what they need to hear.
     """
-    if (invalid := validate(job, allowed_params)) is not None:
+    invalid = validate(job, allowed_params, input_hosts=input_hosts, callback_hosts=callback_hosts)
+    if invalid is not None:
         return invalid
     if usage.plan is None or usage.balance is None:
         return Reject(ErrorCode.VALIDATION_ERROR, f"unknown user {job.user_id!r}")

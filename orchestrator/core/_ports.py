@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
+from ._exceptions import ExpectedFault
+from ._images import ImageInput, PrivateInput
 from ._lifecycle import (
     Admission,
     AdmissionContext,
@@ -204,3 +206,36 @@ class UrlOnlyOutputs:
     async def store(self, job_id: uuid.UUID, idx: int, url: str) -> StoredOutput:
         del job_id
         return StoredOutput(idx=idx, url=url)
+
+
+class InputsUnavailable(ExpectedFault):
+    """The input store could not be asked (an outage): the job waits, queued, uncharged."""
+
+
+class InputImages(Protocol):
+    """A job's input images: checked before its debit, made fetchable at each create."""
+
+    async def problem(self, inputs: Sequence[ImageInput]) -> str | None:
+        """Why the inputs cannot be used (missing, not an image, too large), or None.
+
+        Raises:
+            InputsUnavailable: the store did not answer; nothing was decided.
+        """
+        ...
+
+    async def for_provider(self, inputs: Sequence[ImageInput]) -> tuple[str, ...]:
+        """A URL per input that the provider can fetch it from, for a few minutes only."""
+        ...
+
+
+class PassThroughInputs:
+    """Checks nothing and hands keys and URLs on as they are: tests without storage."""
+
+    async def problem(self, inputs: Sequence[ImageInput]) -> str | None:
+        del inputs
+        return None
+
+    async def for_provider(self, inputs: Sequence[ImageInput]) -> tuple[str, ...]:
+        return tuple(
+            entry.key if isinstance(entry, PrivateInput) else entry.url for entry in inputs
+        )

@@ -95,6 +95,7 @@ class InMemoryStore:
         params: Mapping[str, object] | None = None,
         num_outputs: int = 1,
         traceparent: str | None = None,
+        callback_url: str | None = None,
     ) -> uuid.UUID:
         job_id = uuid.uuid4()
         self.jobs[job_id] = Job(
@@ -106,6 +107,7 @@ class InMemoryStore:
             status=JobStatus.QUEUED,
             created_at=self.now(),
             traceparent=traceparent,
+            callback_url=callback_url,
         )
         return job_id
 
