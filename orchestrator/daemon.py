@@ -44,7 +44,16 @@ from actors import (
     ServicePacer,
 )
 from orchestrator.auditor import run_auditor
-from orchestrator.core import BreakerPolicy, JobTracing, NullTracing, Provider, sole_exception
+from orchestrator.callbacks import CallbackSender
+from orchestrator.core import (
+    BreakerPolicy,
+    CallbackPolicy,
+    HostList,
+    JobTracing,
+    NullTracing,
+    Provider,
+    sole_exception,
+)
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.downloads import Downloader
 from orchestrator.http import HttpApp
@@ -91,6 +100,7 @@ class Daemon:
         self.http_url = ""
         self.monitor: LoadMonitor | None = None
         self.webhooks: WebhookHandler | None = None
+        self.callbacks: CallbackSender | None = None
         self._stop = trio.Event()
 
     async def readiness(self) -> dict[str, bool]:
@@ -162,6 +172,8 @@ def actor_config(settings: Settings, webhooks_at: str | None) -> ActorConfig:
         output_concurrency=settings.output_concurrency,
         allowed_params=settings.allowed_params,
         webhook_url=webhooks_at,
+        input_hosts=HostList.parse(settings.input_hosts),
+        callback_hosts=HostList.parse(settings.callback_hosts),
     )
 
 
@@ -264,6 +276,38 @@ async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
 
 
 @asynccontextmanager
+async def open_callback_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The callbacks' own client (None while callbacks are off): no proxies, no redirects.
+
+    A redirect would send the signed ending to a host nobody allow-listed.
+    """
+    if not settings.callback_hosts:
+        yield None
+        return
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+        yield client
+
+
+def callback_sender(
+    settings: Settings, db: Database, client: httpx.AsyncClient, member: str, metrics: Metrics
+) -> CallbackSender:
+    assert settings.callback_secret is not None  # noqa: S101  (Settings requires it with hosts)
+    return CallbackSender(
+        db,
+        client,
+        member=member,
+        secret=settings.callback_secret,
+        hosts=HostList.parse(settings.callback_hosts),
+        policy=CallbackPolicy(
+            initial_s=settings.callback_backoff_s,
+            window_s=settings.callback_window_s,
+            timeout_s=settings.callback_timeout_s,
+        ),
+        observer=metrics.callbacks,
+    )
+
+
+@asynccontextmanager
 async def open_tracing(settings: Settings) -> AsyncIterator[JobTracing]:
     """Job traces as the settings say; off, no-op spans and OpenTelemetry never imported.
 
@@ -328,6 +372,7 @@ def _sweeper(
         stuck_after_s=settings.stuck_after_s,
         cancel_timeout_s=settings.cancel_timeout_s,
         webhook_retention_s=settings.webhook_retention_s,
+        event_retention_s=settings.event_retention_s,
         observer=metrics,
         reconciler=Reconciler(
             db,
@@ -351,11 +396,13 @@ def assemble(
     *,
     providers: Mapping[str, Provider] | None = None,
     tracing: JobTracing | None = None,
+    callback_client: httpx.AsyncClient | None = None,
 ) -> Daemon:
     """Every part of a daemon, wired; nothing runs yet.
 
     `providers` are every configured one by name (`provider` alone when None), each
-    put behind its circuit breaker here.
+    put behind its circuit breaker here. Callbacks are delivered when the settings
+    allow hosts and a `callback_client` is given.
     """
     webhooks_at = webhook_base(settings)
     metrics = Metrics()
@@ -395,6 +442,8 @@ def assemble(
     )
     sweeper = _sweeper(settings, db, routed, registry, keeper, metrics)
     daemon = Daemon(db, registry, intake, sweeper, metrics, keeper)
+    if callback_client is not None:
+        daemon.callbacks = callback_sender(settings, db, callback_client, keeper.member, metrics)
     if settings.lag_target_s:
         daemon.monitor = LoadMonitor(
             limits.gate,
@@ -459,6 +508,7 @@ async def serve(
         ) as db,
         open_providers(settings) as providers,
         open_downloader(settings) as downloader,
+        open_callback_client(settings) as callback_client,
     ):
         daemon = assemble(
             settings,
@@ -467,6 +517,7 @@ async def serve(
             downloader,
             providers=providers,
             tracing=traces,
+            callback_client=callback_client,
         )
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)
@@ -527,6 +578,8 @@ async def _run(
                         nursery.start_soon(pacer.run)
                     await nursery.start(daemon.intake.run)
                     nursery.start_soon(daemon.sweeper.run)
+                    if daemon.callbacks is not None:
+                        await nursery.start(daemon.callbacks.run)
                     nursery.start_soon(
                         functools.partial(
                             run_auditor,

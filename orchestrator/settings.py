@@ -66,6 +66,23 @@ def _input_names(
         )
 
 
+MAX_INPUT_URL_TTL_S: Final = 900.0
+
+
+def _input_url_ttl(_instance: object, _attribute: object, value: float) -> None:
+    """Presigned input URLs live minutes: long enough for the provider, no longer."""
+    if not (0 < value <= MAX_INPUT_URL_TTL_S):
+        raise SettingsError(
+            f"ORCHESTRATOR_INPUT_URL_TTL must be above 0 and at most {MAX_INPUT_URL_TTL_S:g} s,"
+            f" got {value!r}"
+        )
+
+
+def _event_retention(_instance: object, _attribute: object, value: float) -> None:
+    if not (value >= 60 and math.isfinite(value)):  # noqa: PLR2004  (prune_job_events_v1's floor)
+        raise SettingsError(f"ORCHESTRATOR_EVENT_RETENTION must be at least 60 s, got {value!r}")
+
+
 PROVIDER_NAMES: Final = ("replicate", "kie")
 
 
@@ -80,12 +97,21 @@ def _provider_names(_instance: object, _attribute: object, value: tuple[str, ...
 MIN_WEBHOOK_SECRET_BYTES: Final = 24
 
 
-def _webhook_secret(_instance: object, _attribute: object, value: str | None) -> None:
+def _signing_secret(variable: str) -> Callable[[object, object, str | None], None]:
+    """A validator for a Standard Webhooks secret held in `variable`."""
+
+    def check(_instance: object, _attribute: object, value: str | None) -> None:
+        _whsec(variable, value)
+
+    return check
+
+
+def _whsec(variable: str, value: str | None) -> None:
     """A Standard Webhooks secret, strong enough to sign with; never echoed back."""
     if value is None:
         return
     problem = (
-        "ORCHESTRATOR_WEBHOOK_SECRET must be 'whsec_' and the base64 of at least"
+        f"{variable} must be 'whsec_' and the base64 of at least"
         f" {MIN_WEBHOOK_SECRET_BYTES} random bytes"
     )
     if not value.startswith("whsec_"):
@@ -126,6 +152,27 @@ class Settings:
     params_allowed: tuple[str, ...] | None = attrs.field(default=None, validator=_input_names)
     output_concurrency: int = attrs.field(default=5, validator=_positive)
     storage_root: Path | None = None
+    # Where outputs and inputs live: file:///path (default: <storage_root or home>) or
+    # s3://bucket[/prefix], with the standard AWS_* variables below.
+    storage_url: str | None = None
+    public_outputs_url: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = attrs.field(default=None, repr=False)
+    aws_secret_access_key: str | None = attrs.field(default=None, repr=False)
+    aws_region: str | None = None
+    # Signs file-mode input URLs; unset, a key kept beside the files (0600) is used.
+    signing_secret: str | None = attrs.field(default=None, repr=False)
+    input_hosts: tuple[str, ...] = ()
+    input_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
+    input_url_ttl_s: float = attrs.field(default=300.0, validator=_input_url_ttl)
+    callback_hosts: tuple[str, ...] = ()
+    callback_secret: str | None = attrs.field(
+        default=None, repr=False, validator=_signing_secret("ORCHESTRATOR_CALLBACK_SECRET")
+    )
+    callback_window_s: float = attrs.field(default=86400.0, validator=_positive)
+    callback_backoff_s: float = attrs.field(default=1.0, validator=_positive)
+    callback_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    event_retention_s: float = attrs.field(default=7 * 86400.0, validator=_event_retention)
     download_hosts: tuple[str, ...] = ()
     download_max_bytes: int = attrs.field(default=20 * 1024 * 1024, validator=_positive)
     download_timeout_s: float = attrs.field(default=30.0, validator=_positive)
@@ -149,7 +196,9 @@ class Settings:
     webhook_retention_s: float = attrs.field(default=3 * 86400.0, validator=_positive)
     reconcile_window_s: float = attrs.field(default=86400.0, validator=_positive)
     reconcile_limit: int = attrs.field(default=500, validator=_positive)
-    webhook_secret: str | None = attrs.field(default=None, repr=False, validator=_webhook_secret)
+    webhook_secret: str | None = attrs.field(
+        default=None, repr=False, validator=_signing_secret("ORCHESTRATOR_WEBHOOK_SECRET")
+    )
     public_url: str | None = None
     accept_unsigned_webhooks: bool = False
     http_host: str = "127.0.0.1"
@@ -198,6 +247,11 @@ class Settings:
             raise SettingsError(
                 "ORCHESTRATOR_FALLBACK_PROVIDER must be another of ORCHESTRATOR_PROVIDERS"
                 f" ({', '.join(configured)}), got {self.fallback_provider!r}"
+            )
+        if self.callback_hosts and not self.callback_secret:
+            raise SettingsError(
+                "ORCHESTRATOR_CALLBACK_HOSTS turns callbacks on: set ORCHESTRATOR_CALLBACK_SECRET"
+                " (whsec_ and the base64 of 24 random bytes or more) to sign them"
             )
         if self.lease_renew_s >= self.lease_ttl_s / 2:
             raise SettingsError(
@@ -281,6 +335,22 @@ _ENV: Final[Mapping[str, tuple[str, Callable[[str], object]]]] = {
     "ORCHESTRATOR_PARAMS_ALLOWED": ("params_allowed", _names),
     "ORCHESTRATOR_OUTPUT_CONCURRENCY": ("output_concurrency", int),
     "ORCHESTRATOR_STORAGE_ROOT": ("storage_root", Path),
+    "ORCHESTRATOR_STORAGE_URL": ("storage_url", str),
+    "ORCHESTRATOR_PUBLIC_OUTPUTS_URL": ("public_outputs_url", str),
+    "AWS_ENDPOINT_URL": ("aws_endpoint_url", str),
+    "AWS_ACCESS_KEY_ID": ("aws_access_key_id", str),
+    "AWS_SECRET_ACCESS_KEY": ("aws_secret_access_key", str),
+    "AWS_REGION": ("aws_region", str),
+    "ORCHESTRATOR_SIGNING_SECRET": ("signing_secret", str),
+    "ORCHESTRATOR_INPUT_HOSTS": ("input_hosts", _hosts),
+    "ORCHESTRATOR_INPUT_MAX_BYTES": ("input_max_bytes", int),
+    "ORCHESTRATOR_INPUT_URL_TTL": ("input_url_ttl_s", float),
+    "ORCHESTRATOR_CALLBACK_HOSTS": ("callback_hosts", _hosts),
+    "ORCHESTRATOR_CALLBACK_SECRET": ("callback_secret", str),
+    "ORCHESTRATOR_CALLBACK_WINDOW": ("callback_window_s", float),
+    "ORCHESTRATOR_CALLBACK_BACKOFF": ("callback_backoff_s", float),
+    "ORCHESTRATOR_CALLBACK_TIMEOUT": ("callback_timeout_s", float),
+    "ORCHESTRATOR_EVENT_RETENTION": ("event_retention_s", float),
     "ORCHESTRATOR_DOWNLOAD_HOSTS": ("download_hosts", _hosts),
     "ORCHESTRATOR_DOWNLOAD_MAX_BYTES": ("download_max_bytes", int),
     "ORCHESTRATOR_DOWNLOAD_TIMEOUT": ("download_timeout_s", float),

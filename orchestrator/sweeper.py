@@ -6,7 +6,9 @@ STUCK and refunded, or rejected as STUCK if it never left the queue, and
 every prediction it has is cancelled upstream. (Intake's orphan scan
 normally settles lost in-flight jobs long before; this is the backstop.)
 Each sweep also forgets webhook deliveries past the providers' retry window
-(Standard Webhooks senders retry for about a day, so three days by default),
+(Standard Webhooks senders retry for about a day, so three days by default) and
+events of the feed past their retention (seven days by default; an event whose
+callback is still owed stays until it is delivered or given up),
 and runs one bounded reconciliation pass (`orchestrator.reconcile`) so that no
 prediction keeps billing for a job that ended.
 
@@ -55,6 +57,8 @@ class SweepObserver(Protocol):
 
     def webhook_events_forgotten(self, count: int) -> None: ...
 
+    def job_events_forgotten(self, count: int) -> None: ...
+
 
 class NullSweepObserver:
     def job_swept(self, status: JobStatus, code: ErrorCode | None, *, refunded: int) -> None:
@@ -69,6 +73,9 @@ class NullSweepObserver:
     def webhook_events_forgotten(self, count: int) -> None:
         pass
 
+    def job_events_forgotten(self, count: int) -> None:
+        pass
+
 
 class Sweeper:
     def __init__(
@@ -80,6 +87,7 @@ class Sweeper:
         stuck_after_s: float,
         cancel_timeout_s: float,
         webhook_retention_s: float = 3 * 86400.0,
+        event_retention_s: float = 7 * 86400.0,
         observer: SweepObserver | None = None,
         reconciler: Reconciler | None = None,
         slots: Slots | None = None,
@@ -90,6 +98,7 @@ class Sweeper:
         self._lease_history_s = lease_history_s
         self._reconciler = reconciler
         self._webhook_retention_s = webhook_retention_s
+        self._event_retention_s = event_retention_s
         self._observer = observer or NullSweepObserver()
         self._db = db
         self._provider = provider
@@ -135,6 +144,8 @@ class Sweeper:
         await self._db.prune_lease_history(older_than_s=self._lease_history_s)
         pruned = await self._db.prune_webhook_events(older_than_s=self._webhook_retention_s)
         self._observer.webhook_events_forgotten(pruned)
+        forgotten = await self._db.prune_job_events(older_than_s=self._event_retention_s)
+        self._observer.job_events_forgotten(forgotten)
         if self._reconciler is not None:
             report = await self._reconciler.run_once()
             if report.running or report.undelivered:

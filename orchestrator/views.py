@@ -10,20 +10,18 @@ import itertools
 import json
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
-import trio
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.core import Job, JobStatus
-from orchestrator.db import AccountSummary, AuditReport, MemberRow, OwnerSummary
+from orchestrator.core import Job, JobEvent, JobStatus, StoredOutput
+from orchestrator.db import AccountSummary, AuditReport, CallbackRow, MemberRow, OwnerSummary
 from orchestrator.reconcile import ReconcileReport
 
 _PROMPT_PREVIEW: Final = 40
-_FOLLOW_POLL_S: Final = 0.25
 _STATUS_STYLE: Final = {
     JobStatus.QUEUED: "cyan",
     JobStatus.STARTING: "blue",
@@ -74,30 +72,50 @@ def job_record(job: Job, *, with_prompt: bool) -> dict[str, object]:
     return record
 
 
-def jobs(items: Sequence[Job], *, as_json: bool) -> None:
+def output_record(output: StoredOutput) -> dict[str, object]:
+    """An output as an app fetches it: the URL to hand a browser, and what to check."""
+    return {
+        "idx": output.idx,
+        "public_url": output.public_url,
+        "sha256": output.sha256,
+        "size_bytes": output.size_bytes,
+        "content_type": output.content_type,
+    }
+
+
+def jobs(
+    items: Sequence[Job], outputs: Mapping[uuid.UUID, Sequence[StoredOutput]], *, as_json: bool
+) -> None:
     if as_json:
         for item in items:
-            sys.stdout.write(json.dumps(job_record(item, with_prompt=False)) + "\n")
+            record = job_record(item, with_prompt=False)
+            record["outputs"] = [output_record(o) for o in outputs.get(item.id, ())]
+            sys.stdout.write(json.dumps(record) + "\n")
         return
     table = Table(title=f"{len(items)} jobs, newest first", title_justify="left")
-    for column in ("id", "user", "status", "outputs", "cost", "error", "created"):
+    for column in ("id", "user", "status", "outputs", "cost", "error", "created", "first output"):
         table.add_column(column)
     for item in items:
+        stored = outputs.get(item.id, ())
+        first = next((o.public_url for o in stored if o.public_url), None)
+        more = f" (+{len(stored) - 1})" if first is not None and len(stored) > 1 else ""
         table.add_row(
             str(item.id),
             item.user_id,
             _status(item.status),
-            str(item.num_outputs),
+            f"{len(stored)}/{item.num_outputs}",
             "" if item.cost is None else str(item.cost),
             item.error_code.value if item.error_code else "",
             _iso(item.created_at) or "",
+            f"{first}{more}" if first else "",
         )
     _out.print(table)
 
 
-def job(item: Job, *, as_json: bool) -> None:
+def job(item: Job, outputs: Sequence[StoredOutput], *, as_json: bool) -> None:
     record = job_record(item, with_prompt=True)
     if as_json:
+        record["outputs"] = [output_record(output) for output in outputs]
         sys.stdout.write(json.dumps(record) + "\n")
         return
     table = Table(show_header=False, title=f"job {item.id}", title_justify="left")
@@ -111,6 +129,57 @@ def job(item: Job, *, as_json: bool) -> None:
             if key == "prompt" and len(shown) > _PROMPT_PREVIEW * 4:
                 shown = shown[: _PROMPT_PREVIEW * 4] + "…"
             table.add_row(key, shown)
+    for output in outputs:
+        size = "" if output.size_bytes is None else f", {output.size_bytes} bytes"
+        table.add_row(f"output {output.idx}", f"{output.public_url or output.url}{size}")
+    _out.print(table)
+
+
+def event_record(event: JobEvent) -> dict[str, object]:
+    """One event as `job_events_after` returns it, for JSON lines."""
+    return {
+        "seq": event.seq,
+        "job_id": str(event.job_id),
+        "user_id": event.user_id,
+        "status": event.status.value,
+        "error_code": None if event.error_code is None else event.error_code.value,
+        "finished_at": _iso(event.finished_at),
+    }
+
+
+def callbacks(rows: Sequence[CallbackRow], *, failed: bool, as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            record = {
+                "seq": row.seq,
+                "webhook_id": f"evt_{row.seq}",
+                "job_id": str(row.job_id),
+                "status": row.status.value,
+                "url": row.url,
+                "attempts": row.attempts,
+                "last_status": row.last_status,
+                "last_error": row.last_error,
+                "next_attempt_at": _iso(row.next_attempt_at),
+                "failed_at": _iso(row.failed_at),
+                "created_at": _iso(row.created_at),
+            }
+            sys.stdout.write(json.dumps(record) + "\n")
+        return
+    title = "callbacks given up on" if failed else "callbacks not delivered yet"
+    table = Table(title=f"{len(rows)} {title}, newest first", title_justify="left")
+    for column in ("seq", "job", "ending", "url", "attempts", "last answer", "next / gave up"):
+        table.add_column(column)
+    for row in rows:
+        answer = row.last_error or ("" if row.last_status is None else f"HTTP {row.last_status}")
+        table.add_row(
+            str(row.seq),
+            str(row.job_id),
+            _status(row.status),
+            row.url,
+            str(row.attempts),
+            answer,
+            _iso(row.failed_at or row.next_attempt_at) or "",
+        )
     _out.print(table)
 
 
@@ -322,8 +391,15 @@ def reconcile(report: ReconcileReport, *, as_json: bool) -> None:
         _out.print(f"  [yellow]the provider could not say for {report.unreadable}[/]")
 
 
-async def follow(fetch: Callable[[uuid.UUID], Awaitable[Job | None]], job_id: uuid.UUID) -> Job:
-    """Show a live status line until the job is terminal; return it as it ended."""
+async def follow(
+    fetch: Callable[[uuid.UUID], Awaitable[Job | None]],
+    job_id: uuid.UUID,
+    changed: Callable[[], Awaitable[None]],
+) -> Job:
+    """Show a live status line until the job is terminal; return it as it ended.
+
+    `changed` returns when the job may have moved on (its ending heard, or a refresh due).
+    """
     with _err.status(f"job {job_id}: queued") as line:
         while True:
             item = await fetch(job_id)
@@ -332,7 +408,7 @@ async def follow(fetch: Callable[[uuid.UUID], Awaitable[Job | None]], job_id: uu
             line.update(f"job {job_id}: {_status(item.status)}")
             if item.status.terminal:
                 return item
-            await trio.sleep(_FOLLOW_POLL_S)
+            await changed()
 
 
 def _status(status: JobStatus) -> str:

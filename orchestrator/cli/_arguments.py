@@ -82,6 +82,14 @@ def positive_count(text: str) -> int:
     return value
 
 
+def seq(text: str) -> int:
+    """A position in the event feed: 0 (before the first) or above."""
+    value = whole(text, "events")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seq is 0 or more, got {value}")
+    return value
+
+
 def positive_hours(text: str) -> float:
     try:
         value = float(text)

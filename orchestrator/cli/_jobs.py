@@ -6,8 +6,11 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Final
+
+import trio
 
 from orchestrator import views
 from orchestrator.cli import _arguments as arguments
@@ -18,9 +21,11 @@ from orchestrator.cli._command import (
     Subparsers,
     database_command,
 )
-from orchestrator.core import MAX_PROMPT_CHARS, JobStatus
-from orchestrator.db import MAX_BULK_JOBS, Database
+from orchestrator.core import EVENTS_CHANNEL, MAX_PROMPT_CHARS, JobStatus
+from orchestrator.db import MAX_BULK_JOBS, Database, Listener
 from orchestrator.settings import Settings
+
+_FOLLOW_REFRESH_S: Final = 1.0
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
@@ -70,9 +75,34 @@ async def _submit_one(db: Database, _settings: Settings, args: argparse.Namespac
 
 
 async def _follow(db: Database, job_id: uuid.UUID) -> int:
-    job = await views.follow(db.job, job_id)
-    views.job(job, as_json=False)
+    """Follow the job to its end: the feed's NOTIFY wakes it, a slow re-read is the net."""
+    async with db.listen(EVENTS_CHANNEL) as listener:
+        job = await views.follow(db.job, job_id, _ending_heard(listener, job_id))
+    outputs = (await db.job_outputs([job_id]))[job_id]
+    views.job(job, outputs, as_json=False)
     return EXIT_OK if job.status is JobStatus.SUCCEEDED else EXIT_JOB_FAILED
+
+
+def _ending_heard(listener: Listener, job_id: uuid.UUID) -> Callable[[], Awaitable[None]]:
+    """Wait until the feed says this job ended, or the status line's next refresh is due."""
+
+    async def wait() -> None:
+        with trio.move_on_after(_FOLLOW_REFRESH_S):
+            while True:
+                note = await listener.notifications.receive()
+                if _names(note.payload, job_id):
+                    return
+
+    return wait
+
+
+def _names(payload: str, job_id: uuid.UUID) -> bool:
+    """Whether an `orchestrator_job_events` payload is this job's ending."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("job_id") == str(job_id)
 
 
 class _Unreadable(str):
@@ -204,7 +234,8 @@ async def cmd_delete(db: Database, settings: Settings, args: argparse.Namespace)
 @database_command
 async def cmd_jobs(db: Database, _settings: Settings, args: argparse.Namespace) -> int:
     jobs = await db.jobs(user_id=args.user, limit=args.limit)
-    views.jobs(jobs, as_json=args.json)
+    outputs = await db.job_outputs([job.id for job in jobs])
+    views.jobs(jobs, outputs, as_json=args.json)
     return EXIT_OK
 
 
@@ -213,7 +244,7 @@ async def cmd_status(db: Database, _settings: Settings, args: argparse.Namespace
     job = await db.job(args.job_id)
     if job is None:
         raise CliError(f"unknown job {args.job_id}")
-    views.job(job, as_json=args.json)
+    views.job(job, (await db.job_outputs([job.id]))[job.id], as_json=args.json)
     return EXIT_OK
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from orchestrator import views
-from orchestrator.cli import _jobs, _ledger, _processes, _top
+from orchestrator.cli import _feed, _jobs, _ledger, _processes, _top
 from orchestrator.cli._command import EXIT_USAGE, CliError
 from orchestrator.core import sole_exception
 from orchestrator.db import DbError
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _ledger.add_commands(sub)
     _jobs.add_commands(sub)
+    _feed.add_commands(sub)
     _processes.add_commands(sub)
     _top.add_commands(sub)
     return parser

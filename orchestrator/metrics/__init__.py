@@ -13,6 +13,7 @@ the composition root hands them out.
 """
 
 from ._breakers import BreakerMetrics as BreakerMetrics
+from ._callbacks import CallbackMetrics as CallbackMetrics
 from ._cluster import ClusterMetrics as ClusterMetrics
 from ._intake import IntakeMetrics as IntakeMetrics
 from ._jobs import JobMetrics as JobMetrics
@@ -25,6 +26,7 @@ from ._upkeep import UpkeepMetrics as UpkeepMetrics
 __all__ = [
     "CONTENT_TYPE",
     "BreakerMetrics",
+    "CallbackMetrics",
     "ClusterMetrics",
     "IntakeMetrics",
     "JobMetrics",

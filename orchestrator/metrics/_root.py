@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from orchestrator.core import ErrorCode, JobStatus
 
 from ._breakers import BreakerMetrics
+from ._callbacks import CallbackMetrics
 from ._cluster import ClusterMetrics
 from ._intake import IntakeMetrics
 from ._jobs import JobMetrics
@@ -34,6 +35,7 @@ class Metrics:
         self.upkeep = UpkeepMetrics(self.registry)
         self.process = ProcessGauges(self.registry)
         self.breakers = BreakerMetrics(self.registry)
+        self.callbacks = CallbackMetrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -53,6 +55,9 @@ class Metrics:
 
     def webhook_events_forgotten(self, count: int) -> None:
         self.upkeep.webhook_events_forgotten(count)
+
+    def job_events_forgotten(self, count: int) -> None:
+        self.callbacks.job_events_forgotten(count)
 
     def webhook(self, provider: str, result: str) -> None:
         self.upkeep.webhook(provider, result)

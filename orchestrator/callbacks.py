@@ -1,0 +1,243 @@
+"""Callbacks: each ending POSTed, signed, to the job's `callback_url`, at least once.
+
+An app that cannot LISTEN (a serverless backend holds no connection between
+requests) names a `callback_url`; the ending's transaction records the callback
+owed beside its event (schema.sql, `callback_deliveries`), so nothing is lost
+between the ending and the POST. The owner of the job's partition slot delivers
+it: a NOTIFY on `orchestrator_job_events` wakes this loop, a scan every second
+finds what is due (retries, and callbacks of slots just taken over from a daemon
+that died mid-send), and each claim is one attempt of one daemon.
+
+Each POST is a Standard Webhooks message signed with `ORCHESTRATOR_CALLBACK_SECRET`;
+its `webhook-id` is `evt_<seq>`, the same on every attempt and every daemon, so a
+receiver deduplicates on it. A 2xx ends it; anything else (a non-2xx, a timeout, a
+refused connection) is retried with jittered exponential backoff until the retry
+window (24 h) has passed, then given up visibly: `failed_at`, a metric,
+`orchestrator callbacks --failed` and the web view. Redirects are never followed
+and only hosts on `ORCHESTRATOR_CALLBACK_HOSTS` are ever called, at admission and
+again here (the list may have changed since).
+"""
+
+from __future__ import annotations
+
+import random
+import urllib.parse
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+import httpx
+import structlog
+import trio
+from standardwebhooks import Webhook
+
+from orchestrator.core import (
+    EVENTS_CHANNEL,
+    CallbackDue,
+    CallbackPolicy,
+    HostList,
+    callback_body,
+    callback_problem,
+)
+from orchestrator.db import Database, DbError
+
+log = structlog.get_logger("orchestrator.callbacks")
+
+_BATCH: Final = 64
+_CLAIM_MARGIN_S: Final = 5.0
+_RECONNECT_MAX_S: Final = 10.0
+_COUNTS_EVERY_S: Final = 10.0
+_ERROR_CHARS: Final = 200
+
+
+class CallbackObserver(Protocol):
+    """What delivery reports for metrics; `orchestrator.metrics.CallbackMetrics` counts it."""
+
+    def callback_attempted(self, outcome: str, *, latency_s: float | None = None) -> None: ...
+
+    def callbacks_owed(self, pending: int, failed: int) -> None: ...
+
+
+class NullCallbackObserver:
+    def callback_attempted(self, outcome: str, *, latency_s: float | None = None) -> None:
+        pass
+
+    def callbacks_owed(self, pending: int, failed: int) -> None:
+        pass
+
+
+class CallbackSender:
+    """Delivers the callbacks due in this daemon's slots, as long as it runs."""
+
+    def __init__(
+        self,
+        db: Database,
+        client: httpx.AsyncClient,
+        *,
+        member: str,
+        secret: str,
+        hosts: HostList,
+        policy: CallbackPolicy,
+        scan_interval_s: float = 1.0,
+        concurrency: int = 16,
+        observer: CallbackObserver | None = None,
+        jitter: Callable[[], float] = random.random,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._member = member
+        self._signer = Webhook(secret)
+        self._hosts = hosts
+        self._policy = policy
+        self._scan_interval_s = scan_interval_s
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._observer = observer or NullCallbackObserver()
+        self._jitter = jitter
+        self._now = wall_clock
+        self._wake = trio.Event()
+        self.attempts = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen for endings and deliver what is due, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._listen)
+            task_status.started()
+            next_counts = 0.0
+            while True:
+                with trio.move_on_after(self._scan_interval_s):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                try:
+                    await self.deliver_due()
+                    if trio.current_time() >= next_counts:
+                        self._observer.callbacks_owed(*await self._db.callback_counts())
+                        next_counts = trio.current_time() + _COUNTS_EVERY_S
+                except DbError as exc:
+                    log.warning("callback.scan_failed", error=str(exc))
+
+    async def _listen(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Wake the loop on every ending; reconnect with backoff, scanning meanwhile."""
+        started = False
+        backoff = 0.1
+        while True:
+            try:
+                async with self._db.listen(EVENTS_CHANNEL) as listener:
+                    backoff = 0.1
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for _note in listener.notifications:
+                        self._wake.set()
+            except DbError as exc:
+                log.warning("callback.listener_lost", error=str(exc))
+            if not started:
+                task_status.started()  # the scan still delivers without the listener
+                started = True
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, _RECONNECT_MAX_S)
+
+    async def deliver_due(self) -> int:
+        """Claim and send every callback due now in this daemon's slots; how many were tried."""
+        tried = 0
+        while True:
+            due = await self._db.claim_callbacks(
+                self._member, limit=_BATCH, claim_s=self._policy.timeout_s + _CLAIM_MARGIN_S
+            )
+            async with trio.open_nursery() as nursery:
+                for callback in due:
+                    nursery.start_soon(self._attempt, callback)
+            tried += len(due)
+            if len(due) < _BATCH:
+                return tried
+
+    async def _attempt(self, due: CallbackDue) -> None:
+        """One attempt, and its outcome recorded; a failure to record leaves the claim to expire."""
+        async with self._limiter:
+            self.attempts += 1
+            with structlog.contextvars.bound_contextvars(
+                job_id=str(due.event.job_id), seq=due.seq, attempt=due.attempt
+            ):
+                refused = callback_problem(due.url, self._hosts)
+                if refused is not None:
+                    await self._record(due, status=None, error=refused, give_up=True)
+                    return
+                status, error = await self._post(due)
+                if status is not None and 200 <= status < 300:  # noqa: PLR2004
+                    await self._delivered(due, status)
+                else:
+                    await self._record(due, status=status, error=error, give_up=False)
+
+    async def _post(self, due: CallbackDue) -> tuple[int | None, str | None]:
+        """POST the signed ending; the HTTP status, or None and why no answer came."""
+        body = callback_body(due)
+        sent_at = self._now()
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "generation-orchestrator-callbacks",
+            "webhook-id": due.webhook_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": self._signer.sign(due.webhook_id, sent_at, body.decode()),
+        }
+        try:
+            response = await self._client.post(
+                due.url, content=body, headers=headers, timeout=self._policy.timeout_s
+            )
+        except httpx.TimeoutException:
+            return None, "timed out"
+        except httpx.HTTPError as exc:
+            return None, type(exc).__name__
+        return response.status_code, None if response.is_success else _reason(response)
+
+    async def _delivered(self, due: CallbackDue, status: int) -> None:
+        latency = (self._now() - due.created_at).total_seconds()
+        try:
+            await self._db.record_callback(
+                due.seq, due.attempt, delivered=True, status=status, error=None, retry_in_s=None
+            )
+        except DbError as exc:
+            # The claim expires and another attempt is sent: at least once, never lost.
+            log.warning("callback.not_recorded", error=str(exc))
+        log.info("callback.delivered", status=status, host=_host(due.url))
+        self._observer.callback_attempted("delivered", latency_s=latency)
+
+    async def _record(
+        self, due: CallbackDue, *, status: int | None, error: str | None, give_up: bool
+    ) -> None:
+        age_s = (self._now() - due.created_at).total_seconds()
+        retry_in = None if give_up else self._policy.retry_in(due.attempt, age_s, self._jitter())
+        why = error or (f"HTTP {status}" if status is not None else "no answer")
+        try:
+            await self._db.record_callback(
+                due.seq,
+                due.attempt,
+                delivered=False,
+                status=status,
+                error=why,
+                retry_in_s=retry_in,
+            )
+        except DbError as exc:
+            log.warning("callback.not_recorded", error=str(exc))
+            return
+        if retry_in is None:
+            log.warning("callback.failed", host=_host(due.url), status=status, error=why)
+            self._observer.callback_attempted("failed")
+        else:
+            log.info(
+                "callback.retrying",
+                host=_host(due.url),
+                status=status,
+                error=why,
+                retry_in_s=round(retry_in, 3),
+            )
+            self._observer.callback_attempted("retried")
+
+
+def _reason(response: httpx.Response) -> str:
+    return f"HTTP {response.status_code} {response.reason_phrase}"[:_ERROR_CHARS]
+
+
+def _host(url: str) -> str:
+    """The receiver's host for a log line; a callback URL's path and query may hold secrets."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.netloc.rpartition("@")[2]
