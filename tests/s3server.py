@@ -3,21 +3,26 @@
 `running_moto()` starts `python -m moto.server` on a free loopback port, waits until it
 answers, and stops it at the end. Buckets are made by the caller (`make_bucket`).
 
-What moto (5.x, server mode, default settings) does NOT check, found by reading
-`moto/s3/responses.py` and `moto/core/authorization.py` and by trying it:
+What moto (5.x, server mode) checks and does not, found by reading
+`moto/s3/responses.py`, `moto/core/authorization.py` and `moto/iam/access_control.py`
+and by trying it:
 
-- Header-signed requests are not verified: any `Authorization` header is accepted, with
-  any access key, secret or region, unless `INITIAL_NO_AUTH_ACTION_COUNT` is set (then it
-  checks SigV4 against moto's own IAM users, which these tests do not create).
-- Presigned URLs are not verified at all: moto only looks for the substring `Signature=`
-  in the URL. A tampered signature, a wrong secret and an `X-Amz-Expires` long past are
-  all served with 200 for an existing key. `verify_presigned` below does that check in
-  the test instead (SigV4 query signing recomputed from the secret, expiry against a
-  clock), and a test asserts moto's laxness so that this note cannot go stale unseen.
-- What moto does check: an unsigned request for an object is refused (403) unless the
-  bucket policy allows it or the object's ACL is public-read, so a `public/` prefix made
-  readable by a bucket policy behaves like on AWS; ranged GETs, user metadata, versioning
-  and DeleteObjects behave like S3.
+- By default no signature is verified: any `Authorization` header is accepted, with any
+  access key, secret or region. `require_signatures` turns on moto's IAM checking
+  (the `reset-auth` API); from then on header-signed requests are verified as SigV4
+  against moto's IAM users, and a wrong secret is refused with 403.
+- Presigned URLs are never verified. With default settings moto only looks for the
+  substring `Signature=` in the URL: a tampered signature, a wrong secret and an
+  `X-Amz-Expires` long past are all served with 200 for an existing key. With
+  signature checking on, every presigned or anonymous GET fails with a 500 (moto reads
+  an `Authorization` header that such requests do not have). So `verify_presigned`
+  below checks presigned URLs in the test instead (the SigV4 query signature
+  recomputed from the secret, the expiry against a clock), and a test asserts moto's
+  laxness so that this note cannot go stale unseen.
+- What moto does check with default settings: an unsigned request for an object is
+  refused (403) unless the bucket policy allows it or the object's ACL is public-read,
+  so a `public/` prefix opened by a bucket policy behaves as on AWS; bucket names are
+  validated; ranged GETs, user metadata, versioning and deletes behave as S3's.
 """
 
 from __future__ import annotations
@@ -196,3 +201,35 @@ def verify_presigned(url: str, *, secret: str, now: dt.datetime) -> str | None:
 
 def _quote(value: str) -> str:
     return urllib.parse.quote(value, safe="-_.~")
+
+
+def require_signatures(endpoint: str) -> tuple[str, str]:
+    """Make an IAM user allowed all of S3, then make moto verify every signature.
+
+    Returns the user's access key id and secret. For a server of its own: it stays on.
+    """
+    import boto3  # noqa: PLC0415
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+    )
+    iam.create_user(UserName="orchestrator")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="orchestrator", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="orchestrator")["AccessKey"]
+    request = urllib.request.Request(  # noqa: S310  (loopback, our own server)
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0",
+        method="POST",
+        headers={"Content-Type": "text/plain"},  # a form body would be parsed away
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        response.read()
+    return key["AccessKeyId"], key["SecretAccessKey"]

@@ -93,6 +93,18 @@ def moto() -> Iterator[s3server.MotoServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def signing_moto() -> Iterator[tuple[s3server.MotoServer, str, str]]:
+    """A second moto that verifies every header signature, with its one user's keys."""
+    with s3server.running_moto() as server:
+        bucket = "signed-bucket"
+        s3server.client(server.endpoint).create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": s3server.REGION}
+        )
+        key_id, secret = s3server.require_signatures(server.endpoint)
+        yield server, key_id, secret
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
@@ -565,6 +577,32 @@ async def test_ambient_aws_variables_do_not_leak_into_requests(moto, monkeypatch
     assert url.startswith(f"{moto.endpoint}/{bucket}/")
     assert "X-Amz-Security-Token" not in url
     assert f"/{s3server.REGION}/s3/" in urllib.parse.unquote(url)
+
+
+async def test_requests_are_signed_with_exactly_the_credentials_given(signing_moto):
+    """A server that checks SigV4 accepts our requests, and refuses a wrong secret at once."""
+    server, key_id, secret = signing_moto
+
+    def store(secret_access_key: str) -> S3Objects:
+        access = S3Access(
+            endpoint=server.endpoint,
+            region=s3server.REGION,
+            access_key_id=key_id,
+            secret_access_key=secret_access_key,
+        )
+        return S3Objects(S3Location("signed-bucket", PREFIX), access=access, retries=FAST)
+
+    good = store(secret)
+    key = a_render()
+    stored = await good.put(key, PNG, content_type="image/png")
+    assert await good.put(key, PNG, content_type="image/png") == stored
+    info = await good.head(key)
+    assert info is not None
+    assert info.sha256 == stored.sha256
+    assert await good.read_prefix(key, 8) == PNG[:8]
+    with pytest.raises(StorageRefused, match="privileges"):
+        await store("not-the-secret").head(key)
+    assert await good.delete([stored.location]) == 1
 
 
 def test_s3_public_urls_use_the_public_base_else_the_path_style_endpoint():
