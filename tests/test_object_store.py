@@ -256,6 +256,9 @@ async def test_read_prefix_returns_the_first_bytes(harness: Harness):
     await harness.store.put(key, PNG, content_type="image/png")
     assert await harness.store.read_prefix(key, 8) == b"\x89PNG\r\n\x1a\n"
     assert await harness.store.read_prefix(key, len(PNG) + 100) == PNG
+    empty = input_key("ada", "empty.png")
+    await harness.store.put(empty, b"", content_type="image/png")
+    assert await harness.store.read_prefix(empty, 8) == b""
     with pytest.raises(ObjectNotFound):
         await harness.store.read_prefix(input_key("ada", "missing.png"), 8)
     with pytest.raises(ValueError, match="at least 1"):

@@ -65,6 +65,7 @@ SHA256_METADATA: Final = "sha256"
 _STATUS: Final = re.compile(r"Server returned non-2xx status code: (\d{3})")
 _TRANSIENT_STATUSES: Final = frozenset({408, 429})
 _SERVER_ERROR: Final = 500
+_RANGE_NOT_SATISFIABLE: Final = 416
 
 
 @attrs.frozen
@@ -273,6 +274,10 @@ class S3Objects:
             return bytes(result.bytes())
         except FileNotFoundError:
             return None
+        except obstore.exceptions.GenericError as exc:
+            if _status(exc) == _RANGE_NOT_SATISFIABLE:
+                return b""  # bytes=0-(n-1) is unsatisfiable only for an empty object
+            raise
 
     def _delete(self, name: str) -> int:
         # DeleteObject answers 204 whether or not the object was there: HEAD to count.
@@ -300,9 +305,8 @@ def _mapped(exc: obstore.exceptions.BaseError, what: str) -> StorageError:
     if isinstance(exc, obstore.exceptions.GenericError):
         # obstore folds transport failures and unexpected statuses into one class;
         # its message says which, in a form stable across its releases so far.
-        found = _STATUS.search(str(exc))
-        if found is not None:
-            status = int(found[1])
+        status = _status(exc)
+        if status is not None:
             if status >= _SERVER_ERROR or status in _TRANSIENT_STATUSES:
                 return StorageUnavailable(reason)
             return StorageRefused(reason)
@@ -310,6 +314,11 @@ def _mapped(exc: obstore.exceptions.BaseError, what: str) -> StorageError:
             return StorageUnavailable(reason)
         return StorageError(reason)
     return StorageRefused(reason)
+
+
+def _status(exc: obstore.exceptions.GenericError) -> int | None:
+    found = _STATUS.search(str(exc))
+    return None if found is None else int(found[1])
 
 
 def _first_line(exc: BaseException) -> str:
