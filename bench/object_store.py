@@ -12,7 +12,7 @@ worker process so that import time and memory are its own. Each worker reports:
   put of 100 KiB (a new key each time), head, ranged read of the first 16 bytes, presign;
 - the same operations through `orchestrator.outputs.S3Objects` under Trio (threads,
   sha256, the idempotency HEAD), for the client the package uses;
-- peak RSS at the end.
+- RSS before the client is imported (the worker's own baseline) and the peak at the end.
 
 Moto is Python and answers in milliseconds, so wall time here is mostly the server's;
 CPU time is the client's own cost, the figure that scales with a busy daemon.
@@ -232,7 +232,9 @@ def main() -> None:
     parser.add_argument("--endpoint")
     args = parser.parse_args()
     if args.worker:
+        baseline = _rss_mib()
         figures = WORKERS[args.worker](args.endpoint, args.n, args.runs)
+        figures["rss_before_mib"] = baseline
         figures["peak_rss_mib"] = _peak_rss_mib()
         print(json.dumps(figures))
         return
@@ -254,7 +256,10 @@ def main() -> None:
             assert isinstance(ops, dict)  # noqa: S101
             for op, value in ops.items():
                 print(f"  {op:<16} wall {value['wall_us']:9.0f} us   cpu {value['cpu_us']:8.0f} us")
-            print(f"  peak RSS         {figures['peak_rss_mib']:6.1f} MiB")
+            print(
+                f"  RSS before import {figures['rss_before_mib']:5.1f} MiB,"
+                f" peak {figures['peak_rss_mib']:5.1f} MiB"
+            )
 
 
 if __name__ == "__main__":

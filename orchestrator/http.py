@@ -7,9 +7,10 @@ GET  /readyz                  200 when the database answers, the schema is
 GET  /metrics                 Prometheus text format
 POST /webhooks/{provider}     provider callbacks (when enabled)
 GET  /ui, /ui/...             the read-only web view (orchestrator.ui), when enabled
-GET  /renders/{job}/{idx}.{ext}   a stored output, when outputs are files (the
-                              outputs package's FileRoutes); 404 otherwise
-GET  /inputs/{user}/{name}    a user's input image, with a valid signature only
+GET  /renders/{job}/{i}.{ext} a delivered output, when outputs are files
+                              (orchestrator.outputs.FileRoutes); 404 otherwise
+GET  /inputs/{user}/{name}    a user's input image, when outputs are files and
+                              the URL's signature is valid and unexpired
 """
 
 from __future__ import annotations

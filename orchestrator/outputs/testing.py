@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from ._errors import ForeignLocation, InvalidKey, ObjectNotFound
-from ._keys import check_key, require_private, require_public
+from ._keys import PUBLIC_PREFIX, check_key, require_private, require_public
 from ._store import ObjectInfo, StoredObject, check_expiry, sha256_hex
 
 LOCATION_PREFIX = "memory://"
@@ -109,7 +109,7 @@ class MemoryObjects:
         if not url.startswith(URL_BASE):
             return None
         key = urllib.parse.unquote(parts.path.removeprefix("/"))
-        if key.startswith("private/"):
+        if not key.startswith(PUBLIC_PREFIX):
             sig = urllib.parse.parse_qs(parts.query).get("sig", [""])[0]
             signed = self._signatures.get(sig)
             if signed is None or signed[0] != key or self._clock() > signed[1]:
