@@ -683,6 +683,42 @@ async def test_an_unreachable_endpoint_is_unavailable_after_every_attempt():
     assert isinstance(caught.value.__cause__, obstore.exceptions.GenericError)
 
 
+async def test_a_hung_endpoint_times_out_as_unavailable_while_trio_runs_on():
+    """The client waits in a thread without the GIL: the loop keeps ticking meanwhile."""
+    with trio.socket.socket() as listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # connections queue in the kernel; no one ever answers
+        port = listener.getsockname()[1]
+        store = S3Objects(
+            S3Location("hung-bucket"),
+            access=S3Access(
+                endpoint=f"http://127.0.0.1:{port}",
+                region="us-east-1",
+                access_key_id="a",
+                secret_access_key="b",
+            ),
+            retries=attrs.evolve(FAST, attempts=2),
+            timeout_s=0.5,
+        )
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await trio.sleep(0.01)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            started = trio.current_time()
+            with pytest.raises(StorageUnavailable):
+                await store.head(a_render())
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    assert 1.0 <= elapsed < 3.0  # two attempts of half a second each
+    assert ticks >= 0.5 * elapsed / 0.01
+
+
 async def test_exceptions_that_are_not_the_clients_travel_up_untouched(moto, monkeypatch):
     """A bug below us is not dressed up as a storage fault."""
     store, _ = s3_store(moto)
