@@ -7,6 +7,10 @@ GET  /readyz                  200 when the database answers, the schema is
 GET  /metrics                 Prometheus text format
 POST /webhooks/{provider}     provider callbacks (when enabled)
 GET  /ui, /ui/...             the read-only web view (orchestrator.ui), when enabled
+GET  /renders/{job}/{i}.{ext} a delivered output, when outputs are files
+                              (orchestrator.outputs.FileRoutes); 404 otherwise
+GET  /inputs/{user}/{name}    a user's input image, when outputs are files and
+                              the URL's signature is valid and unexpired
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 import trio
@@ -34,6 +38,20 @@ _READY_TIMEOUT_S: Final = 2.0
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
+class FileRoutes(Protocol):
+    """Routes that answer for themselves, streaming their bodies: stored files.
+
+    `orchestrator.outputs.FileRoutes` implements it; declared here so that this edge
+    does not import that one.
+    """
+
+    def handles(self, path: str) -> bool: ...
+
+    async def __call__(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None: ...
+
+
 class HttpApp:
     def __init__(
         self,
@@ -42,11 +60,13 @@ class HttpApp:
         readiness: ReadinessCheck,
         webhooks: WebhookHandler | None,
         ui: WebUI | None = None,
+        files: FileRoutes | None = None,
     ) -> None:
         self._metrics = metrics
         self._readiness = readiness
         self._webhooks = webhooks
         self._ui = ui
+        self._files = files
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -57,6 +77,9 @@ class HttpApp:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        if self._files is not None and self._files.handles(path):
+            await self._files(scope, receive, send)
+            return
         if self._ui is not None and (path == "/ui" or path.startswith("/ui/")):
             page = await self._ui.handle(scope["method"], path, scope["query_string"])
             headers = [*UI_HEADERS, (b"content-length", str(len(page.body)).encode())]

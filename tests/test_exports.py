@@ -14,6 +14,7 @@ PACKAGES = [
     "orchestrator.simulator",
     "orchestrator.metrics",
     "orchestrator.cli",
+    "orchestrator.outputs",
 ]
 
 

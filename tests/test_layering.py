@@ -17,6 +17,7 @@ EDGES = (
     "orchestrator.providers",
     "orchestrator.downloads",
     "orchestrator.storage",
+    "orchestrator.outputs",
     "orchestrator.http",
     "orchestrator.simulator",
     "orchestrator.transport",
