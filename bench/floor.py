@@ -31,8 +31,8 @@ from _setup import cpu_seconds, free_port
 from orchestrator.core import PredictionRequest
 from orchestrator.db import ensure_embedded_server, open_database, stop_embedded_server
 from orchestrator.logs import configure
+from orchestrator.outputs import FileObjects, render_key
 from orchestrator.providers import ReplicateProvider
-from orchestrator.storage import FilesystemStorage
 from orchestrator.transport import queued_client
 
 
@@ -107,11 +107,14 @@ async def _measure(n: int, home: Path) -> dict[str, float]:
         sim.terminate()
         with trio.move_on_after(10):
             await sim.wait()
-    storage = FilesystemStorage(home / "renders")
+    storage = FileObjects(home / "objects", base_url="http://bench.test", signing_key=b"k" * 32)
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
     counter = iter(range(10**9))
     figures["output file written (thread, fsync, rename)"] = await _cpu_per_op(
-        n // 4, lambda: storage.put(f"renders/{next(counter)}.png", png)
+        n // 4,
+        lambda: storage.put(
+            render_key(uuid.uuid4(), next(counter), "png"), png, content_type="image/png"
+        ),
     )
     configure("info", "json", stream=io.StringIO())
     log = structlog.get_logger("floor")

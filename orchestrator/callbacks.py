@@ -20,6 +20,7 @@ again here (the list may have changed since).
 
 from __future__ import annotations
 
+import math
 import random
 import urllib.parse
 from collections.abc import Callable
@@ -96,6 +97,8 @@ class CallbackSender:
         self._jitter = jitter
         self._now = wall_clock
         self._wake = trio.Event()
+        # The earliest retry this daemon scheduled (Trio time): the loop wakes for it.
+        self._soonest = math.inf
         self.attempts = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -105,9 +108,12 @@ class CallbackSender:
             task_status.started()
             next_counts = 0.0
             while True:
-                with trio.move_on_after(self._scan_interval_s):
+                with trio.move_on_at(
+                    min(self._soonest, trio.current_time() + self._scan_interval_s)
+                ):
                     await self._wake.wait()
                 self._wake = trio.Event()
+                self._soonest = math.inf
                 try:
                     await self.deliver_due()
                     if trio.current_time() >= next_counts:
@@ -223,6 +229,7 @@ class CallbackSender:
             log.warning("callback.failed", host=_host(due.url), status=status, error=why)
             self._observer.callback_attempted("failed")
         else:
+            self._soonest = min(self._soonest, trio.current_time() + retry_in)
             log.info(
                 "callback.retrying",
                 host=_host(due.url),
@@ -234,7 +241,7 @@ class CallbackSender:
 
 
 def _reason(response: httpx.Response) -> str:
-    return f"HTTP {response.status_code} {response.reason_phrase}"[:_ERROR_CHARS]
+    return f"HTTP {response.status_code} {response.reason_phrase}".strip()[:_ERROR_CHARS]
 
 
 def _host(url: str) -> str:

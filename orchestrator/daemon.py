@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import secrets
 import signal
+import socket
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +28,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
+import attrs
 import httpx
 import hypercorn.config
 import hypercorn.trio
@@ -49,21 +53,31 @@ from orchestrator.core import (
     BreakerPolicy,
     CallbackPolicy,
     HostList,
+    InputImages,
     JobTracing,
     NullTracing,
     Provider,
-    sole_exception,
 )
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
-from orchestrator.downloads import Downloader
 from orchestrator.http import HttpApp
 from orchestrator.intake import Intake
 from orchestrator.leases import LeaseKeeper, member_id
 from orchestrator.metrics import Metrics, version
+from orchestrator.outputs import (
+    Downloader,
+    FileLocation,
+    FileObjects,
+    FileRoutes,
+    ObjectStore,
+    S3Access,
+    S3Objects,
+    StorageLocation,
+    StoredInputs,
+    parse_storage_url,
+)
 from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
-from orchestrator.storage import FilesystemStorage
 from orchestrator.sweeper import Sweeper
 from orchestrator.transport import queued_client
 from orchestrator.ui import WebUI
@@ -77,6 +91,8 @@ _PUBLIC_KIE: Final = "api.kie.ai"
 _FIRST_ADMISSION_RATE: Final = 50.0
 _REPLICATE_DELIVERY: Final = ("replicate.delivery", "pbxt.replicate.delivery")
 _TRACE_FLUSH_S: Final = 5.0
+_DEFAULT_REGION: Final = "us-east-1"
+_SIGNING_KEY_FILE: Final = ".signing-key"
 
 
 class Daemon:
@@ -101,6 +117,7 @@ class Daemon:
         self.monitor: LoadMonitor | None = None
         self.webhooks: WebhookHandler | None = None
         self.callbacks: CallbackSender | None = None
+        self.files: FileRoutes | None = None
         self._stop = trio.Event()
 
     async def readiness(self) -> dict[str, bool]:
@@ -247,6 +264,73 @@ def storage_root(settings: Settings) -> Path:
     return (settings.storage_root or settings.home).expanduser()
 
 
+def storage_location(settings: Settings) -> StorageLocation:
+    """Where outputs and inputs live: ORCHESTRATOR_STORAGE_URL, else files under the root.
+
+    Raises:
+        SettingsError: a storage URL that is neither file:///abs nor s3://bucket.
+    """
+    url = settings.storage_url or f"file://{storage_root(settings).resolve()}"
+    try:
+        return parse_storage_url(url)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def object_store(settings: Settings, base_url: str) -> tuple[ObjectStore, FileRoutes | None]:
+    """The store the settings name, and its read-only HTTP routes when it is files.
+
+    `base_url` is where this daemon's HTTP port is reached (its public URL, or the
+    bound one): file-mode public and presigned URLs point there.
+
+    Raises:
+        SettingsError: an unusable storage URL, or S3 without credentials.
+    """
+    location = storage_location(settings)
+    if isinstance(location, FileLocation):
+        key = signing_key(settings, location.root)
+        store = FileObjects(
+            location.root,
+            base_url=base_url,
+            signing_key=key,
+            public_base_url=settings.public_outputs_url,
+        )
+        return store, FileRoutes(location.root, signing_key=key)
+    if not (settings.aws_access_key_id and settings.aws_secret_access_key):
+        raise SettingsError(
+            "ORCHESTRATOR_STORAGE_URL is s3://: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    access = S3Access(
+        region=settings.aws_region or _DEFAULT_REGION,
+        access_key_id=settings.aws_access_key_id,
+        secret_access_key=settings.aws_secret_access_key,
+        endpoint=settings.aws_endpoint_url,
+    )
+    try:
+        return S3Objects(location, access=access, public_base_url=settings.public_outputs_url), None
+    except ValueError as exc:
+        raise SettingsError(f"AWS_ENDPOINT_URL or ORCHESTRATOR_PUBLIC_OUTPUTS_URL: {exc}") from exc
+
+
+def signing_key(settings: Settings, root: Path) -> bytes:
+    """The key file-mode input URLs are signed with: the setting, or one kept beside the files.
+
+    Every daemon sharing the root finds the same key there (0600, created once), so a URL
+    one daemon signed verifies on another and after a restart.
+    """
+    if settings.signing_secret is not None:
+        return settings.signing_secret.encode()
+    path = root / _SIGNING_KEY_FILE
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as out:
+        out.write(secrets.token_hex(32).encode())
+    return path.read_bytes()
+
+
 def download_hosts(settings: Settings) -> tuple[str, ...]:
     """The allow-list: configured hosts, or the providers' own hosts and Replicate's CDN."""
     if settings.download_hosts:
@@ -261,18 +345,30 @@ def download_hosts(settings: Settings) -> tuple[str, ...]:
 
 
 @asynccontextmanager
-async def open_downloader(settings: Settings) -> AsyncIterator[Downloader]:
-    """Output downloads on their own client: no provider credentials ever reach a CDN."""
+async def open_outputs(
+    settings: Settings, store: ObjectStore
+) -> AsyncIterator[tuple[Downloader, StoredInputs]]:
+    """Output downloads and input checks on their own client, following no redirect.
+
+    No provider credentials ever reach a CDN or an input host.
+    """
     limits = httpx.Limits(max_connections=settings.download_concurrency)
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, limits=limits) as client:
-        yield Downloader(
+        downloader = Downloader(
             client,
-            FilesystemStorage(storage_root(settings)),
+            store,
             allowed_hosts=download_hosts(settings),
             max_bytes=settings.download_max_bytes,
             timeout_s=settings.download_timeout_s,
             concurrency=settings.download_concurrency,
         )
+        inputs = StoredInputs(
+            store,
+            client,
+            max_bytes=settings.input_max_bytes,
+            url_ttl_s=math.ceil(settings.input_url_ttl_s),
+        )
+        yield downloader, inputs
 
 
 @asynccontextmanager
@@ -397,6 +493,9 @@ def assemble(
     providers: Mapping[str, Provider] | None = None,
     tracing: JobTracing | None = None,
     callback_client: httpx.AsyncClient | None = None,
+    inputs: InputImages | None = None,
+    files: FileRoutes | None = None,
+    http_url: str = "",
 ) -> Daemon:
     """Every part of a daemon, wired; nothing runs yet.
 
@@ -428,6 +527,7 @@ def assemble(
         slots=keeper,
         routes=routed,
         tracing=tracing,
+        inputs=inputs,
     )
     keeper.on_lost = registry.drop_slots
     keeper.on_hand_over = registry.hand_over
@@ -442,6 +542,8 @@ def assemble(
     )
     sweeper = _sweeper(settings, db, routed, registry, keeper, metrics)
     daemon = Daemon(db, registry, intake, sweeper, metrics, keeper)
+    daemon.http_url = http_url
+    daemon.files = files
     if callback_client is not None:
         daemon.callbacks = callback_sender(settings, db, callback_client, keeper.member, metrics)
     if settings.lag_target_s:
@@ -496,6 +598,8 @@ async def serve(
     traces go to `tracing` when given (tests), else where the settings say.
     """
     await ensure_schema(database_url)
+    http = bind_http(settings)
+    store, files = object_store(settings, settings.public_url or http.url)
     async with (
         open_tracing(settings) if tracing is None else _given(tracing) as traces,
         open_database(
@@ -507,7 +611,7 @@ async def serve(
             listen_url=settings.listen_url,
         ) as db,
         open_providers(settings) as providers,
-        open_downloader(settings) as downloader,
+        open_outputs(settings, store) as (downloader, inputs),
         open_callback_client(settings) as callback_client,
     ):
         daemon = assemble(
@@ -518,9 +622,12 @@ async def serve(
             providers=providers,
             tracing=traces,
             callback_client=callback_client,
+            inputs=inputs,
+            files=files,
+            http_url=http.url,
         )
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
-        await _run(daemon, settings, handle_signals=handle_signals, task_status=task_status)
+        await _run(daemon, settings, http, handle_signals=handle_signals, task_status=task_status)
 
 
 async def _refuse_a_live_twin(db: Database, member: str, renew_s: float) -> None:
@@ -544,15 +651,22 @@ async def _refuse_a_live_twin(db: Database, member: str, renew_s: float) -> None
 async def _run(
     daemon: Daemon,
     settings: Settings,
+    http: BoundHttp,
     *,
     handle_signals: bool,
     task_status: trio.TaskStatus[Daemon],
 ) -> None:
     keeper, registry, metrics = daemon.keeper, daemon.registry, daemon.metrics
     ui = WebUI(daemon.db, show_prompts=settings.ui_show_prompts) if settings.ui_enabled else None
-    app = HttpApp(metrics=metrics, readiness=daemon.readiness, webhooks=daemon.webhooks, ui=ui)
+    app = HttpApp(
+        metrics=metrics,
+        readiness=daemon.readiness,
+        webhooks=daemon.webhooks,
+        ui=ui,
+        files=daemon.files,
+    )
     async with trio.open_nursery() as root:
-        daemon.http_url = await root.start(_serve_http, app, settings)
+        await root.start(_serve_http, app, http)
         keeper.info.update(pid=os.getpid(), http_url=daemon.http_url, version=version())
         await root.start(registry.run)
         leases = trio.CancelScope()
@@ -634,32 +748,52 @@ async def _hand_over(daemon: Daemon, grace_s: float) -> int:
     return await daemon.registry.drain(grace_s)
 
 
-async def _serve_http(
-    app: HttpApp, settings: Settings, *, task_status: trio.TaskStatus[str]
-) -> None:
-    config = hypercorn.config.Config()
+@attrs.frozen
+class BoundHttp:
+    """The daemon's HTTP socket, bound before anything is built.
+
+    So its URL is known up front (file-mode output and input URLs point at it), and a
+    port in use fails the start before anything else does.
+    """
+
+    fd: int
+    url: str
+
+
+def bind_http(settings: Settings) -> BoundHttp:
+    """Bind the HTTP port (0: any free one) and hand its descriptor to hypercorn later.
+
+    Raises:
+        SettingsError: the address cannot be bound.
+    """
     host = settings.http_host
-    config.bind = [
-        f"[{host}]:{settings.http_port}" if ":" in host else f"{host}:{settings.http_port}"
-    ]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, settings.http_port))
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        raise SettingsError(
+            f"ORCHESTRATOR_HTTP_PORT: cannot listen on {shown}:{settings.http_port}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+    bound_host, port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
+    return BoundHttp(fd=sock.detach(), url=f"http://{shown}:{port}")
+
+
+async def _serve_http(app: HttpApp, http: BoundHttp, *, task_status: trio.TaskStatus[str]) -> None:
+    config = hypercorn.config.Config()
+    config.bind = [f"fd://{http.fd}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("orchestrator.http")
     config.graceful_timeout = 0.5
     async with trio.open_nursery() as nursery:
-        try:
-            binds: list[str] = await nursery.start(
-                functools.partial(hypercorn.trio.serve, app, config)
-            )
-        except (OSError, BaseExceptionGroup) as exc:
-            cause = sole_exception(exc) if isinstance(exc, BaseExceptionGroup) else exc
-            if not isinstance(cause, OSError):
-                raise
-            raise SettingsError(
-                f"ORCHESTRATOR_HTTP_PORT: cannot listen on {config.bind[0]}: "
-                f"{cause.strerror or cause}"
-            ) from cause
-        log.info("http.listening", url=binds[0])
-        task_status.started(binds[0])
+        await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+        log.info("http.listening", url=http.url)
+        task_status.started(http.url)
 
 
 async def _stop_on_signal(daemon: Daemon) -> None:

@@ -151,7 +151,7 @@ async def test_a_failing_receiver_is_retried_then_given_up_visibly_and_redeliver
     receiver = await start_receiver(
         nursery, Receiver(answer=lambda _r: 503 if failing["on"] else 200)
     )
-    settings = _callback_settings(db_url, provider, receiver, callback_window_s=1.0)
+    settings = _callback_settings(db_url, provider, receiver, callback_window_s=2.0)
     daemon = await start_daemon(nursery, settings)
     await db.grant("bo", 5)
     job_id = await db.submit_job("bo", "x", callback_url=f"{receiver.url}/h")

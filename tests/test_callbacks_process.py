@@ -83,7 +83,8 @@ async def test_a_daemon_killed_while_sending_a_callback_leaves_it_to_the_next_ow
     assert event.job_id == job_id
     first_try, second_try = receiver.requests
     assert first_try.webhook_id == second_try.webhook_id == f"evt_{event.seq}"
-    assert first_try.verified and second_try.verified
+    assert first_try.verified
+    assert second_try.verified
     assert first_try.body == second_try.body
     assert uuid.UUID(str(second_try.data["job_id"])) == job_id
     assert (row["attempts"], row["claimed_by"]) == (2, "second")

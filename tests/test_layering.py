@@ -15,8 +15,6 @@ OURS = ("orchestrator", "actors")
 EDGES = (
     "orchestrator.db",
     "orchestrator.providers",
-    "orchestrator.downloads",
-    "orchestrator.storage",
     "orchestrator.outputs",
     "orchestrator.http",
     "orchestrator.simulator",
@@ -110,8 +108,6 @@ def test_no_edge_imports_the_actors_or_another_edge():
         # The composition of an HTTP client for the providers and the simulator's sender.
         ("orchestrator.providers._http", "orchestrator.transport"),
         ("orchestrator.simulator._server", "orchestrator.transport"),
-        # Downloads store what they fetch through the storage's own interface.
-        ("orchestrator.downloads", "orchestrator.storage"),
     }
     assert sorted(set(found) - allowed_edge_pairs) == []
 

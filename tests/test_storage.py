@@ -19,8 +19,7 @@ import trio
 from orchestrator.asgi import lifespan
 from orchestrator.core import JobStatus, OutputUnavailable
 from orchestrator.db import Database
-from orchestrator.downloads import Downloader
-from orchestrator.storage import FilesystemStorage
+from orchestrator.outputs import Downloader, FileObjects
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
@@ -82,7 +81,7 @@ async def downloader(nursery, tmp_path: Path):
         yield (
             Downloader(
                 client,
-                FilesystemStorage(tmp_path),
+                _files(tmp_path),
                 allowed_hosts=[host],
                 max_bytes=1024,
                 timeout_s=0.5,
@@ -93,11 +92,13 @@ async def downloader(nursery, tmp_path: Path):
 
 
 async def test_a_downloaded_image_is_stored_with_its_size_and_hash(downloader, tmp_path: Path):
-    """renders/<job>/<idx>.<ext>, with size, sha256 and content type recorded."""
+    """public/renders/<job>/<idx>.<ext>, with size, sha256, content type and public URL."""
     download, base, _ = downloader
     job_id = uuid.uuid4()
     stored = await download.store(job_id, 3, f"{base}/ok.png")
-    path = tmp_path / "renders" / str(job_id) / "3.png"
+    path = tmp_path / "public" / "renders" / str(job_id) / "3.png"
+    assert stored.idx == 3
+    assert stored.public_url == f"http://daemon.test/renders/{job_id}/3.png"
     assert stored.path == str(path)
     assert path.read_bytes() == PNG
     assert stored.size_bytes == len(PNG)
@@ -123,7 +124,7 @@ async def test_bad_downloads_are_refused_with_a_clear_reason(
     download, base, _ = downloader
     with trio.fail_after(10), pytest.raises(OutputUnavailable, match=reason):
         await download.store(uuid.uuid4(), 0, f"{base}{path}")
-    assert not (tmp_path / "renders").exists()
+    assert not (tmp_path / "public").exists()
 
 
 @pytest.mark.parametrize(
@@ -156,7 +157,7 @@ async def test_downloads_run_at_most_their_concurrency_at_once(nursery, tmp_path
     async with httpx.AsyncClient(trust_env=False) as client:
         downloader = Downloader(
             client,
-            FilesystemStorage(tmp_path),
+            _files(tmp_path),
             allowed_hosts=[base.removeprefix("http://")],
             max_bytes=1024,
             timeout_s=0.5,
@@ -167,23 +168,7 @@ async def test_downloads_run_at_most_their_concurrency_at_once(nursery, tmp_path
             for idx in range(12):
                 burst.start_soon(downloader.store, job_id, idx, f"{base}/slow")
     assert files.slow_peak == 3
-    assert len(list((tmp_path / "renders" / str(job_id)).iterdir())) == 12
-
-
-async def test_storage_is_idempotent_and_stays_under_its_root(tmp_path: Path):
-    """The same bytes again rewrite nothing; keys cannot escape the root."""
-    storage = FilesystemStorage(tmp_path)
-    path = Path(await storage.put("renders/j/0.png", PNG))
-    first = path.stat().st_mtime_ns
-    await trio.sleep(0.01)
-    await storage.put("renders/j/0.png", PNG)
-    assert path.stat().st_mtime_ns == first
-    await storage.put("renders/j/0.png", PNG + b"x")
-    assert path.read_bytes() == PNG + b"x"
-    with pytest.raises(ValueError, match="leaves"):
-        await storage.put("../escape.png", PNG)
-    assert await storage.delete([str(path)]) == 1
-    assert await storage.delete([str(path)]) == 0
+    assert len(list((tmp_path / "public" / "renders" / str(job_id)).iterdir())) == 12
 
 
 async def test_a_thirty_output_job_stores_exactly_thirty_files(nursery, db: Database, db_url: str):
@@ -202,7 +187,7 @@ async def test_a_thirty_output_job_stores_exactly_thirty_files(nursery, db: Data
         job_id,
     )
     assert [row["idx"] for row in rows] == list(range(30))
-    files = sorted((settings.storage_root / "renders" / str(job_id)).iterdir())
+    files = sorted((settings.storage_root / "public" / "renders" / str(job_id)).iterdir())
     assert len(files) == 30
     for row in rows:
         assert hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest() == row["sha256"]
@@ -253,7 +238,7 @@ async def test_outputs_refused_by_the_allow_list_fail_the_job_and_refund(
     (job,) = await wait_terminal(db, [job_id])
     assert job.status is JobStatus.FAILED
     assert job.error_message is not None
-    assert "allow-list" in job.error_message
+    assert "is not on ORCHESTRATOR_DOWNLOAD_HOSTS" in job.error_message
     account = await db.account("ray")
     assert account is not None
     assert account.balance == 2
@@ -269,7 +254,7 @@ async def test_delete_removes_a_finished_jobs_files_and_keeps_the_rows(
     await db.grant("sam", 5, plan="pro")
     job_id = await db.submit_job("sam", "two to delete", num_outputs=2)
     await wait_terminal(db, [job_id])
-    folder = settings.storage_root / "renders" / str(job_id)
+    folder = settings.storage_root / "public" / "renders" / str(job_id)
     assert len(list(folder.iterdir())) == 2
     env = {
         **os.environ,
@@ -287,10 +272,14 @@ async def test_delete_removes_a_finished_jobs_files_and_keeps_the_rows(
         )
     )
     assert result.returncode == 0, result.stderr
-    assert "2 files removed" in result.stdout
+    assert "2 objects removed" in result.stdout
     assert list(folder.iterdir()) == []
     rows = await pg.fetch(
         db_url, "SELECT deleted_at FROM orchestrator.outputs WHERE job_id = $1", job_id
     )
     assert len(rows) == 2
     assert all(row["deleted_at"] is not None for row in rows)
+
+
+def _files(root: Path) -> FileObjects:
+    return FileObjects(root, base_url="http://daemon.test", signing_key=b"k" * 32)

@@ -117,3 +117,11 @@ def jobs_file(text: str) -> str:
     if text != "-" and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a readable file")
     return text
+
+
+def readable_file(text: str) -> Path:
+    """A regular file that exists; read by the command itself."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a readable file")
+    return path

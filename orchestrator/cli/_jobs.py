@@ -21,11 +21,21 @@ from orchestrator.cli._command import (
     Subparsers,
     database_command,
 )
-from orchestrator.core import EVENTS_CHANNEL, MAX_PROMPT_CHARS, JobStatus
+from orchestrator.core import (
+    EVENTS_CHANNEL,
+    MAX_PROMPT_CHARS,
+    SNIFF_BYTES,
+    JobStatus,
+    input_name_problem,
+    sniffed_type,
+)
 from orchestrator.db import MAX_BULK_JOBS, Database, Listener
+from orchestrator.outputs import EXTENSIONS, StorageError, input_key
 from orchestrator.settings import Settings
 
 _FOLLOW_REFRESH_S: Final = 1.0
+# The CLI serves no HTTP: file-mode URLs it could build would point nowhere, and it needs none.
+_NO_HTTP: Final = "http://127.0.0.1:9"
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
@@ -216,18 +226,48 @@ async def cmd_cancel(db: Database, _settings: Settings, args: argparse.Namespace
 
 @database_command
 async def cmd_delete(db: Database, settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.daemon import storage_root  # noqa: PLC0415
-    from orchestrator.storage import FilesystemStorage  # noqa: PLC0415
+    """Remove a finished job's stored objects, then mark its outputs deleted (rows stay)."""
+    from orchestrator.daemon import object_store  # noqa: PLC0415  (the store the daemon writes)
 
     job = await db.job(args.job_id)
     if job is None:
         raise CliError(f"unknown job {args.job_id}")
     if not job.status.terminal:
         raise CliError(f"job {args.job_id} is {job.status.value}: cancel it first")
-    paths = await db.stored_outputs(args.job_id)
-    removed = await FilesystemStorage(storage_root(settings)).delete(paths)
+    store, _routes = object_store(settings, _NO_HTTP)
+    try:
+        removed = await store.delete(await db.stored_outputs(args.job_id))
+    except ValueError as exc:  # ForeignLocation: written under another storage URL
+        raise CliError(f"job {args.job_id}: {exc}; nothing was removed") from exc
+    except StorageError as exc:
+        raise CliError(f"job {args.job_id}: the store failed ({exc}); run it again") from exc
     marked = await db.soft_delete_outputs(args.job_id)
-    views.say(f"job {args.job_id}: {removed} files removed, {marked} outputs marked deleted")
+    views.say(f"job {args.job_id}: {removed} objects removed, {marked} outputs marked deleted")
+    return EXIT_OK
+
+
+@database_command
+async def cmd_upload(db: Database, settings: Settings, args: argparse.Namespace) -> int:
+    """Put an input image of USER in the store and print its key, for `image_input`."""
+    from orchestrator.daemon import object_store  # noqa: PLC0415  (the store the daemon reads)
+
+    if await db.account(args.user) is None:
+        raise CliError(f"unknown user {args.user!r}: grant credits to create the account")
+    data = args.file.read_bytes()
+    content_type = sniffed_type(data[:SNIFF_BYTES])
+    if content_type is None:
+        raise CliError(f"{args.file} is not an image (PNG, JPEG, WebP or GIF)")
+    if len(data) > settings.input_max_bytes:
+        raise CliError(
+            f"{args.file} is {len(data)} bytes; inputs may be at most {settings.input_max_bytes}"
+            " (ORCHESTRATOR_INPUT_MAX_BYTES)"
+        )
+    name = args.name or f"{uuid.uuid4()}.{EXTENSIONS[content_type]}"
+    if (problem := input_name_problem(name)) is not None:
+        raise CliError(problem)
+    store, _routes = object_store(settings, _NO_HTTP)
+    stored = await store.put(input_key(args.user, name), data, content_type=content_type)
+    print(stored.key)  # noqa: T201  (the key is the command's output, for scripts)
     return EXIT_OK
 
 
@@ -308,6 +348,18 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("delete", help="remove a finished job's stored outputs (soft delete)")
     p.add_argument("job_id", type=arguments.job_id, help="the job's id (a UUID)")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser(
+        "upload",
+        help="put an input image of a user in storage; prints its key for params.image_input",
+        description="The image goes to private/USER/inputs/NAME in ORCHESTRATOR_STORAGE_URL. "
+        "A job of USER may then name the key in params.image_input; the daemon hands the "
+        "provider a presigned URL for it that expires within minutes.",
+    )
+    p.add_argument("user", help="whose input it is (the account must exist)")
+    p.add_argument("file", type=arguments.readable_file, help="a PNG, JPEG, WebP or GIF image")
+    p.add_argument("--name", help="its name under the user's inputs (default: a UUID and the type)")
+    p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("jobs", help="list jobs, newest first")
     p.add_argument("--user", help="only this user's jobs")

@@ -36,7 +36,7 @@ from ._images import ImageInput as ImageInput
 from ._images import PrivateInput as PrivateInput
 from ._images import RemoteInput as RemoteInput
 from ._images import image_inputs as image_inputs
-from ._images import input_key as input_key
+from ._images import input_name_problem as input_name_problem
 from ._images import sniffed_type as sniffed_type
 from ._inputs import COST_MULTIPLIERS as COST_MULTIPLIERS
 from ._inputs import DEFAULT_ALLOWED as DEFAULT_ALLOWED
@@ -238,7 +238,7 @@ __all__ = [
     "failure_text_retryable",
     "finish",
     "image_inputs",
-    "input_key",
+    "input_name_problem",
     "is_expected",
     "kie_failure_retryable",
     "params_problem",

@@ -50,19 +50,18 @@ class RemoteInput:
 ImageInput = PrivateInput | RemoteInput
 
 
-def input_key(user_id: str, name: str) -> str:
-    """Where a user's input named `name` lives (seed 004's layout).
+def input_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an input (under `private/<user_id>/inputs/`), or None.
 
-    Raises:
-        ValueError: a name that is not 1 to 128 of A-Z a-z 0-9 . _ - (not starting
-            with a dot or a dash), so that no key can leave the user's folder.
+    1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit: no key a job names
+    can leave its user's folder, and every name is safe in a URL as it is.
     """
     if _NAME.fullmatch(name) is None:
-        raise ValueError(
+        return (
             f"an input's name is 1 to {MAX_INPUT_NAME_CHARS} of A-Z a-z 0-9 . _ - "
             "and starts with a letter or digit"
         )
-    return f"private/{user_id}/inputs/{name}"
+    return None
 
 
 def image_inputs(

@@ -1,6 +1,9 @@
 """The outputs edge: delivered images and users' input images in an object store.
 
-General layout: one `ObjectStore` protocol (`_store`), keys laid out and checked once
+General layout: the actors' `OutputStore` (`Downloader`, `_downloads`: a provider's
+output fetched safely and put in the store) and `InputImages` (`StoredInputs`,
+`_inputs`: users' input images checked and presigned) over one `ObjectStore` protocol
+(`_store`), keys laid out and checked once
 (`_keys`), the store a storage URL names (`_location`), and its implementations:
 `FileObjects` (`_files`, files under a root, the embedded default) with the daemon's
 read-only routes for it (`FileRoutes`, `_serve`; signed URLs in `_signing`) and
@@ -11,6 +14,7 @@ composition root parses ORCHESTRATOR_STORAGE_URL with `parse_storage_url` and bu
 the store it names. Import from here only.
 """
 
+from ._downloads import Downloader as Downloader
 from ._errors import ForeignLocation as ForeignLocation
 from ._errors import InvalidKey as InvalidKey
 from ._errors import ObjectNotFound as ObjectNotFound
@@ -19,6 +23,8 @@ from ._errors import StorageRefused as StorageRefused
 from ._errors import StorageUnavailable as StorageUnavailable
 from ._errors import StorageUrlError as StorageUrlError
 from ._files import FileObjects as FileObjects
+from ._inputs import StoredInputs as StoredInputs
+from ._keys import EXTENSIONS as EXTENSIONS
 from ._keys import IMAGE_TYPES as IMAGE_TYPES
 from ._keys import MAX_KEY_BYTES as MAX_KEY_BYTES
 from ._keys import InputKey as InputKey
@@ -42,9 +48,11 @@ from ._store import ObjectStore as ObjectStore
 from ._store import StoredObject as StoredObject
 
 __all__ = [
+    "EXTENSIONS",
     "IMAGE_TYPES",
     "MAX_KEY_BYTES",
     "MAX_PRESIGN_S",
+    "Downloader",
     "FileLocation",
     "FileObjects",
     "FileRoutes",
@@ -64,6 +72,7 @@ __all__ = [
     "StorageRefused",
     "StorageUnavailable",
     "StorageUrlError",
+    "StoredInputs",
     "StoredObject",
     "check_key",
     "input_key",

@@ -35,6 +35,10 @@ IMAGE_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "gif": "image/gif",
     }
 )
+# The extension each image type is stored under (the first of IMAGE_TYPES naming it).
+EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT: Final = re.compile(r"[^/]+")
 _RENDER: Final = re.compile(

@@ -1,4 +1,4 @@
-"""Fetching a provider's output: only from allowed hosts, only images, never too much.
+"""Fetching a provider's output into the object store: only from allowed hosts, only images.
 
 A prediction's output URL is provider-controlled data. Following it blindly
 is an SSRF hole (`file:///etc/passwd`, `http://169.254.169.254/`), so the
@@ -6,12 +6,12 @@ URL must be http(s) to a host on the allow-list (the provider's delivery
 host by default), redirects are not followed, the body is streamed and cut
 at a size limit, and only image content types are kept. Transient failures
 (transport errors, 5xx) are retried with backoff by stamina; refusals are not.
+The bytes go to `public/renders/<job_id>/<idx>.<ext>` in the store, idempotently,
+and the output carries the store's location (to delete it) and its public URL.
 """
 
 from __future__ import annotations
 
-import hashlib
-import urllib.parse
 import uuid
 from collections.abc import Iterable
 from typing import Final
@@ -20,33 +20,26 @@ import httpx
 import stamina
 import trio
 
-from orchestrator.core import OutputUnavailable, StoredOutput
-from orchestrator.storage import Storage
+from orchestrator.core import HostList, OutputUnavailable, StoredOutput
 
-_EXTENSIONS: Final = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/webp": "webp",
-    "image/gif": "gif",
-}
+from ._errors import StorageError
+from ._keys import EXTENSIONS, render_key
+from ._store import ObjectStore
+
+_SETTING: Final = "ORCHESTRATOR_DOWNLOAD_HOSTS"
 
 
 class _Transient(Exception):
     pass
 
 
-def allowed_host(entry: str) -> str:
-    """Normalize an allow-list entry: `host` or `host:port`, lower case."""
-    return entry.strip().lower().rstrip("/")
-
-
 class Downloader:
-    """Implements the actors' `OutputStore` with httpx and a `Storage`."""
+    """Implements the actors' `OutputStore` with httpx and an `ObjectStore`."""
 
     def __init__(
         self,
         client: httpx.AsyncClient,
-        storage: Storage,
+        storage: ObjectStore,
         *,
         allowed_hosts: Iterable[str],
         max_bytes: int,
@@ -59,7 +52,8 @@ class Downloader:
         self._limiter = trio.CapacityLimiter(concurrency)
         self._client = client
         self._storage = storage
-        self._allowed = frozenset(allowed_host(h) for h in allowed_hosts if h.strip())
+        # Output CDNs are plain hosts: any scheme of the two, any port unless named.
+        self._allowed = HostList.parse(allowed_hosts, schemes=("http", "https"))
         self._max_bytes = max_bytes
         self._timeout = httpx.Timeout(timeout_s)
         self._attempts = attempts
@@ -71,30 +65,25 @@ class Downloader:
                 data, content_type = await self._fetch_with_retries(url)
         except _Transient as exc:
             raise OutputUnavailable(f"download failed: {exc}") from exc
-        key = f"renders/{job_id}/{idx}.{_EXTENSIONS[content_type]}"
+        key = render_key(job_id, idx, EXTENSIONS[content_type])
         try:
-            path = await self._storage.put(key, data)
-        except OSError as exc:
-            raise OutputUnavailable(
-                f"storage failed: {exc.strerror or type(exc).__name__}"
-            ) from exc
+            stored = await self._storage.put(key, data, content_type=content_type)
+        except StorageError as exc:
+            raise OutputUnavailable(f"storage failed: {type(exc).__name__}") from exc
         return StoredOutput(
             idx=idx,
             url=url,
-            path=path,
-            size_bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            content_type=content_type,
+            path=stored.location,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            content_type=stored.content_type,
+            public_url=self._storage.public_url(key),
         )
 
     def _check_url(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in {"http", "https"}:
-            raise OutputUnavailable(f"refused: scheme {parts.scheme or 'none'!r} is not http(s)")
-        host = (parts.hostname or "").lower()
-        with_port = f"{host}:{parts.port}" if parts.port else host
-        if host not in self._allowed and with_port not in self._allowed:
-            raise OutputUnavailable(f"refused: host {host!r} is not on the download allow-list")
+        problem = self._allowed.problem(url, setting=_SETTING)
+        if problem is not None:
+            raise OutputUnavailable(f"refused: {problem}")
 
     async def _fetch_with_retries(self, url: str) -> tuple[bytes, str]:
         async for attempt in stamina.retry_context(on=_Transient, attempts=self._attempts):
@@ -110,7 +99,7 @@ class Downloader:
                 if response.status_code != 200:  # noqa: PLR2004
                     raise OutputUnavailable(f"refused: HTTP {response.status_code}")
                 content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                if content_type not in _EXTENSIONS:
+                if content_type not in EXTENSIONS:
                     raise OutputUnavailable(
                         f"refused: content type {content_type or 'none'!r} is not an image"
                     )

@@ -1,0 +1,108 @@
+"""Users' input images: checked before the debit, handed to the provider presigned.
+
+Implements the actors' `InputImages`. A private input is the user's own object under
+`private/<user_id>/inputs/`: it must exist, be at most `max_bytes`, and its first bytes
+must be an image's (the type an upload claims is not trusted; an app may have put the
+object there itself). An allow-listed URL is fetched the same way, streamed and cut at
+the limit, without following redirects. At each create the daemon asks for a fresh
+presigned GET URL per private input, valid `url_ttl_s` (300 s by default, at most 900):
+enough for the provider to fetch it, too short to matter once leaked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import httpx
+
+from orchestrator.core import (
+    IMAGE_INPUT,
+    SNIFF_BYTES,
+    ImageInput,
+    InputsUnavailable,
+    PrivateInput,
+    sniffed_type,
+)
+
+from ._errors import ObjectNotFound, StorageError, StorageUnavailable
+from ._store import ObjectStore, check_expiry
+
+_CHUNK: Final = 64 * 1024
+
+
+class StoredInputs:
+    """Input images in an object store, and allow-listed URLs fetched over `client`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        client: httpx.AsyncClient,
+        *,
+        max_bytes: int,
+        url_ttl_s: int,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._max_bytes = max_bytes
+        self._ttl_s = check_expiry(url_ttl_s)
+        self._timeout = httpx.Timeout(timeout_s)
+
+    async def problem(self, inputs: Sequence[ImageInput]) -> str | None:
+        for n, entry in enumerate(inputs):
+            if isinstance(entry, PrivateInput):
+                why = await self._stored_problem(entry.key)
+            else:
+                why = await self._remote_problem(entry.url)
+            if why is not None:
+                return f"{IMAGE_INPUT}[{n}] {why}"
+        return None
+
+    async def for_provider(self, inputs: Sequence[ImageInput]) -> tuple[str, ...]:
+        return tuple(
+            [
+                await self._store.presign_get(entry.key, self._ttl_s)
+                if isinstance(entry, PrivateInput)
+                else entry.url
+                for entry in inputs
+            ]
+        )
+
+    async def _stored_problem(self, key: str) -> str | None:
+        try:
+            info = await self._store.head(key)
+            if info is None:
+                return "does not exist (upload it first)"
+            if info.size_bytes > self._max_bytes:
+                return self._too_large(info.size_bytes)
+            head = await self._store.read_prefix(key, SNIFF_BYTES)
+        except ObjectNotFound:
+            return "does not exist (upload it first)"
+        except StorageUnavailable as exc:
+            raise InputsUnavailable(f"the input store did not answer: {exc}") from exc
+        except StorageError as exc:
+            return f"cannot be read: {type(exc).__name__}"
+        return None if sniffed_type(head) else _NOT_AN_IMAGE
+
+    async def _remote_problem(self, url: str) -> str | None:
+        try:
+            async with self._client.stream("GET", url, timeout=self._timeout) as response:
+                if response.status_code != 200:  # noqa: PLR2004
+                    return f"could not be fetched: HTTP {response.status_code}"
+                head = b""
+                size = 0
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    head += chunk[: SNIFF_BYTES - len(head)]
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        return self._too_large(size)
+        except httpx.HTTPError as exc:
+            return f"could not be fetched: {type(exc).__name__}"
+        return None if sniffed_type(head) else _NOT_AN_IMAGE
+
+    def _too_large(self, size: int) -> str:
+        return f"is larger than {self._max_bytes} bytes ({size} or more)"
+
+
+_NOT_AN_IMAGE: Final = "is not an image (PNG, JPEG, WebP or GIF)"
