@@ -20,7 +20,7 @@ import trio
 
 from orchestrator.db import Database, ensure_embedded_server, open_database, stop_embedded_server
 
-from . import pg
+from . import pg, s3server
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +66,32 @@ def db_url(server_url: str, template_database: str) -> Iterator[str]:
 async def db(db_url: str) -> AsyncIterator[Database]:
     async with open_database(db_url, min_size=2, max_size=20) as database:
         yield database
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[s3server.MotoServer]:
+    """One S3-compatible server (moto) on loopback for the session; see tests/s3server.py."""
+    with s3server.running_moto() as server:
+        yield server
+
+
+@pytest.fixture(params=["files", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]:
+    """Settings overrides for each place outputs may live: files (the default), or a bucket.
+
+    The bucket is fresh per test, its `public/` readable anonymously (a bucket policy),
+    as a deployment that serves outputs straight from the bucket has it.
+    """
+    if request.param == "files":
+        return {"storage_root": tmp_path / "objects"}
+    server: s3server.MotoServer = request.getfixturevalue("moto")
+    bucket = f"orch-{uuid.uuid4().hex[:12]}"
+    s3server.make_bucket(server.endpoint, bucket)
+    return {
+        "storage_url": f"s3://{bucket}",
+        "aws_endpoint_url": server.endpoint,
+        "aws_access_key_id": s3server.ACCESS_KEY_ID,
+        "aws_secret_access_key": s3server.SECRET_ACCESS_KEY,
+        "aws_region": s3server.REGION,
+    }
+

@@ -77,3 +77,16 @@ async def wait_status(db: Database, job_id: uuid.UUID, status: str, timeout: flo
             if job is not None and job.status.value == status:
                 return job
             await trio.sleep(0.02)
+
+
+def storage_env(overrides: dict[str, object]) -> dict[str, str]:
+    """The same storage as environment variables, for a CLI or daemon process."""
+    names = {
+        "storage_root": "ORCHESTRATOR_STORAGE_ROOT",
+        "storage_url": "ORCHESTRATOR_STORAGE_URL",
+        "aws_endpoint_url": "AWS_ENDPOINT_URL",
+        "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+        "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "aws_region": "AWS_REGION",
+    }
+    return {names[key]: str(value) for key, value in overrides.items()}

@@ -88,12 +88,6 @@ class Harness:
 
 
 @pytest.fixture(scope="session")
-def moto() -> Iterator[s3server.MotoServer]:
-    with s3server.running_moto() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def signing_moto() -> Iterator[tuple[s3server.MotoServer, str, str]]:
     """A second moto that verifies every header signature, with its one user's keys."""
     with s3server.running_moto() as server:
