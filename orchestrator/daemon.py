@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,13 +75,14 @@ from orchestrator.outputs import (
     StorageLocation,
     StoredInputs,
     parse_storage_url,
+    render_key,
 )
 from orchestrator.providers import KieProvider, ReplicateProvider
 from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.sweeper import Sweeper
 from orchestrator.transport import queued_client
-from orchestrator.ui import WebUI
+from orchestrator.ui import WebUI, origin_of
 from orchestrator.webhooks import WebhookHandler
 
 log = structlog.get_logger("orchestrator.daemon")
@@ -627,7 +629,17 @@ async def serve(
             http_url=http.url,
         )
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
-        await _run(daemon, settings, http, handle_signals=handle_signals, task_status=task_status)
+        # The web view's thumbnails come from where outputs are served, and nowhere else.
+        sample = store.public_url(render_key(uuid.UUID(int=0), 0, "png"))
+        images = tuple(dict.fromkeys(("'self'", origin_of(sample))))
+        await _run(
+            daemon,
+            settings,
+            http,
+            images=images,
+            handle_signals=handle_signals,
+            task_status=task_status,
+        )
 
 
 async def _refuse_a_live_twin(db: Database, member: str, renew_s: float) -> None:
@@ -653,11 +665,14 @@ async def _run(
     settings: Settings,
     http: BoundHttp,
     *,
+    images: tuple[str, ...],
     handle_signals: bool,
     task_status: trio.TaskStatus[Daemon],
 ) -> None:
     keeper, registry, metrics = daemon.keeper, daemon.registry, daemon.metrics
-    ui = WebUI(daemon.db, show_prompts=settings.ui_show_prompts) if settings.ui_enabled else None
+    ui = None
+    if settings.ui_enabled:
+        ui = WebUI(daemon.db, show_prompts=settings.ui_show_prompts, image_sources=images)
     app = HttpApp(
         metrics=metrics,
         readiness=daemon.readiness,

@@ -26,7 +26,6 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, S
 
 from orchestrator.asgi import lifespan, read_body
 from orchestrator.metrics import CONTENT_TYPE, Metrics
-from orchestrator.ui import HEADERS as UI_HEADERS
 from orchestrator.ui import WebUI
 from orchestrator.webhooks import WebhookHandler
 
@@ -82,7 +81,7 @@ class HttpApp:
             return
         if self._ui is not None and (path == "/ui" or path.startswith("/ui/")):
             page = await self._ui.handle(scope["method"], path, scope["query_string"])
-            headers = [*UI_HEADERS, (b"content-length", str(len(page.body)).encode())]
+            headers = [*self._ui.headers, (b"content-length", str(len(page.body)).encode())]
             if page.status == 405:  # noqa: PLR2004
                 headers.append((b"allow", b"GET"))
             status, body = page.status, page.body

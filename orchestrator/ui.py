@@ -18,8 +18,15 @@ from typing import Final, TypeVar
 
 import attrs
 
-from orchestrator.core import USER_ID, ErrorCode, Job, JobStatus
-from orchestrator.db import AuditReport, Database, DbError, JobTimeline, LedgerRow
+from orchestrator.core import USER_ID, ErrorCode, Job, JobStatus, StoredOutput
+from orchestrator.db import (
+    AuditReport,
+    CallbackRow,
+    Database,
+    DbError,
+    JobTimeline,
+    LedgerRow,
+)
 
 PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 200
@@ -28,20 +35,37 @@ USER_RECENT_JOBS: Final = 20
 _PREVIEW: Final = 60
 _HIDDEN: Final = "hidden"
 
-HEADERS: Final[tuple[tuple[bytes, bytes], ...]] = (
-    (b"content-type", b"text/html; charset=utf-8"),
-    (
-        b"content-security-policy",
-        (
-            b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-            b"frame-ancestors 'none'; base-uri 'none'"
-        ),
-    ),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-)
+THUMBNAILS_IN_LIST: Final = 3
+_OUTPUT_COLUMNS: Final = ("output", "image", "public URL", "bytes", "sha256", "type", "stored")
+_OUTPUT_COLUMNS_ALL: Final = (*_OUTPUT_COLUMNS, "deleted")
+
+
+def headers(image_sources: Sequence[str] = ("'self'",)) -> tuple[tuple[bytes, bytes], ...]:
+    """The page headers; images may come only from `image_sources` (where outputs are served).
+
+    No script at all, and images from the output store's origin alone: a thumbnail can
+    show an output, never load anything else.
+    """
+    images = " ".join(image_sources) or "'none'"
+    policy = (
+        f"default-src 'none'; style-src 'unsafe-inline'; img-src {images}; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return (
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-security-policy", policy.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cache-control", b"no-store"),
+    )
+
+
+def origin_of(url: str) -> str:
+    """The scheme, host and port of an http(s) URL, as a CSP source names them."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
 
 _CSS: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -63,6 +87,8 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;background:#
 dt{font-weight:600}dd{margin:0}.hidden{color:#888;font-style:italic}
 .ok{color:#13751e;font-weight:600}.bad{color:#b3261e;font-weight:600}
 .neg{color:#b3261e}.pos{color:#13751e}.muted{color:#777}
+img.thumb{width:128px;height:128px;object-fit:cover;border-radius:4px;background:#e2e5e9}
+img.mini{width:40px;height:40px;object-fit:cover;border-radius:3px;margin-right:2px}
 """
 
 STATUSES: Final = tuple(status.value for status in JobStatus)
@@ -76,11 +102,22 @@ class Page:
 
 
 class WebUI:
-    """GET /ui, /ui/jobs/<id>, /ui/users/<user>, /ui/audit; anything else is 404."""
+    """GET /ui, /ui/jobs/<id>, /ui/users/<user>, /ui/callbacks, /ui/audit; else 404.
 
-    def __init__(self, db: Database, *, show_prompts: bool = False) -> None:
+    `image_sources` are the CSP sources thumbnails load from: the origin of the
+    outputs' public URLs (the daemon itself in file mode, the bucket or a CDN).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        show_prompts: bool = False,
+        image_sources: Sequence[str] = ("'self'",),
+    ) -> None:
         self._db = db
         self._show_prompts = show_prompts
+        self.headers = headers(image_sources)
 
     async def handle(self, method: str, path: str, query_string: bytes) -> Page:
         if method != "GET":
@@ -98,6 +135,8 @@ class WebUI:
             return await self._jobs(query)
         if path == "/ui/audit":
             return await self._audit()
+        if path == "/ui/callbacks":
+            return await self._callbacks()
         if path.startswith("/ui/jobs/"):
             return await self._job(path.removeprefix("/ui/jobs/"))
         if path.startswith("/ui/users/"):
@@ -124,7 +163,7 @@ class WebUI:
             f'<p id="count">{len(shown)} jobs, newest first'
             + (" (filtered)" if any(filters.values()) else "")
             + "</p>",
-            self._jobs_table(shown),
+            self._jobs_table(shown, await self._db.job_outputs([job.id for job in shown])),
         ]
         if more:
             following = {k: v for k, v in filters.items() if v} | {
@@ -137,18 +176,27 @@ class WebUI:
             )
         return _page("Jobs", "".join(parts))
 
-    def _jobs_table(self, jobs: Sequence[Job]) -> str:
-        head = ["created", "job", "user", "status", "outputs", "cost", "error", "finished"]
+    def _jobs_table(
+        self, jobs: Sequence[Job], outputs: Mapping[uuid.UUID, Sequence[StoredOutput]]
+    ) -> str:
+        head = ["created", "job", "user", "status", "outputs", "images", "cost", "error"]
+        head.append("finished")
         if self._show_prompts:
             head.append("prompt")
         rows = []
         for job in jobs:
+            stored = outputs.get(job.id, ())
+            minis = "".join(
+                _thumbnail(o.idx, o.public_url, "mini") for o in stored[:THUMBNAILS_IN_LIST]
+            )
+            more = len(stored) - THUMBNAILS_IN_LIST
             cells = [
                 f'<td class="mono">{_time(job.created_at)}</td>',
                 f'<td class="mono">{_job_link(job.id)}</td>',
                 f"<td>{_user_link(job.user_id)}</td>",
                 f"<td>{_status(job.status)}</td>",
-                f'<td class="num">{job.num_outputs}</td>',
+                f'<td class="num">{len(stored)}/{job.num_outputs}</td>',
+                f"<td>{minis}{f' +{more}' if more > 0 else ''}</td>",
                 f'<td class="num">{_e(job.cost)}</td>',
                 f"<td>{_e(job.error_code.value if job.error_code else '')}</td>",
                 f'<td class="mono">{_time(job.finished_at)}</td>',
@@ -213,9 +261,11 @@ class WebUI:
                 "<h2>Outputs</h2>",
                 _table(
                     "outputs",
-                    ["output", "path", "bytes", "sha256", "type", "stored", "deleted"],
+                    _OUTPUT_COLUMNS_ALL,
                     [
-                        f'<tr><td class="num">{o.idx}</td><td class="mono">{_e(o.path or "")}</td>'
+                        f'<tr data-output="{o.idx}"><td class="num">{o.idx}</td>'
+                        f"<td>{'' if o.deleted_at else _thumbnail(o.idx, o.public_url, 'thumb')}"
+                        f'</td><td class="mono">{_e(o.public_url or "")}</td>'
                         f'<td class="num">{_e(o.size_bytes)}</td>'
                         f'<td class="mono">{_e((o.sha256 or "")[:16])}</td>'
                         f"<td>{_e(o.content_type or '')}</td>"
@@ -225,6 +275,8 @@ class WebUI:
                     ],
                     empty="No output stored.",
                 ),
+                "<h2>Ending and callback</h2>",
+                _ending(timeline),
                 "<h2>Ledger</h2>",
                 _ledger_table("job-ledger", timeline.ledger),
                 "<h2>Upstream strays</h2>",
@@ -243,6 +295,25 @@ class WebUI:
             ]
         )
         return _page(f"Job {job.id}", body)
+
+    async def _callbacks(self) -> Page:
+        failed = await self._db.callbacks(failed=True, limit=PAGE_SIZE)
+        owed = await self._db.callbacks(failed=False, limit=PAGE_SIZE)
+        body = "".join(
+            [
+                "<h1>Callbacks</h1>",
+                (
+                    f'<p id="callback-counts">{len(failed)} given up, {len(owed)} still owed'
+                    " (newest first; redeliver one with "
+                    "<code>orchestrator callbacks --redeliver SEQ</code>)</p>"
+                ),
+                "<h2>Given up</h2>",
+                _callbacks_table("callbacks-failed", failed),
+                "<h2>Still owed</h2>",
+                _callbacks_table("callbacks-owed", owed),
+            ]
+        )
+        return _page("Callbacks", body)
 
     async def _user(self, raw: str) -> Page:
         user = raw  # ASGI paths arrive percent-decoded
@@ -273,7 +344,7 @@ class WebUI:
                 f"<h2>Ledger (newest {USER_LEDGER_ROWS} rows at most)</h2>",
                 _ledger_table("ledger", ledger),
                 "<h2>Recent jobs</h2>",
-                self._jobs_table(recent),
+                self._jobs_table(recent, await self._db.job_outputs([j.id for j in recent])),
                 more,
             ]
         )
@@ -449,6 +520,55 @@ def _timeline_table(timeline: JobTimeline) -> str:
     return _table("timeline", ["when", "since created", "event", "what"], rows, empty="")
 
 
+def _thumbnail(idx: int, url: str | None, kind: str) -> str:
+    """An output's image from its public URL, linking to it; nothing without one."""
+    if not url:
+        return ""
+    return (
+        f'<a href="{_e(url)}"><img class="{kind}" src="{_e(url)}" alt="output {idx}" '
+        f'loading="lazy" data-thumb="{idx}"></a>'
+    )
+
+
+def _ending(timeline: JobTimeline) -> str:
+    if timeline.event_seq is None:
+        return '<p id="ending" class="muted">Not ended yet: no event in the feed.</p>'
+    seq = f'<p id="ending">Event seq <span class="mono">{timeline.event_seq}</span>'
+    callback = timeline.callback
+    if callback is None:
+        return f"{seq}; no callback asked.</p>"
+    return f"{seq}.</p>" + _callbacks_table("job-callback", [callback])
+
+
+def _callbacks_table(table_id: str, rows: Sequence[CallbackRow]) -> str:
+    def state(row: CallbackRow) -> str:
+        if row.delivered_at is not None:
+            return f'<span class="ok">delivered</span> {_time(row.delivered_at)}'
+        if row.failed_at is not None:
+            return f'<span class="bad">given up</span> {_time(row.failed_at)}'
+        return f"next attempt {_time(row.next_attempt_at)}"
+
+    return _table(
+        table_id,
+        ["seq", "webhook-id", "job", "ending", "receiver", "attempts", "last answer", "state"],
+        [
+            f'<tr data-callback="{row.seq}" data-state="'
+            f"{'delivered' if row.delivered_at else 'failed' if row.failed_at else 'owed'}"
+            f'"><td class="num">{row.seq}</td><td class="mono">evt_{row.seq}</td>'
+            f'<td class="mono">{_job_link(row.job_id)}</td><td>{_status(row.status)}</td>'
+            f'<td class="mono">{_e(_receiver(row.url))}</td><td class="num">{row.attempts}</td>'
+            f"<td>{_e(row.last_error or (row.last_status or ''))}</td><td>{state(row)}</td></tr>"
+            for row in rows
+        ],
+        empty="None.",
+    )
+
+
+def _receiver(url: str) -> str:
+    """Where a callback goes, without the path and query (they may carry the app's secrets)."""
+    return origin_of(url)
+
+
 def _audit_body(report: AuditReport) -> str:
     verdict = (
         '<p id="verdict" class="ok">Clean: every invariant holds.</p>'
@@ -493,7 +613,8 @@ def _page(title: str, body: str, status: int = 200) -> Page:
     document = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)} · orchestrator</title><style>{_CSS}</style></head><body>"
-        '<header><b>orchestrator</b><a href="/ui">Jobs</a><a href="/ui/audit">Audit</a>'
+        '<header><b>orchestrator</b><a href="/ui">Jobs</a><a href="/ui/callbacks">Callbacks</a>'
+        '<a href="/ui/audit">Audit</a>'
         '<span class="muted">read-only</span></header>'
         f"<main>{body}</main></body></html>"
     )

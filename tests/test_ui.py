@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import uuid
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
+import attrs
 import httpx
 import hypercorn.config
 import hypercorn.trio
@@ -28,10 +30,13 @@ import pytest
 import trio
 
 from orchestrator.core import JobStatus
+from orchestrator.daemon import signing_key
 from orchestrator.db import DAEMON_ROLE, Database, open_database
 from orchestrator.db._queries import queries
 from orchestrator.http import HttpApp
 from orchestrator.metrics import Metrics
+from orchestrator.outputs import FileRoutes
+from orchestrator.settings import Settings
 from orchestrator.ui import WebUI
 
 from .e2e import settings_for, start_daemon, start_simulator, wait_status, wait_terminal
@@ -125,8 +130,14 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-async def seed(nursery: trio.Nursery, db: Database, db_url: str) -> dict[str, uuid.UUID]:
-    """Jobs in six states, made by the real daemon; it is stopped before the view is read."""
+async def seed(
+    nursery: trio.Nursery, db: Database, db_url: str, where: Served | None = None
+) -> dict[str, uuid.UUID]:
+    """Jobs in seven states, made by the real daemon; it is stopped before the view is read.
+
+    With `where`, the daemon listens on that port and keeps its files under that root,
+    so a view served there afterwards (as after a restart) serves the outputs too.
+    """
     provider = await start_simulator(nursery)
     for user, amount in (
         ("alice", 10),
@@ -135,11 +146,13 @@ async def seed(nursery: trio.Nursery, db: Database, db_url: str) -> dict[str, uu
         ("fay", 5),
         ("carol", 5),
         ("gus", 3),
+        ("hana", 2),
     ):
         await db.grant(user, amount, ref=f"welcome:{user}")
     ids: dict[str, uuid.UUID] = {}
     async with trio.open_nursery() as running:
-        settings = settings_for(db_url, provider, job_deadline_s=60.0, grace_s=0.1)
+        at = {} if where is None else {"storage_root": where.root, "http_port": where.port}
+        settings = settings_for(db_url, provider, job_deadline_s=60.0, grace_s=0.1, **at)
         await start_daemon(running, settings)
         ids["alice"] = await db.submit_job("alice", PROMPTS["alice"], num_outputs=2)
         ids["bob"] = await db.submit_job("bob", PROMPTS["bob"], num_outputs=3)
@@ -148,16 +161,43 @@ async def seed(nursery: trio.Nursery, db: Database, db_url: str) -> dict[str, uu
         ids["carol"] = await db.submit_job("carol", PROMPTS["carol"], params={"simulate": "hang"})
         await wait_status(db, ids["fay"], "processing")
         await db.request_cancel(ids["fay"])
-        await wait_terminal(db, [ids[u] for u in ("alice", "bob", "dave", "fay")])
+        ids["hana"] = await db.submit_job(
+            "hana", "a hook that never answers", callback_url="http://127.0.0.1:9/hook"
+        )
+        await wait_terminal(db, [ids[u] for u in ("alice", "bob", "dave", "fay", "hana")])
         await wait_status(db, ids["carol"], "processing")
         running.cancel_scope.cancel()
     ids["gus"] = await db.submit_job("gus", PROMPTS["gus"])
     return ids
 
 
+@attrs.frozen
+class Served:
+    port: int
+    root: Path
+
+    @classmethod
+    def anywhere(cls) -> Served:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return cls(port, Path(tempfile.mkdtemp(prefix="orch-ui-files-")))
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 @asynccontextmanager
-async def serve_ui(db_url: str, *, show_prompts: bool = False) -> AsyncIterator[str]:
-    """The daemon's HTTP app with the view, on loopback, reading as the daemon's role."""
+async def serve_ui(
+    db_url: str, *, show_prompts: bool = False, where: Served | None = None
+) -> AsyncIterator[Served]:
+    """The daemon's HTTP app with the view, on loopback, reading as the daemon's role.
+
+    It serves `/renders/...` from the root too, as a file-mode daemon does.
+    """
+    where = where or Served.anywhere()
+    root = where.root
     async with open_database(db_url, min_size=1, max_size=4, role=DAEMON_ROLE) as ui_db:
 
         async def ready() -> dict[str, bool]:
@@ -168,15 +208,16 @@ async def serve_ui(db_url: str, *, show_prompts: bool = False) -> AsyncIterator[
             readiness=ready,
             webhooks=None,
             ui=WebUI(ui_db, show_prompts=show_prompts),
+            files=FileRoutes(root, signing_key=signing_key(Settings(), root)),
         )
         config = hypercorn.config.Config()
-        config.bind = ["127.0.0.1:0"]
+        config.bind = [f"127.0.0.1:{where.port}"]
         config.accesslog = None
         config.graceful_timeout = 0.1
         async with trio.open_nursery() as server:
-            binds = await server.start(functools.partial(hypercorn.trio.serve, app, config))
+            await server.start(functools.partial(hypercorn.trio.serve, app, config))
             try:
-                yield binds[0]
+                yield where
             finally:
                 server.cancel_scope.cancel()
 
@@ -185,19 +226,23 @@ async def test_the_view_renders_jobs_timelines_books_and_the_audit_in_chromium(
     nursery, db: Database, db_url: str, tmp_path: Path
 ):
     """Filters apply, a job's timeline is in order, and the prompt is hidden by default."""
-    ids = await seed(nursery, db, db_url)
-    statuses = {user: (await db.job(job_id)).status for user, job_id in ids.items()}  # type: ignore[union-attr]
-    assert statuses == {
-        "alice": JobStatus.SUCCEEDED,
-        "bob": JobStatus.REJECTED,
-        "dave": JobStatus.FAILED,
-        "fay": JobStatus.CANCELED,
-        "carol": JobStatus.PROCESSING,
-        "gus": JobStatus.QUEUED,
-    }
-    async with serve_ui(db_url) as base:
+    where = Served.anywhere()
+    ids = await seed(nursery, db, db_url, where)
+    async with serve_ui(db_url, where=where) as served:
+        base = served.base
+        statuses = {user: (await db.job(job_id)).status for user, job_id in ids.items()}  # type: ignore[union-attr]
+        assert statuses == {
+            "alice": JobStatus.SUCCEEDED,
+            "bob": JobStatus.REJECTED,
+            "dave": JobStatus.FAILED,
+            "fay": JobStatus.CANCELED,
+            "carol": JobStatus.PROCESSING,
+            "gus": JobStatus.QUEUED,
+            "hana": JobStatus.REJECTED,
+        }
         await _check_listing(base, ids, statuses)
         await _check_timelines(base, db, ids)
+        await _check_images_and_callbacks(base, db, ids)
         books = await dom(f"{base}/ui/users/dave")
         assert books.texts["balance"] == "5"
         assert [r["data-kind"] for r in books.having("data-kind")] == ["refund", "debit", "grant"]
@@ -217,7 +262,8 @@ async def test_the_view_renders_jobs_timelines_books_and_the_audit_in_chromium(
         if target := os.environ.get("ORCHESTRATOR_UI_SCREENSHOT"):
             shutil.copyfile(shot, target)
 
-    async with serve_ui(db_url, show_prompts=True) as base:
+    async with serve_ui(db_url, show_prompts=True) as served:
+        base = served.base
         shown = await dom(f"{base}/ui/jobs/{ids['dave']}")
         assert shown.texts["prompt"] == PROMPTS["dave"]
         assert "simulate" in shown.texts["params"]
@@ -228,7 +274,7 @@ async def test_the_view_renders_jobs_timelines_books_and_the_audit_in_chromium(
 def test_the_views_queries_are_bounded_reads():
     """Every query the view adds is one SELECT with a LIMIT: it can change nothing."""
     added = {name: sql for name, sql in queries().items() if name.startswith("ui_")}
-    assert len(added) == 7
+    assert len(added) == 9
     for name, sql in added.items():
         words = sql.upper().split()
         assert words[0] == "SELECT", name
@@ -243,7 +289,8 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
     await db.grant("ann", 2)
     await db.grant("ann+ui@example.com", 3)
     job_id = await db.submit_job("ann", "<script>alert(1)</script>")
-    async with serve_ui(db_url) as base, httpx.AsyncClient(trust_env=False) as client:
+    async with serve_ui(db_url) as served, httpx.AsyncClient(trust_env=False) as client:
+        base = served.base
         cases = {
             "/ui/jobs/not-a-uuid": 400,
             f"/ui/jobs/{uuid.uuid4()}": 404,
@@ -263,6 +310,7 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
             "/ui/users/ann": 200,
             "/ui/users/ann%2Bui%40example.com": 200,
             "/ui/audit": 200,
+            "/ui/callbacks": 200,
             "/ui?status=queued&code=&user=ann": 200,
         }
         for path, expected in cases.items():
@@ -272,6 +320,7 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
             policy = response.headers["content-security-policy"]
             assert "default-src 'none'" in policy
             assert "style-src 'unsafe-inline'" in policy
+            assert "img-src 'self';" in policy
             assert "script-src" not in policy
             assert response.headers["x-content-type-options"] == "nosniff"
             assert "<script" not in response.text.lower()
@@ -289,10 +338,10 @@ async def test_bad_input_is_a_400_or_404_page_with_the_security_headers(
         assert str(job_id) in listing.text
         assert "alert(1)" not in listing.text
     async with (
-        serve_ui(db_url, show_prompts=True) as base,
+        serve_ui(db_url, show_prompts=True) as served,
         httpx.AsyncClient(trust_env=False) as client,
     ):
-        page = await client.get(f"{base}/ui/jobs/{job_id}")
+        page = await client.get(f"{served.base}/ui/jobs/{job_id}")
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
         assert "<script>" not in page.text
 
@@ -303,12 +352,12 @@ async def _check_listing(
     listing = await dom(f"{base}/ui")
     rows = listing.having("data-job")
     assert [row["data-job"] for row in rows] == [
-        str(ids[u]) for u in ("gus", "carol", "fay", "dave", "bob", "alice")
+        str(ids[u]) for u in ("gus", "hana", "carol", "fay", "dave", "bob", "alice")
     ]
     assert {row["data-user"]: row["data-status"] for row in rows} == {
         u: s.value for u, s in statuses.items()
     }
-    assert "6 jobs" in listing.texts["count"]
+    assert "7 jobs" in listing.texts["count"]
     for prompt in PROMPTS.values():
         assert prompt not in "".join(listing.texts.values())
 
@@ -324,9 +373,9 @@ async def _check_listing(
     nobody = await dom(f"{base}/ui?user=alice&status=failed")
     assert nobody.having("data-job") == []
 
-    first = await dom(f"{base}/ui?limit=4")
+    first = await dom(f"{base}/ui?limit=5")
     page = [r["data-job"] for r in first.having("data-job")]
-    assert page == [str(ids[u]) for u in ("gus", "carol", "fay", "dave")]
+    assert page == [str(ids[u]) for u in ("gus", "hana", "carol", "fay", "dave")]
     following = next(v["href"] for t, v in first.elements if v.get("id") == "next")
     second = await dom(f"{base}{following}")
     assert [r["data-job"] for r in second.having("data-job")] == [
@@ -365,3 +414,30 @@ async def _check_timelines(base: str, db: Database, ids: dict[str, uuid.UUID]) -
     rejected = await dom(f"{base}/ui/jobs/{ids['bob']}")
     assert "admitted" not in [r["data-event"] for r in rejected.having("data-event")]
     assert rejected.having("data-kind") == []
+
+
+async def _check_images_and_callbacks(base: str, db: Database, ids: dict[str, uuid.UUID]) -> None:
+    """Each output shows as a thumbnail from its public URL; a given-up callback is listed."""
+    outputs = (await db.job_outputs([ids["alice"]]))[ids["alice"]]
+    urls = [output.public_url for output in outputs]
+    assert len(urls) == 2
+    assert all(url is not None and url.startswith(base + "/renders/") for url in urls)
+    page = await dom(f"{base}/ui/jobs/{ids['alice']}")
+    thumbs = [v for t, v in page.elements if t == "img" and "data-thumb" in v]
+    assert [(t["data-thumb"], t["src"]) for t in thumbs] == [("0", urls[0]), ("1", urls[1])]
+    listing = await dom(f"{base}/ui")
+    minis = [v["src"] for t, v in listing.elements if t == "img" and v.get("class") == "mini"]
+    assert minis == urls
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for url in urls:
+            assert url is not None
+            assert (await client.get(url)).content[:8] == b"\x89PNG\r\n\x1a\n"
+
+    hana = await dom(f"{base}/ui/jobs/{ids['hana']}")
+    (row,) = hana.having("data-callback")
+    assert row["data-state"] in {"owed", "failed"}
+    assert "Event seq" in hana.texts["ending"]
+    callbacks = await dom(f"{base}/ui/callbacks")
+    listed = [r["data-callback"] for r in callbacks.having("data-callback")]
+    assert listed == [row["data-callback"]]
+    assert "/hook" not in "".join(callbacks.texts.values())  # the receiver's path stays private

@@ -140,24 +140,24 @@ async def redeliver(pool: Pool, seq: int) -> bool:
 
 
 async def listing(pool: Pool, failed: bool, limit: int) -> list[CallbackRow]:
-    rows = await pool.fetch(queries()["callbacks"], failed, limit)
-    return [
-        CallbackRow(
-            seq=row["seq"],
-            job_id=row["job_id"],
-            url=row["url"],
-            status=JobStatus(row["status"]),
-            attempts=row["attempts"],
-            next_attempt_at=row["next_attempt_at"],
-            last_attempt_at=row["last_attempt_at"],
-            last_status=row["last_status"],
-            last_error=row["last_error"],
-            delivered_at=row["delivered_at"],
-            failed_at=row["failed_at"],
-            created_at=row["created_at"],
-        )
-        for row in rows
-    ]
+    return [callback_row(row) for row in await pool.fetch(queries()["ui_callbacks"], failed, limit)]
+
+
+def callback_row(row: asyncpg.Record) -> CallbackRow:
+    return CallbackRow(
+        seq=row["seq"],
+        job_id=row["job_id"],
+        url=row["url"],
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_attempt_at=row["last_attempt_at"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        delivered_at=row["delivered_at"],
+        failed_at=row["failed_at"],
+        created_at=row["created_at"],
+    )
 
 
 async def counts(pool: Pool) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from orchestrator.core import MAX_OUTPUTS, ErrorCode, Job, JobStatus
 
 from . import _rows
 from ._connector import Pool
+from ._events import CallbackRow, callback_row
 from ._queries import queries
 
 # A job has at most MAX_OUTPUTS predictions and outputs; strays and ledger rows are few.
@@ -64,6 +65,7 @@ class OutputRow:
     size_bytes: int | None
     sha256: str | None
     content_type: str | None
+    public_url: str | None
     created_at: datetime
     deleted_at: datetime | None
 
@@ -80,6 +82,9 @@ class JobTimeline:
     upstream: tuple[UpstreamRow, ...]
     outputs: tuple[OutputRow, ...]
     ledger: tuple[LedgerRow, ...]
+    # The ending's place in the feed, and its callback when the job named one.
+    event_seq: int | None = None
+    callback: CallbackRow | None = None
 
 
 def _ledger(row: asyncpg.Record) -> LedgerRow:
@@ -119,6 +124,8 @@ async def timeline(pool: Pool, job_id: uuid.UUID) -> JobTimeline | None:
         upstream = await conn.fetch(q["ui_job_upstream"], job_id, _PER_JOB_LIMIT)
         outputs = await conn.fetch(q["ui_job_outputs"], job_id, _PER_JOB_LIMIT)
         ledger = await conn.fetch(q["ui_job_ledger"], job_id, _PER_JOB_LIMIT)
+        event = await conn.fetchrow(q["ui_job_event"], job_id)
+    callback = None if event is None or event["url"] is None else callback_row(event)
     return JobTimeline(
         job=_rows.job(row),
         provider=row["provider"],
@@ -128,6 +135,8 @@ async def timeline(pool: Pool, job_id: uuid.UUID) -> JobTimeline | None:
         upstream=tuple(UpstreamRow(**_fields(UpstreamRow, r)) for r in upstream),
         outputs=tuple(OutputRow(**_fields(OutputRow, r)) for r in outputs),
         ledger=tuple(_ledger(r) for r in ledger),
+        event_seq=None if event is None else event["seq"],
+        callback=callback,
     )
 
 

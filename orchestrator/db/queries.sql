@@ -649,16 +649,27 @@ SELECT orchestrator.record_callback_v1($1, $2, $3, $4, $5, $6, $7);
 -- A failed callback due again now (see redeliver_callback_v1).
 SELECT orchestrator.redeliver_callback_v1($1);
 
--- name: callbacks
--- Callbacks, newest first: failed ones only ($1 true) or every one still owed or
--- given up ($1 false), at most $2.
+-- name: ui_callbacks
+-- Callbacks, newest first: given up ($1 true) or not delivered yet ($1 false), at
+-- most $2 (for `orchestrator callbacks` and the web view).
 SELECT d.seq, d.job_id, d.url, d.attempts, d.next_attempt_at, d.last_attempt_at,
        d.last_status, d.last_error, d.delivered_at, d.failed_at, d.created_at, e.status
   FROM orchestrator.callback_deliveries d
   JOIN orchestrator.job_events e ON e.seq = d.seq
- WHERE CASE WHEN $1::boolean THEN d.failed_at IS NOT NULL ELSE d.delivered_at IS NULL END
+ WHERE CASE WHEN $1::boolean THEN d.failed_at IS NOT NULL
+            ELSE d.delivered_at IS NULL AND d.failed_at IS NULL END
  ORDER BY d.seq DESC
  LIMIT $2;
+
+-- name: ui_job_event
+-- A job's ending in the feed, with its callback if it named one (one row at most:
+-- one event per job).
+SELECT e.seq, e.status, e.job_id, d.url, d.attempts, d.next_attempt_at, d.last_attempt_at,
+       d.last_status, d.last_error, d.delivered_at, d.failed_at, d.created_at
+  FROM orchestrator.job_events e
+  LEFT JOIN orchestrator.callback_deliveries d ON d.seq = e.seq
+ WHERE e.job_id = $1
+ LIMIT 1;
 
 -- name: callback_counts
 -- How many callbacks are owed, and how many were given up on (each through its
