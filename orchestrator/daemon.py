@@ -73,6 +73,7 @@ from orchestrator.outputs import (
     S3Access,
     S3Objects,
     StorageLocation,
+    StorageObserver,
     StoredInputs,
     parse_storage_url,
     render_key,
@@ -348,7 +349,7 @@ def download_hosts(settings: Settings) -> tuple[str, ...]:
 
 @asynccontextmanager
 async def open_outputs(
-    settings: Settings, store: ObjectStore
+    settings: Settings, store: ObjectStore, observer: StorageObserver | None = None
 ) -> AsyncIterator[tuple[Downloader, StoredInputs]]:
     """Output downloads and input checks on their own client, following no redirect.
 
@@ -363,12 +364,14 @@ async def open_outputs(
             max_bytes=settings.download_max_bytes,
             timeout_s=settings.download_timeout_s,
             concurrency=settings.download_concurrency,
+            observer=observer,
         )
         inputs = StoredInputs(
             store,
             client,
             max_bytes=settings.input_max_bytes,
             url_ttl_s=math.ceil(settings.input_url_ttl_s),
+            observer=observer,
         )
         yield downloader, inputs
 
@@ -498,6 +501,7 @@ def assemble(
     inputs: InputImages | None = None,
     files: FileRoutes | None = None,
     http_url: str = "",
+    metrics: Metrics | None = None,
 ) -> Daemon:
     """Every part of a daemon, wired; nothing runs yet.
 
@@ -506,7 +510,7 @@ def assemble(
     allow hosts and a `callback_client` is given.
     """
     webhooks_at = webhook_base(settings)
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     routed = routes(settings, providers or {settings.provider: provider}, metrics)
     provider = routed.providers[settings.provider]
     limits = capacity(settings)
@@ -602,6 +606,7 @@ async def serve(
     await ensure_schema(database_url)
     http = bind_http(settings)
     store, files = object_store(settings, settings.public_url or http.url)
+    metrics = Metrics()
     async with (
         open_tracing(settings) if tracing is None else _given(tracing) as traces,
         open_database(
@@ -613,7 +618,7 @@ async def serve(
             listen_url=settings.listen_url,
         ) as db,
         open_providers(settings) as providers,
-        open_outputs(settings, store) as (downloader, inputs),
+        open_outputs(settings, store, metrics.storage) as (downloader, inputs),
         open_callback_client(settings) as callback_client,
     ):
         daemon = assemble(
@@ -627,6 +632,7 @@ async def serve(
             inputs=inputs,
             files=files,
             http_url=http.url,
+            metrics=metrics,
         )
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         # The web view's thumbnails come from where outputs are served, and nowhere else.

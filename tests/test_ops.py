@@ -44,6 +44,9 @@ EXPECTED_ALERTS = {
     "PartitionSlotsUnowned",
     "LeasesLost",
     "ProviderBreakerOpen",
+    "ObjectStorageFailing",
+    "CallbacksGivenUp",
+    "CallbacksBacklog",
 }
 ANNOTATIONS = ("summary", "description", "runbook_url")
 METRIC_NAME = re.compile(r"\borchestrator_[a-z0-9_]+\b")
@@ -221,7 +224,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def test_ratio_alerts_guard_their_denominator() -> None:
-    for name in ("JobsTimingOut", "RefundRateHigh", "ProviderErrorsHigh"):
+    for name in ("JobsTimingOut", "RefundRateHigh", "ProviderErrorsHigh", "ObjectStorageFailing"):
         expr = _expr(_alert_blocks()[name])
         assert "/" in expr, name
         assert re.search(r"\band\b[\s\S]*>\s*0\s*$", expr), f"{name}: no `and <denominator> > 0`"

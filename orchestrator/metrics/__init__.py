@@ -21,6 +21,7 @@ from ._process import ProcessGauges as ProcessGauges
 from ._process import version as version
 from ._root import CONTENT_TYPE as CONTENT_TYPE
 from ._root import Metrics as Metrics
+from ._storage import StorageMetrics as StorageMetrics
 from ._upkeep import UpkeepMetrics as UpkeepMetrics
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "JobMetrics",
     "Metrics",
     "ProcessGauges",
+    "StorageMetrics",
     "UpkeepMetrics",
     "version",
 ]

@@ -14,6 +14,7 @@ from ._cluster import ClusterMetrics
 from ._intake import IntakeMetrics
 from ._jobs import JobMetrics
 from ._process import ProcessGauges
+from ._storage import StorageMetrics
 from ._upkeep import UpkeepMetrics
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,6 +37,7 @@ class Metrics:
         self.process = ProcessGauges(self.registry)
         self.breakers = BreakerMetrics(self.registry)
         self.callbacks = CallbackMetrics(self.registry)
+        self.storage = StorageMetrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -43,8 +43,10 @@ from ._s3 import S3Access as S3Access
 from ._s3 import S3Objects as S3Objects
 from ._serve import FileRoutes as FileRoutes
 from ._store import MAX_PRESIGN_S as MAX_PRESIGN_S
+from ._store import NullStorageObserver as NullStorageObserver
 from ._store import ObjectInfo as ObjectInfo
 from ._store import ObjectStore as ObjectStore
+from ._store import StorageObserver as StorageObserver
 from ._store import StoredObject as StoredObject
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "ForeignLocation",
     "InputKey",
     "InvalidKey",
+    "NullStorageObserver",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
@@ -69,6 +72,7 @@ __all__ = [
     "S3Objects",
     "StorageError",
     "StorageLocation",
+    "StorageObserver",
     "StorageRefused",
     "StorageUnavailable",
     "StorageUrlError",

@@ -24,7 +24,7 @@ from orchestrator.core import HostList, OutputUnavailable, StoredOutput
 
 from ._errors import StorageError
 from ._keys import EXTENSIONS, render_key
-from ._store import ObjectStore
+from ._store import NullStorageObserver, ObjectStore, StorageObserver, outcome_of
 
 _SETTING: Final = "ORCHESTRATOR_DOWNLOAD_HOSTS"
 
@@ -46,6 +46,7 @@ class Downloader:
         timeout_s: float,
         attempts: int = 3,
         concurrency: int = 32,
+        observer: StorageObserver | None = None,
     ) -> None:
         # Bounded here rather than by the client's pool: a queued download waits for its
         # turn instead of spending its timeout waiting for a connection.
@@ -57,6 +58,7 @@ class Downloader:
         self._max_bytes = max_bytes
         self._timeout = httpx.Timeout(timeout_s)
         self._attempts = attempts
+        self._observer = observer or NullStorageObserver()
 
     async def store(self, job_id: uuid.UUID, idx: int, url: str) -> StoredOutput:
         self._check_url(url)
@@ -69,7 +71,9 @@ class Downloader:
         try:
             stored = await self._storage.put(key, data, content_type=content_type)
         except StorageError as exc:
+            self._observer.storage_call("put", outcome_of(exc))
             raise OutputUnavailable(f"storage failed: {type(exc).__name__}") from exc
+        self._observer.storage_call("put", "ok")
         return StoredOutput(
             idx=idx,
             url=url,

@@ -26,7 +26,13 @@ from orchestrator.core import (
 )
 
 from ._errors import ObjectNotFound, StorageError, StorageUnavailable
-from ._store import ObjectStore, check_expiry
+from ._store import (
+    NullStorageObserver,
+    ObjectStore,
+    StorageObserver,
+    check_expiry,
+    outcome_of,
+)
 
 _CHUNK: Final = 64 * 1024
 
@@ -42,12 +48,14 @@ class StoredInputs:
         max_bytes: int,
         url_ttl_s: int,
         timeout_s: float = 10.0,
+        observer: StorageObserver | None = None,
     ) -> None:
         self._store = store
         self._client = client
         self._max_bytes = max_bytes
         self._ttl_s = check_expiry(url_ttl_s)
         self._timeout = httpx.Timeout(timeout_s)
+        self._observer = observer or NullStorageObserver()
 
     async def problem(self, inputs: Sequence[ImageInput]) -> str | None:
         for n, entry in enumerate(inputs):
@@ -71,18 +79,25 @@ class StoredInputs:
 
     async def _stored_problem(self, key: str) -> str | None:
         try:
-            info = await self._store.head(key)
-            if info is None:
-                return "does not exist (upload it first)"
-            if info.size_bytes > self._max_bytes:
-                return self._too_large(info.size_bytes)
+            why = await self._looked_at(key)
+        except StorageError as exc:
+            self._observer.storage_call("check", outcome_of(exc))
+            if isinstance(exc, StorageUnavailable):
+                raise InputsUnavailable(f"the input store did not answer: {exc}") from exc
+            return f"cannot be read: {type(exc).__name__}"
+        self._observer.storage_call("check", "ok")
+        return why
+
+    async def _looked_at(self, key: str) -> str | None:
+        info = await self._store.head(key)
+        if info is None:
+            return _MISSING
+        if info.size_bytes > self._max_bytes:
+            return self._too_large(info.size_bytes)
+        try:
             head = await self._store.read_prefix(key, SNIFF_BYTES)
         except ObjectNotFound:
-            return "does not exist (upload it first)"
-        except StorageUnavailable as exc:
-            raise InputsUnavailable(f"the input store did not answer: {exc}") from exc
-        except StorageError as exc:
-            return f"cannot be read: {type(exc).__name__}"
+            return _MISSING  # deleted between the two calls
         return None if sniffed_type(head) else _NOT_AN_IMAGE
 
     async def _remote_problem(self, url: str) -> str | None:
@@ -106,3 +121,4 @@ class StoredInputs:
 
 
 _NOT_AN_IMAGE: Final = "is not an image (PNG, JPEG, WebP or GIF)"
+_MISSING: Final = "does not exist (upload it first)"

@@ -9,6 +9,8 @@ from typing import Final, Protocol
 
 import attrs
 
+from ._errors import StorageUnavailable
+
 MAX_PRESIGN_S: Final = 900
 
 
@@ -113,3 +115,26 @@ def http_base(url: str, what: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"{what} must not have a query or fragment, got {url!r}")
     return url.rstrip("/")
+
+
+class StorageObserver(Protocol):
+    """What the downloader and the input checks report for metrics, per store call.
+
+    `operation` is `put` (an output stored) or `check` (an input looked at); `outcome`
+    is `ok`, `unavailable` (retried and still failing: an outage) or `refused`.
+    `orchestrator.metrics.StorageMetrics` counts them.
+    """
+
+    def storage_call(self, operation: str, outcome: str) -> None: ...
+
+
+class NullStorageObserver:
+    def storage_call(self, operation: str, outcome: str) -> None:
+        pass
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The bounded label for how a store call ended."""
+    if exc is None:
+        return "ok"
+    return "unavailable" if isinstance(exc, StorageUnavailable) else "refused"
