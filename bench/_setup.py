@@ -70,3 +70,16 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU a process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_listening(port: int, timeout_s: float = 20.0) -> None:
+    """Return once something accepts TCP connections on loopback `port`."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.1)
+            else:
+                await stream.aclose()
+                return

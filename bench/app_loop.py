@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import httpx
 import trio
-from _setup import cpu_seconds, free_port, fresh_database
+from _setup import cpu_seconds, free_port, fresh_database, wait_listening
 
 from orchestrator.callbacks import CallbackSender
 from orchestrator.core import CallbackPolicy, HostList
@@ -195,7 +195,7 @@ async def _callbacks(url: str, n: int) -> dict[str, float]:
             open_database(url, min_size=2, max_size=8) as db,
             httpx.AsyncClient(trust_env=False, follow_redirects=False) as client,
         ):
-            await _wait_listening(port)
+            await wait_listening(port)
             sender = CallbackSender(
                 db,
                 client,
@@ -252,18 +252,6 @@ async def _pg_cpu(url: str) -> float:
         return await _postgres_cpu(conn)
     finally:
         await conn.close()
-
-
-async def _wait_listening(port: int) -> None:
-    with trio.fail_after(20):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.1)
-            else:
-                await stream.aclose()
-                return
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 import trio
-from _setup import cpu_seconds, free_port
+from _setup import cpu_seconds, free_port, wait_listening
 
 from orchestrator.core import PredictionRequest
 from orchestrator.db import ensure_embedded_server, open_database, stop_embedded_server
@@ -54,18 +54,6 @@ async def _cpu_per_op(n: int, op: Callable[[], Awaitable[object]], concurrency: 
     return statistics.median(runs)
 
 
-async def _wait_listening(port: int) -> None:
-    with trio.fail_after(20):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.1)
-            else:
-                await stream.aclose()
-                return
-
-
 async def _measure(n: int, home: Path) -> dict[str, float]:
     figures: dict[str, float] = {}
     url = ensure_embedded_server(home)
@@ -83,7 +71,7 @@ async def _measure(n: int, home: Path) -> dict[str, float]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        await _wait_listening(port)
+        await wait_listening(port)
         async with queued_client(limit=32, timeout=10.0) as client:
             provider = ReplicateProvider(
                 client,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import random
-import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -39,6 +38,7 @@ from orchestrator.core import (
     HostList,
     callback_body,
     callback_problem,
+    origin,
 )
 from orchestrator.db import Database, DbError
 
@@ -204,7 +204,7 @@ class CallbackSender:
         except DbError as exc:
             # The claim expires and another attempt is sent: at least once, never lost.
             log.warning("callback.not_recorded", error=str(exc))
-        log.info("callback.delivered", status=status, host=_host(due.url))
+        log.info("callback.delivered", status=status, receiver=origin(due.url))
         self._observer.callback_attempted("delivered", latency_s=latency)
 
     async def _record(
@@ -226,13 +226,13 @@ class CallbackSender:
             log.warning("callback.not_recorded", error=str(exc))
             return
         if retry_in is None:
-            log.warning("callback.failed", host=_host(due.url), status=status, error=why)
+            log.warning("callback.failed", receiver=origin(due.url), status=status, error=why)
             self._observer.callback_attempted("failed")
         else:
             self._soonest = min(self._soonest, trio.current_time() + retry_in)
             log.info(
                 "callback.retrying",
-                host=_host(due.url),
+                receiver=origin(due.url),
                 status=status,
                 error=why,
                 retry_in_s=round(retry_in, 3),
@@ -242,9 +242,3 @@ class CallbackSender:
 
 def _reason(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}".strip()[:_ERROR_CHARS]
-
-
-def _host(url: str) -> str:
-    """The receiver's host for a log line; a callback URL's path and query may hold secrets."""
-    parts = urllib.parse.urlsplit(url)
-    return parts.netloc.rpartition("@")[2]

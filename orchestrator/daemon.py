@@ -58,6 +58,7 @@ from orchestrator.core import (
     JobTracing,
     NullTracing,
     Provider,
+    origin,
 )
 from orchestrator.db import DAEMON_ROLE, Database, DbError, SchemaNotCurrent, open_database
 from orchestrator.http import HttpApp
@@ -83,7 +84,7 @@ from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.sweeper import Sweeper
 from orchestrator.transport import queued_client
-from orchestrator.ui import WebUI, origin_of
+from orchestrator.ui import WebUI
 from orchestrator.webhooks import WebhookHandler
 
 log = structlog.get_logger("orchestrator.daemon")
@@ -637,7 +638,7 @@ async def serve(
         await _refuse_a_live_twin(db, daemon.keeper.member, settings.lease_renew_s)
         # The web view's thumbnails come from where outputs are served, and nowhere else.
         sample = store.public_url(render_key(uuid.UUID(int=0), 0, "png"))
-        images = tuple(dict.fromkeys(("'self'", origin_of(sample))))
+        images = tuple(dict.fromkeys(("'self'", origin(sample))))
         await _run(
             daemon,
             settings,

@@ -18,7 +18,7 @@ from typing import Final, TypeVar
 
 import attrs
 
-from orchestrator.core import USER_ID, ErrorCode, Job, JobStatus, StoredOutput
+from orchestrator.core import USER_ID, ErrorCode, Job, JobStatus, StoredOutput, origin
 from orchestrator.db import (
     AuditReport,
     CallbackRow,
@@ -59,12 +59,6 @@ def headers(image_sources: Sequence[str] = ("'self'",)) -> tuple[tuple[bytes, by
         (b"referrer-policy", b"no-referrer"),
         (b"cache-control", b"no-store"),
     )
-
-
-def origin_of(url: str) -> str:
-    """The scheme, host and port of an http(s) URL, as a CSP source names them."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 _CSS: Final = """
@@ -556,17 +550,12 @@ def _callbacks_table(table_id: str, rows: Sequence[CallbackRow]) -> str:
             f"{'delivered' if row.delivered_at else 'failed' if row.failed_at else 'owed'}"
             f'"><td class="num">{row.seq}</td><td class="mono">evt_{row.seq}</td>'
             f'<td class="mono">{_job_link(row.job_id)}</td><td>{_status(row.status)}</td>'
-            f'<td class="mono">{_e(_receiver(row.url))}</td><td class="num">{row.attempts}</td>'
+            f'<td class="mono">{_e(origin(row.url))}</td><td class="num">{row.attempts}</td>'
             f"<td>{_e(row.last_error or (row.last_status or ''))}</td><td>{state(row)}</td></tr>"
             for row in rows
         ],
         empty="None.",
     )
-
-
-def _receiver(url: str) -> str:
-    """Where a callback goes, without the path and query (they may carry the app's secrets)."""
-    return origin_of(url)
 
 
 def _audit_body(report: AuditReport) -> str:

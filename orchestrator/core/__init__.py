@@ -28,6 +28,7 @@ from ._exceptions import is_expected as is_expected
 from ._exceptions import sole_exception as sole_exception
 from ._finish import finish as finish
 from ._hosts import HostList as HostList
+from ._hosts import origin as origin
 from ._images import IMAGE_INPUT as IMAGE_INPUT
 from ._images import INPUT_HOSTS_SETTING as INPUT_HOSTS_SETTING
 from ._images import MAX_IMAGE_INPUTS as MAX_IMAGE_INPUTS
@@ -241,6 +242,7 @@ __all__ = [
     "input_name_problem",
     "is_expected",
     "kie_failure_retryable",
+    "origin",
     "params_problem",
     "poll_delays",
     "refund_for_delivery",

@@ -62,3 +62,13 @@ class HostList:
         if (parts.scheme, host) in self.entries or (parts.scheme, with_port) in self.entries:
             return None
         return f"{parts.scheme}://{with_port} is not on {setting}"
+
+
+def origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL, without credentials, path or query.
+
+    What a log line, a page or a CSP source may show of a URL whose path and query
+    can carry someone's secrets (a callback's token, a presigned signature).
+    """
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
