@@ -94,4 +94,3 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]
         "aws_secret_access_key": s3server.SECRET_ACCESS_KEY,
         "aws_region": s3server.REGION,
     }
-
