@@ -58,6 +58,7 @@ CHANNEL: Final = "orchestrator_job_events"
 PAGE: Final = 100
 QUERY_TIMEOUT_S: Final = 10.0
 FETCH_TIMEOUT_S: Final = 10.0
+AWAY_POLL_S: Final = 0.1
 
 HEAD: Final = "SELECT orchestrator.job_events_head()"
 SUBMIT: Final = "SELECT ordinal, job_id, code, message FROM orchestrator.submit_jobs($1::jsonb)"
@@ -483,10 +484,21 @@ class App:
         return None
 
     async def _go_away_and_come_back(self, listener: Listener) -> Listener:
-        """Halfway: no LISTEN connection for a while, as after a deploy or a network blip."""
+        """Halfway: no LISTEN connection for a while, as after a deploy or a network blip.
+
+        Away for EXAMPLE_AWAY_S, and on until the feed's head has moved past the cursor, so
+        that the catch-up always has something to show; the head is only looked at, and the
+        cursor still moves only through rows read.
+
+        Raises:
+            GaveUpError: the run's time ran out while away.
+        """
         await listener.close()
         self._run.away_from = await self._pool.fetchval(NOW)
         await asyncio.sleep(min(self._config.away_s, max(0.0, self._run.remaining_s())))
+        while await self._pool.fetchval(HEAD) <= self._run.cursor:
+            self._run.check_deadline()
+            await asyncio.sleep(AWAY_POLL_S)
         listener = self._listener = await self._listen()  # LISTEN before the catch-up read
         self._run.away_until = await self._pool.fetchval(NOW)
         self._run.reconnects += 1

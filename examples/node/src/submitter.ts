@@ -40,6 +40,7 @@ const CHANNEL = "orchestrator_job_events";
 const PAGE = 100;
 const QUERY_TIMEOUT_MS = 10_000;
 const FETCH_TIMEOUT_MS = 10_000;
+const AWAY_POLL_MS = 100;
 /** Past the deadline, how long the summary may take before the process is ended anyway. */
 const HARD_STOP_GRACE_MS = 15_000;
 
@@ -363,8 +364,7 @@ class App {
   ) {}
 
   async main(): Promise<void> {
-    const { rows } = await this.pool.query<{ head: string }>(HEAD);
-    this.run.cursor = BigInt(rows[0]?.head ?? "0");
+    this.run.cursor = await this.head();
     this.listener = await this.listen();
     await this.submit();
     let reason: Reason = "submit";
@@ -556,11 +556,21 @@ class App {
     return null;
   }
 
-  /** Halfway: no LISTEN connection for a while, as after a deploy or a network blip. */
+  /**
+   * Halfway: no LISTEN connection for a while, as after a deploy or a network blip.
+   *
+   * Away for EXAMPLE_AWAY_S, and on until the feed's head has moved past the cursor, so
+   * that the catch-up always has something to show; the head is only looked at, and the
+   * cursor still moves only through rows read.
+   */
   private async goAwayAndComeBack(): Promise<void> {
     await this.listener?.close();
     this.run.awayFrom = await this.dbNow();
     await sleep(Math.min(this.config.awayMs, Math.max(0, this.run.remainingMs())));
+    while ((await this.head()) <= this.run.cursor) {
+      this.run.checkDeadline();
+      await sleep(AWAY_POLL_MS);
+    }
     this.listener = await this.listen(); // LISTEN before the catch-up read
     this.run.awayUntil = await this.dbNow();
     this.run.reconnects += 1;
@@ -582,6 +592,12 @@ class App {
         backoffMs = Math.min(backoffMs * 2, 2000);
       }
     }
+  }
+
+  /** The newest seq in the feed: where a reader that starts now begins. */
+  private async head(): Promise<bigint> {
+    const { rows } = await this.pool.query<{ head: string }>(HEAD);
+    return BigInt(rows[0]?.head ?? "0");
   }
 
   /** The database's clock, which also stamps finished_at. */
