@@ -233,3 +233,39 @@ async def test_an_example_gives_up_within_its_timeout_when_its_jobs_never_end(
         db_url, "SELECT count(*) AS n FROM orchestrator.jobs WHERE status = 'queued'"
     )
     assert queued[0]["n"] == JOBS
+
+
+def _readme_snippet() -> str:
+    """The Python block under "Snippet for the main README" in examples/README.md."""
+    text = (EXAMPLES / "README.md").read_text()
+    section = text.split("## Snippet for the main README", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "examples/README.md has no Python block in its snippet section"
+    return match.group(1)
+
+
+async def test_the_readme_snippet_follows_its_job_to_the_end_and_checks_its_outputs(
+    nursery: trio.Nursery, db: Database, db_url: str, tmp_path: Path
+):
+    """The snippet the main README quotes runs as it stands, on a submitter login."""
+    script = tmp_path / "snippet.py"
+    script.write_text(_readme_snippet())
+    provider = await start_simulator(nursery)
+    await start_daemon(nursery, settings_for(db_url, provider))
+    await db.grant("alice", 2)
+    async with submitter_login(db_url) as url:
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, str(script)],
+                env={**os.environ, "DATABASE_URL": url},
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    assert done.returncode == 0, done.stderr.decode()
+    status, *outputs = done.stdout.decode().splitlines()
+    assert status == "succeeded None"
+    rows = await pg.fetch(db_url, "SELECT public_url FROM orchestrator.outputs ORDER BY idx")
+    assert outputs == [f"{row['public_url']} True" for row in rows]
+    assert len(outputs) == 2
+    assert (await db.audit()).ok
