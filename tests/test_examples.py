@@ -236,11 +236,11 @@ async def test_an_example_gives_up_within_its_timeout_when_its_jobs_never_end(
 
 
 def _readme_snippet() -> str:
-    """The Python block under "Snippet for the main README" in examples/README.md."""
-    text = (EXAMPLES / "README.md").read_text()
-    section = text.split("## Snippet for the main README", 1)[1]
+    """The Python block of the top-level README's "For submitters" section."""
+    text = (EXAMPLES.parent / "README.md").read_text()
+    section = text.split("## For submitters", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "examples/README.md has no Python block in its snippet section"
+    assert match is not None, "the README's submitter section has no Python block"
     return match.group(1)
 
 
