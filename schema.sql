@@ -308,14 +308,15 @@ CREATE TABLE IF NOT EXISTS orchestrator.job_events (
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- One row, never changed, only locked: the event trigger holds it FOR UPDATE from
--- taking a seq until its transaction's commit is visible, so seqs are handed out
--- in commit order. Nobody but the schema's owner may read it, so no other role
--- can take that lock and stall the endings.
+-- Holds no rows and is only ever locked: the event trigger takes it in EXCLUSIVE
+-- mode before taking a seq and keeps it until its transaction's commit is visible,
+-- so seqs are handed out in commit order (see append_job_event). A table lock
+-- writes no WAL and dirties no page, unlike a row lock; and only the schema's
+-- owner may take it (the other roles are refused even SELECT on it below), so no
+-- role can hold it and stall the endings, as any role could an advisory lock.
 CREATE TABLE IF NOT EXISTS orchestrator.job_event_clock (
-    id boolean PRIMARY KEY DEFAULT true CHECK (id)
+    id boolean PRIMARY KEY CHECK (id)
 );
-INSERT INTO orchestrator.job_event_clock (id) VALUES (true) ON CONFLICT (id) DO NOTHING;
 
 -- A job's ending owed to its callback_url: created with the event, delivered at
 -- least once by the owner of the job's slot (the webhook-id is `evt_<seq>`), retried
@@ -1359,7 +1360,7 @@ $$;
 -- Why a reader resuming after the last seq it read never misses an event: an
 -- identity value is taken before commit, so two transactions could commit out of
 -- seq order, and a reader that saw seq 11 before seq 10 committed would skip 10.
--- Here the seq is taken only after locking job_event_clock's row FOR UPDATE, and
+-- Here the seq is taken only after locking job_event_clock in EXCLUSIVE mode, and
 -- that lock is released only after this transaction's commit is visible (Postgres
 -- releases locks after it leaves the proc array). So when a transaction takes seq
 -- n, every transaction that took a smaller one has committed and is visible, or
@@ -1372,7 +1373,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_seq bigint;
 BEGIN
-    PERFORM 1 FROM orchestrator.job_event_clock FOR UPDATE;
+    LOCK TABLE orchestrator.job_event_clock IN EXCLUSIVE MODE;
     INSERT INTO orchestrator.job_events (job_id, user_id, status, error_code, finished_at)
     VALUES (NEW.id, NEW.user_id, NEW.status, NEW.error_code,
             coalesce(NEW.finished_at, pg_catalog.clock_timestamp()))
@@ -1763,6 +1764,12 @@ GRANT EXECUTE ON FUNCTION
     orchestrator.request_cancel(uuid),
     orchestrator.note_upstream_v1(text, text, uuid, integer, text, text, boolean)
     TO orchestrator_operator;
+
+-- The feed's commit-order lock is the owner's alone. The grants on all tables above
+-- include it; taken back, no login can lock it in a mode that conflicts with the
+-- trigger's EXCLUSIVE (ROW EXCLUSIVE needs a write privilege, FOR UPDATE too) and
+-- stall every ending.
+REVOKE ALL ON orchestrator.job_event_clock FROM orchestrator_daemon, orchestrator_operator;
 
 -- Ownership: the schema and everything in it belong to orchestrator_owner, so
 -- a SECURITY DEFINER function runs with the schema's rights and never with

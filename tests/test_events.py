@@ -29,7 +29,7 @@ from orchestrator.db import Database, EventsPruned, InvalidRequest, schema_text
 
 from . import pg
 
-_LOCK_LINE = "    PERFORM 1 FROM orchestrator.job_event_clock FOR UPDATE;\n"
+_LOCK_LINE = "    LOCK TABLE orchestrator.job_event_clock IN EXCLUSIVE MODE;\n"
 _BLOCKED_S = 0.1
 
 
@@ -88,6 +88,20 @@ async def test_a_submitter_reads_the_feed_and_nothing_else_of_it(db: Database, d
         await pg.fetch(db_url, "SELECT * FROM orchestrator.job_events", role="submitter")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await pg.fetch(db_url, "SELECT * FROM orchestrator.job_event_clock", role="submitter")
+
+
+@pytest.mark.parametrize("role", ["submitter", "orchestrator_daemon", "orchestrator_operator"])
+async def test_no_role_but_the_owner_can_take_the_feeds_lock_and_stall_endings(
+    db_url: str, role: str
+):
+    """A login that could hold the commit-order lock could stop every job from ending."""
+    for mode in ("ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await pg.script(
+                db_url,
+                f"BEGIN; SET LOCAL ROLE {role};"
+                f" LOCK TABLE orchestrator.job_event_clock IN {mode} MODE; COMMIT;",
+            )
 
 
 @pytest.mark.parametrize(("after", "limit"), [(-1, 10), (0, 0), (0, 10_001)])
