@@ -87,18 +87,43 @@ async def run(
         )
         async with open_database(database_url, min_size=1, max_size=4) as db:
             users = await _grant(db, tag)
+            head = await db.job_events_head()
             job_ids, cancels = await _submit_burst(db, tag, scale)
             nursery.start_soon(_cancel_later, db, cancels)
             await _follow(db, job_ids, console, settings.job_deadline_s)
             console.print()
             summaries = await db.account_summaries()
             views.accounts([s for s in summaries if s.user_id in users], as_json=False)
+            heard = await _the_apps_side(db, console, head, job_ids)
             report = await db.audit()
             views.audit(report, as_json=False)
             jobs = [await db.job(job_id) for job_id in job_ids]
         nursery.cancel_scope.cancel()
     finished = all(job is not None and job.status.terminal for job in jobs)
-    return finished and report.ok
+    return finished and heard and report.ok
+
+
+async def _the_apps_side(
+    db: Database, console: Console, head: int, job_ids: list[uuid.UUID]
+) -> bool:
+    """What an app sees: every ending once in the feed, and where each output is served.
+
+    True when the feed holds exactly one event per job of the burst.
+    """
+    events = [e for e in await db.job_events_after(head, limit=10_000) if e.job_id in job_ids]
+    once = sorted(e.job_id for e in events) == sorted(job_ids)
+    outputs = [o for stored in (await db.job_outputs(job_ids)).values() for o in stored]
+    mark = "[green]ok[/]" if once else "[red]FAIL[/]"
+    span = f"seq {events[0].seq} to {events[-1].seq}" if events else "none"
+    console.print(
+        f"the feed: {mark} {len(events)} endings for {len(job_ids)} jobs ({span}), one each,"
+        " as apps hear them (LISTEN orchestrator_job_events, job_events_after)"
+    )
+    if outputs:
+        console.print(
+            f"outputs: {len(outputs)} stored, each at its public_url, e.g. {outputs[0].public_url}"
+        )
+    return once
 
 
 async def _grant(db: Database, tag: str) -> set[str]:
