@@ -299,7 +299,9 @@ CREATE TABLE IF NOT EXISTS orchestrator.webhook_events (
 -- append_job_event), so a reader resuming after the last seq it read never misses
 -- one. Pruned after the retention by prune_job_events_v1.
 CREATE TABLE IF NOT EXISTS orchestrator.job_events (
-    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- CACHE 1, and it must stay so: a backend caching values would hand out seqs
+    -- ahead of the commit order the feed's lock imposes.
+    seq         bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
     job_id      uuid NOT NULL REFERENCES orchestrator.jobs (id),
     user_id     text NOT NULL,
     status      text NOT NULL REFERENCES orchestrator.job_statuses (status),
@@ -311,9 +313,12 @@ CREATE TABLE IF NOT EXISTS orchestrator.job_events (
 -- Holds no rows and is only ever locked: the event trigger takes it in EXCLUSIVE
 -- mode before taking a seq and keeps it until its transaction's commit is visible,
 -- so seqs are handed out in commit order (see append_job_event). A table lock
--- writes no WAL and dirties no page, unlike a row lock; and only the schema's
--- owner may take it (the other roles are refused even SELECT on it below), so no
--- role can hold it and stall the endings, as any role could an advisory lock.
+-- writes no WAL and dirties no page, unlike a row lock; and no role but the
+-- schema's owner may lock it directly (the others are refused even SELECT on it
+-- below), as any role could an advisory lock. It is held only by a transaction
+-- that ends a job, from its commit-time trigger to its commit: a session of the
+-- daemon's role that paused inside such a transaction would hold it, as it would
+-- hold the rows it wrote.
 CREATE TABLE IF NOT EXISTS orchestrator.job_event_clock (
     id boolean PRIMARY KEY CHECK (id)
 );
@@ -585,7 +590,7 @@ $$;
 
 -- The outer shape of a job's callback_url, at INSERT (trigger below) and in
 -- submit_job and submit_jobs: NULL, or an http(s) URL of at most 2048 characters
--- with a host and no whitespace. Whether its host may be called is the daemon's
+-- with a host and no whitespace or control character. Whether its host may be called is the daemon's
 -- decision (ORCHESTRATOR_CALLBACK_HOSTS): a host off the list ends the job
 -- `rejected` VALIDATION_ERROR, uncharged, and nothing is ever sent to it.
 CREATE OR REPLACE FUNCTION orchestrator.check_callback_url_v1(p_url text) RETURNS void
@@ -595,7 +600,8 @@ BEGIN
     IF p_url IS NULL THEN
         RETURN;
     END IF;
-    IF pg_catalog.length(p_url) > 2048 OR p_url !~ '^https?://[^/?#[:space:]]+[^[:space:]]*$' THEN
+    IF pg_catalog.length(p_url) > 2048
+       OR p_url !~ '^https?://[^/?#[:space:][:cntrl:]]+[^[:space:][:cntrl:]]*$' THEN
         RAISE EXCEPTION 'callback_url must be an http(s) URL of at most 2048 characters'
             USING ERRCODE = 'OR004', CONSTRAINT = 'jobs_callback_url_format';
     END IF;
@@ -1424,11 +1430,16 @@ BEGIN
 END
 $$;
 
--- The newest seq in the feed (0 when it is empty): where a new reader starts.
+-- The newest seq in the feed, where a new reader starts: never below what was pruned
+-- (an empty feed after a quiet week still hands out a cursor job_events_after takes),
+-- 0 for a feed that never held an event.
 CREATE OR REPLACE FUNCTION orchestrator.job_events_head() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT coalesce(pg_catalog.max(e.seq), 0) FROM orchestrator.job_events e;
+SELECT GREATEST(
+    coalesce((SELECT pg_catalog.max(e.seq) FROM orchestrator.job_events e), 0),
+    coalesce((SELECT m.value::bigint FROM orchestrator.meta m
+               WHERE m.key = 'job_events_pruned_through'), 0));
 $$;
 
 -- Forget events and finished callbacks older than `p_older_than_s`, oldest first,

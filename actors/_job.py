@@ -380,17 +380,18 @@ class JobTask:
     async def _submit(self, idx: int) -> Prediction | UpstreamFailed:
         """Create the prediction; retry only what certainly did not reach the provider."""
         job = self.job
-        request = PredictionRequest(
-            job_id=job.id,
-            prompt=job.prompt,
-            params=await self._provider_params(),
-            num_outputs=1,
-            webhook_url=self._config.webhook_url,
-            output_index=idx,
-        )
         delays = self._delays()
         while True:
             await self._create_token()
+            # Built for each try: input images get URLs fresh for this very create.
+            request = PredictionRequest(
+                job_id=job.id,
+                prompt=job.prompt,
+                params=await self._provider_params(),
+                num_outputs=1,
+                webhook_url=self._config.webhook_url,
+                output_index=idx,
+            )
             try:
                 with self._observed("submit"):
                     return await self._provider.submit(request)

@@ -14,6 +14,7 @@ either: the leases expire and the others take the slots.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -21,6 +22,7 @@ import os
 import secrets
 import signal
 import socket
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -96,7 +98,10 @@ _FIRST_ADMISSION_RATE: Final = 50.0
 _REPLICATE_DELIVERY: Final = ("replicate.delivery", "pbxt.replicate.delivery")
 _TRACE_FLUSH_S: Final = 5.0
 _DEFAULT_REGION: Final = "us-east-1"
+_WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})  # noqa: S104  (what to refuse, not bind)
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _SIGNING_KEY_FILE: Final = ".signing-key"
+_MIN_SIGNING_KEY_BYTES: Final = 32
 
 
 class Daemon:
@@ -120,7 +125,7 @@ class Daemon:
         self.http_url = ""
         self.monitor: LoadMonitor | None = None
         self.webhooks: WebhookHandler | None = None
-        self.callbacks: CallbackSender | None = None
+        self.callbacks: CallbackSender | None = None  # set by `assemble`
         self.files: FileRoutes | None = None
         self._stop = trio.Event()
 
@@ -281,18 +286,21 @@ def storage_location(settings: Settings) -> StorageLocation:
         raise SettingsError(str(exc)) from exc
 
 
-def object_store(settings: Settings, base_url: str) -> tuple[ObjectStore, FileRoutes | None]:
+def object_store(
+    settings: Settings, base_url: str, *, signs: bool = True
+) -> tuple[ObjectStore, FileRoutes | None]:
     """The store the settings name, and its read-only HTTP routes when it is files.
 
     `base_url` is where this daemon's HTTP port is reached (its public URL, or the
-    bound one): file-mode public and presigned URLs point there.
+    bound one): file-mode public and presigned URLs point there. A store that `signs`
+    nothing (the CLI's) leaves the shared signing key alone.
 
     Raises:
         SettingsError: an unusable storage URL, or S3 without credentials.
     """
     location = storage_location(settings)
     if isinstance(location, FileLocation):
-        key = signing_key(settings, location.root)
+        key = signing_key(settings, location.root, create=signs)
         store = FileObjects(
             location.root,
             base_url=base_url,
@@ -316,23 +324,44 @@ def object_store(settings: Settings, base_url: str) -> tuple[ObjectStore, FileRo
         raise SettingsError(f"AWS_ENDPOINT_URL or ORCHESTRATOR_PUBLIC_OUTPUTS_URL: {exc}") from exc
 
 
-def signing_key(settings: Settings, root: Path) -> bytes:
+def signing_key(settings: Settings, root: Path, *, create: bool = True) -> bytes:
     """The key file-mode input URLs are signed with: the setting, or one kept beside the files.
 
-    Every daemon sharing the root finds the same key there (0600, created once), so a URL
-    one daemon signed verifies on another and after a restart.
+    Every daemon sharing the root finds the same key there (0600, made once), so a URL
+    one daemon signed verifies on another and after a restart. The first daemon writes
+    it whole to a temporary file and links it into place, so a second one starting at
+    the same moment, or a crash midway, never leaves a short key behind. Without
+    `create` (the CLI, which signs nothing) a missing file gives a key of its own.
+
+    Raises:
+        SettingsError: the setting or the file holds fewer than 32 bytes.
     """
     if settings.signing_secret is not None:
-        return settings.signing_secret.encode()
+        return _long_enough(settings.signing_secret.encode(), "ORCHESTRATOR_SIGNING_SECRET")
     path = root / _SIGNING_KEY_FILE
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as out:
-        out.write(secrets.token_hex(32).encode())
-    return path.read_bytes()
+    if not path.exists():
+        if not create:
+            return secrets.token_hex(32).encode()
+        root.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=root, prefix=f"{_SIGNING_KEY_FILE}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_hex(32).encode())
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):  # another daemon linked its own first
+                os.link(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+    return _long_enough(path.read_bytes(), str(path))
+
+
+def _long_enough(key: bytes, where: str) -> bytes:
+    if len(key) < _MIN_SIGNING_KEY_BYTES:
+        raise SettingsError(
+            f"{where} must hold at least {_MIN_SIGNING_KEY_BYTES} bytes to sign input URLs"
+        )
+    return key
 
 
 def download_hosts(settings: Settings) -> tuple[str, ...]:
@@ -391,9 +420,13 @@ async def open_callback_client(settings: Settings) -> AsyncIterator[httpx.AsyncC
 
 
 def callback_sender(
-    settings: Settings, db: Database, client: httpx.AsyncClient, member: str, metrics: Metrics
+    settings: Settings,
+    db: Database,
+    client: httpx.AsyncClient | None,
+    member: str,
+    metrics: Metrics,
 ) -> CallbackSender:
-    assert settings.callback_secret is not None  # noqa: S101  (Settings requires it with hosts)
+    """The callbacks' sender; without a client (callbacks off) it gives up what is owed."""
     return CallbackSender(
         db,
         client,
@@ -508,7 +541,8 @@ def assemble(
 
     `providers` are every configured one by name (`provider` alone when None), each
     put behind its circuit breaker here. Callbacks are delivered when the settings
-    allow hosts and a `callback_client` is given.
+    allow hosts and a `callback_client` is given; without one, those owed in this
+    daemon's slots are given up as refused, so none waits for a sender that never comes.
     """
     webhooks_at = webhook_base(settings)
     metrics = metrics or Metrics()
@@ -551,8 +585,7 @@ def assemble(
     daemon = Daemon(db, registry, intake, sweeper, metrics, keeper)
     daemon.http_url = http_url
     daemon.files = files
-    if callback_client is not None:
-        daemon.callbacks = callback_sender(settings, db, callback_client, keeper.member, metrics)
+    daemon.callbacks = callback_sender(settings, db, callback_client, keeper.member, metrics)
     if settings.lag_target_s:
         daemon.monitor = LoadMonitor(
             limits.gate,
@@ -605,6 +638,7 @@ async def serve(
     traces go to `tracing` when given (tests), else where the settings say.
     """
     await ensure_schema(database_url)
+    _check_file_urls(settings)
     http = bind_http(settings)
     store, files = object_store(settings, settings.public_url or http.url)
     metrics = Metrics()
@@ -646,6 +680,37 @@ async def serve(
             images=images,
             handle_signals=handle_signals,
             task_status=task_status,
+        )
+
+
+def _check_file_urls(settings: Settings) -> None:
+    """Files are served at this daemon's own address: refuse one nobody else can use.
+
+    Bound to every interface (0.0.0.0, ::) without ORCHESTRATOR_PUBLIC_URL, each
+    output's `public_url` and each presigned input URL would name 0.0.0.0, and would
+    be stored so. Bound to loopback, they work on this host only: a real provider
+    cannot fetch an input from there, which is logged once.
+
+    Raises:
+        SettingsError: file storage behind a wildcard bind with no public URL.
+    """
+    if settings.public_url or not isinstance(storage_location(settings), FileLocation):
+        return
+    host = settings.http_host
+    if host in _WILDCARDS:
+        raise SettingsError(
+            f"ORCHESTRATOR_HTTP_HOST is {host} and outputs are files served by this daemon:"
+            " set ORCHESTRATOR_PUBLIC_URL to the address providers and browsers reach it at"
+            " (or use ORCHESTRATOR_STORAGE_URL=s3://...)"
+        )
+    provider = urllib.parse.urlsplit(
+        settings.kie_api_base if settings.provider == "kie" else settings.replicate_api_base
+    ).hostname
+    if provider not in _LOOPBACK:
+        log.warning(
+            "daemon.inputs_unreachable",
+            note="input images are served at a loopback URL the provider cannot fetch;"
+            " set ORCHESTRATOR_PUBLIC_URL or use S3 storage",
         )
 
 

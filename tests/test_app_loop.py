@@ -20,7 +20,9 @@ import pytest
 import trio
 
 from orchestrator.core import ErrorCode, JobStatus
+from orchestrator.daemon import object_store, serve
 from orchestrator.db import Database
+from orchestrator.settings import SettingsError
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, storage_env, wait_terminal
@@ -186,12 +188,25 @@ async def test_orchestrator_delete_removes_the_objects_and_the_urls_stop_serving
     await db.grant("di", 5, plan="pro")
     job_id = await db.submit_job("di", "two to delete", num_outputs=2)
     await wait_terminal(db, [job_id])
-    urls = [o.public_url for o in (await db.job_outputs([job_id]))[job_id]]
-    assert len(urls) == 2
+    stored = (await db.job_outputs([job_id]))[job_id]
+    assert len(stored) == 2
+    settings = settings_for(db_url, provider, **storage)
+    store, _routes = object_store(settings, "http://127.0.0.1:9", signs=False)
+    keys = [f"public/renders/{job_id}/{o.idx}.png" for o in stored]
+    assert [await store.head(key) is not None for key in keys] == [True, True]
     said = await _cli(db_url, storage, "delete", str(job_id))
     assert "2 objects removed, 2 outputs marked deleted" in said
+    assert [await store.head(key) for key in keys] == [None, None]  # gone, not hidden
     async with httpx.AsyncClient(trust_env=False) as client:
-        for url in urls:
-            assert url is not None
-            assert (await client.get(url)).status_code in {403, 404}
+        for output in stored:
+            assert output.public_url is not None
+            # S3 answers an anonymous read of a missing key 403 (no ListBucket), files 404.
+            assert (await client.get(output.public_url)).status_code in {403, 404}
     assert (await db.job_outputs([job_id]))[job_id] == []
+
+
+async def test_files_served_on_every_interface_need_the_daemons_public_url(db_url: str):
+    """Bound to 0.0.0.0 with no public URL, every stored output URL would name 0.0.0.0."""
+    settings = settings_for(db_url, "http://127.0.0.1:9", http_host="0.0.0.0")  # noqa: S104
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_PUBLIC_URL"):
+        await serve(settings, db_url, handle_signals=False)

@@ -26,7 +26,7 @@ from orchestrator.core import (
     JobStatus,
     callback_body,
 )
-from orchestrator.db import Database
+from orchestrator.db import Database, InvalidRequest
 
 from . import pg
 from .e2e import settings_for, start_daemon, start_simulator, wait_terminal
@@ -49,9 +49,9 @@ def _due(**changes: object) -> CallbackDue:
     return CallbackDue(**(values | changes))  # type: ignore[arg-type]
 
 
-def test_the_body_is_the_event_and_its_outputs_and_the_same_on_every_attempt():
+def test_the_body_is_the_event_and_its_outputs_whatever_the_attempt():
     first, again = callback_body(_due()), callback_body(_due(attempt=5))
-    assert first == again
+    assert first == again  # the attempt number is not part of what the app hears
     envelope = json.loads(first)
     assert envelope["type"] == "job.ended"
     assert envelope["data"] == {
@@ -87,15 +87,13 @@ def test_retries_back_off_exponentially_with_jitter_and_stop_at_the_window():
 
 
 def _callback_settings(db_url: str, provider: str, receiver: Receiver, **overrides: object):
-    return settings_for(
-        db_url,
-        provider,
-        callback_hosts=(receiver.url,),
-        callback_secret=SECRET,
-        callback_backoff_s=0.05,
-        callback_timeout_s=1.0,
-        **overrides,
-    )
+    values: dict[str, object] = {
+        "callback_hosts": (receiver.url,),
+        "callback_secret": SECRET,
+        "callback_backoff_s": 0.05,
+        "callback_timeout_s": 1.0,
+    }
+    return settings_for(db_url, provider, **(values | overrides))
 
 
 async def _deliveries(db_url: str) -> dict[uuid.UUID, dict[str, object]]:
@@ -139,7 +137,9 @@ async def test_every_ending_reaches_the_receiver_signed_with_its_event_id(
     outputs = by_job[two].data["outputs"]
     assert [o["idx"] for o in outputs] == [0, 1]  # type: ignore[index]
     assert all(o["public_url"] and o["sha256"] for o in outputs)  # type: ignore[union-attr]
-    assert len(receiver.requests) == 4  # each once: nothing is redelivered after a 2xx
+    rows = await _deliveries(db_url)
+    assert {job_id: rows[job_id]["attempts"] for job_id in by_job} == dict.fromkeys(by_job, 1)
+    assert len(receiver.requests) == 4  # each once: a 2xx ends it
     assert daemon.metrics.sample("orchestrator_callbacks_total", {"outcome": "delivered"}) == 4
 
 
@@ -165,6 +165,8 @@ async def test_a_failing_receiver_is_retried_then_given_up_visibly_and_redeliver
     assert "503" in row["last_error"]
     assert len(receiver.requests) == row["attempts"]
     assert len({r.webhook_id for r in receiver.requests}) == 1
+    assert len({r.body for r in receiver.requests}) == 1  # every attempt says the same
+    assert all(r.verified for r in receiver.requests)
     assert daemon.metrics.sample("orchestrator_callbacks_total", {"outcome": "failed"}) == 1
     assert daemon.metrics.sample("orchestrator_callbacks_total", {"outcome": "retried"}) >= 2
 
@@ -183,10 +185,11 @@ async def test_a_failing_receiver_is_retried_then_given_up_visibly_and_redeliver
     assert receiver.requests[-1].webhook_id == receiver.requests[0].webhook_id
 
 
-async def test_a_callback_to_a_host_the_operator_removed_is_given_up_without_a_request(
+async def test_a_callback_whose_host_is_off_the_list_at_delivery_gets_no_request(
     nursery, db: Database, db_url: str
 ):
-    """The allow-list is checked again at delivery: a host dropped since admission gets nothing."""
+    """The allow-list is checked again at delivery: an ending owed to a host off it is given
+    up at once as refused (no alert counts those: a submitter can cause them at will)."""
     provider = await start_simulator(nursery)
     receiver = await start_receiver(nursery)
     await db.grant("cy", 5)
@@ -203,7 +206,70 @@ async def test_a_callback_to_a_host_the_operator_removed_is_given_up_without_a_r
     assert "is not on ORCHESTRATOR_CALLBACK_HOSTS" in row["last_error"]
     assert row["last_status"] is None
     assert len(receiver.requests) == 1
-    assert first.metrics.sample("orchestrator_callbacks_total", {"outcome": "failed"}) == 1
+    assert first.metrics.sample("orchestrator_callbacks_total", {"outcome": "refused"}) == 1
+    assert first.metrics.sample("orchestrator_callbacks_total", {"outcome": "failed"}) == 0
+
+
+async def test_a_receiver_that_never_answers_holds_one_attempt_for_its_timeout_only(
+    nursery, db: Database, db_url: str
+):
+    """A hanging receiver costs one place for the timeout, not every other app's callbacks."""
+    provider = await start_simulator(nursery)
+    receiver = await start_receiver(
+        nursery, Receiver(answer=lambda r: None if r.path == "/slow" else 200)
+    )
+    await start_daemon(nursery, _callback_settings(db_url, provider, receiver))
+    await db.grant("eve", 10, plan="pro")
+    slow = await db.submit_job("eve", "slow app", callback_url=f"{receiver.url}/slow")
+    await wait_terminal(db, [slow])
+    await receiver.wait_for(1)  # the slow one is being held open
+    fast = [
+        await db.submit_job("eve", f"fast {n}", callback_url=f"{receiver.url}/fast")
+        for n in range(5)
+    ]
+    await wait_terminal(db, fast)
+    with trio.fail_after(10):
+        while True:
+            rows = await _deliveries(db_url)
+            if all(rows[j]["delivered_at"] for j in fast):
+                break
+            await trio.sleep(0.05)
+        assert rows[slow]["delivered_at"] is None  # the fast ones did not wait for it
+        while (await _deliveries(db_url))[slow]["attempts"] < 2:
+            await trio.sleep(0.05)
+    held = (await _deliveries(db_url))[slow]
+    assert held["delivered_at"] is None
+    assert "no answer within 1 s" in held["last_error"]
+    receiver.released.set()
+
+
+async def test_with_callbacks_off_an_owed_callback_is_given_up_not_left_owed(
+    nursery, db: Database, db_url: str
+):
+    """A daemon without ORCHESTRATOR_CALLBACK_HOSTS refuses the job and settles what it owes."""
+    provider = await start_simulator(nursery)
+    daemon = await start_daemon(nursery, settings_for(db_url, provider))
+    await db.grant("fox", 5)
+    job_id = await db.submit_job("fox", "x", callback_url="https://app.example.com/hook")
+    (job,) = await wait_terminal(db, [job_id])
+    assert (job.status, job.error_code) == (JobStatus.REJECTED, ErrorCode.VALIDATION_ERROR)
+    assert "callbacks are off here" in (job.error_message or "")
+    with trio.fail_after(10):
+        while (await _deliveries(db_url))[job_id]["failed_at"] is None:
+            await trio.sleep(0.05)
+    assert "callbacks are off here" in (await _deliveries(db_url))[job_id]["last_error"]
+    assert await db.callbacks(failed=False) == []
+    assert daemon.metrics.sample("orchestrator_callbacks_total", {"outcome": "refused"}) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://app.example.com/cb\x01", "https://app.example.com/a b", "http:///nohost"],
+)
+async def test_a_callback_url_no_client_could_send_to_is_refused_at_submit(db: Database, url: str):
+    await db.grant("gil", 5)
+    with pytest.raises(InvalidRequest, match="callback_url"):
+        await db.submit_job("gil", "x", callback_url=url)
 
 
 async def _cli(db_url: str, *args: str) -> subprocess.CompletedProcess[bytes]:

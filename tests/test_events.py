@@ -130,6 +130,26 @@ async def test_a_reader_behind_the_retention_is_told_instead_of_skipping(db: Dat
     assert await db.job_events_after(events[1].seq) == [events[2]]
 
 
+async def test_a_new_reader_of_a_feed_pruned_empty_starts_where_reads_work(
+    db: Database, db_url: str
+):
+    """After a quiet spell longer than the retention the head is the pruned mark, not 0."""
+    await db.grant("eli", 5)
+    job_id = await db.submit_job("eli", "x")
+    await db.reject(job_id, ErrorCode.VALIDATION_ERROR, "no")
+    (event,) = await db.job_events_after(0)
+    await pg.execute(
+        db_url, "UPDATE orchestrator.job_events SET created_at = now() - interval '9 days'"
+    )
+    assert await db.prune_job_events(older_than_s=86400) == 1
+    head = await db.job_events_head()
+    assert head == event.seq
+    assert await db.job_events_after(head) == []
+    later = await db.submit_job("eli", "y")
+    await db.reject(later, ErrorCode.VALIDATION_ERROR, "no")
+    assert [e.job_id for e in await db.job_events_after(head)] == [later]
+
+
 async def test_pruning_keeps_an_event_whose_callback_is_still_owed(db: Database, db_url: str):
     await db.grant("dee", 10)
     owed = await db.submit_job("dee", "x", callback_url="https://app.test/hook")

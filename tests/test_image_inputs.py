@@ -68,6 +68,8 @@ def test_own_keys_and_allowed_urls_are_the_inputs_in_order():
         (["https://evil.example.net/cat.png"], "https://evil.example.net is not on"),
         (["http://images.example.com/cat.png"], "http://images.example.com is not on"),
         (["https://user:pw@images.example.com/cat.png"], "credentials"),
+        (["https://images.example.com/cat\x01.png"], "control character"),
+        (["https://images.example.com/c at.png"], "whitespace"),
         (["file:///etc/passwd"], "neither one of this user's inputs"),
         ([1], "must be a string"),
         ([], "a list of 1 to 4"),

@@ -363,6 +363,7 @@ async def test_signed_input_urls_are_refused_expired_tampered_unsigned_or_elsewh
             "another user": f"{base}/inputs/bob/face.png?{parts.query}",
             "twice": f"{url}&sig={query['sig']}",
             "garbled": f"{base}{parts.path}?expires=soon&sig=%FF",
+            "too many fields": f"{url}&a=1&b=2&c=3&d=4",
         }
         for why, bad in refused.items():
             assert (await http.get(bad)).status_code == 403, why

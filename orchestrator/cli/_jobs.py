@@ -234,7 +234,7 @@ async def cmd_delete(db: Database, settings: Settings, args: argparse.Namespace)
         raise CliError(f"unknown job {args.job_id}")
     if not job.status.terminal:
         raise CliError(f"job {args.job_id} is {job.status.value}: cancel it first")
-    store, _routes = object_store(settings, _NO_HTTP)
+    store, _routes = object_store(settings, _NO_HTTP, signs=False)
     try:
         removed = await store.delete(await db.stored_outputs(args.job_id))
     except ValueError as exc:  # ForeignLocation: written under another storage URL
@@ -265,7 +265,7 @@ async def cmd_upload(db: Database, settings: Settings, args: argparse.Namespace)
     name = args.name or f"{uuid.uuid4()}.{EXTENSIONS[content_type]}"
     if (problem := input_name_problem(name)) is not None:
         raise CliError(problem)
-    store, _routes = object_store(settings, _NO_HTTP)
+    store, _routes = object_store(settings, _NO_HTTP, signs=False)
     stored = await store.put(input_key(args.user, name), data, content_type=content_type)
     print(stored.key)  # noqa: T201  (the key is the command's output, for scripts)
     return EXIT_OK

@@ -9,13 +9,16 @@ admits plain http for that host too (a private network, or loopback in tests).
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Iterable
+from typing import Final
 
 import attrs
 
 _HTTP = "http://"
 _HTTPS = "https://"
+_PRINTABLE: Final = re.compile(r"[!-~]+")
 
 
 @attrs.frozen
@@ -47,7 +50,14 @@ class HostList:
         return bool(self.entries)
 
     def problem(self, url: str, *, setting: str) -> str | None:
-        """Why a request to `url` is refused (naming the `setting` to change), or None."""
+        """Why a request to `url` is refused (naming the `setting` to change), or None.
+
+        A URL with whitespace, a control character or anything beyond printable
+        ASCII is refused outright: URL parsers disagree about those (an HTTP client
+        may refuse the very URL this check let through).
+        """
+        if not _PRINTABLE.fullmatch(url):
+            return "it holds whitespace, a control character or non-ASCII text"
         parts = urllib.parse.urlsplit(url)
         host = (parts.hostname or "").lower()
         try:

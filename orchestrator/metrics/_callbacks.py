@@ -18,8 +18,8 @@ class CallbackMetrics:
         self.callbacks = Counter(
             "orchestrator_callbacks",
             "Callback attempts by outcome: delivered (a 2xx), retried (anything else, "
-            "tried again later), failed (given up after the retry window, or a host off "
-            "ORCHESTRATOR_CALLBACK_HOSTS).",
+            "tried again later), failed (given up after the retry window), refused (given "
+            "up without a request: a host off ORCHESTRATOR_CALLBACK_HOSTS, callbacks off).",
             ["outcome"],
             registry=r,
         )
@@ -45,7 +45,7 @@ class CallbackMetrics:
             "Events forgotten past ORCHESTRATOR_EVENT_RETENTION.",
             registry=r,
         )
-        for outcome in ("delivered", "retried", "failed"):
+        for outcome in ("delivered", "retried", "failed", "refused"):
             self.callbacks.labels(outcome=outcome)
 
     def callback_attempted(self, outcome: str, *, latency_s: float | None = None) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Final
 
 import httpx
+import trio
 
 from orchestrator.core import (
     IMAGE_INPUT,
@@ -25,7 +26,7 @@ from orchestrator.core import (
     sniffed_type,
 )
 
-from ._errors import ObjectNotFound, StorageError, StorageUnavailable
+from ._errors import InvalidKey, ObjectNotFound, StorageError, StorageUnavailable
 from ._store import (
     NullStorageObserver,
     ObjectStore,
@@ -54,16 +55,30 @@ class StoredInputs:
         self._client = client
         self._max_bytes = max_bytes
         self._ttl_s = check_expiry(url_ttl_s)
-        self._timeout = httpx.Timeout(timeout_s)
+        self._timeout_s = timeout_s
         self._observer = observer or NullStorageObserver()
 
     async def problem(self, inputs: Sequence[ImageInput]) -> str | None:
-        for n, entry in enumerate(inputs):
-            if isinstance(entry, PrivateInput):
-                why = await self._stored_problem(entry.key)
-            else:
-                why = await self._remote_problem(entry.url)
-            if why is not None:
+        """Every input checked at once, so the job waits for the slowest, not their sum."""
+        found: dict[int, str | None] = {}
+        outages: list[InputsUnavailable] = []
+
+        async def check(n: int, entry: ImageInput) -> None:
+            try:
+                if isinstance(entry, PrivateInput):
+                    found[n] = await self._stored_problem(entry.key)
+                else:
+                    found[n] = await self._remote_problem(entry.url)
+            except InputsUnavailable as exc:
+                outages.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for n, entry in enumerate(inputs):
+                nursery.start_soon(check, n, entry)
+        if outages:
+            raise outages[0]
+        for n in sorted(found):
+            if (why := found[n]) is not None:
                 return f"{IMAGE_INPUT}[{n}] {why}"
         return None
 
@@ -80,6 +95,8 @@ class StoredInputs:
     async def _stored_problem(self, key: str) -> str | None:
         try:
             why = await self._looked_at(key)
+        except InvalidKey as exc:  # a ValueError, not a store failure: the key is refused
+            return f"is not a usable key: {exc}"
         except StorageError as exc:
             self._observer.storage_call("check", outcome_of(exc))
             if isinstance(exc, StorageUnavailable):
@@ -101,19 +118,25 @@ class StoredInputs:
         return None if sniffed_type(head) else _NOT_AN_IMAGE
 
     async def _remote_problem(self, url: str) -> str | None:
-        try:
-            async with self._client.stream("GET", url, timeout=self._timeout) as response:
-                if response.status_code != 200:  # noqa: PLR2004
-                    return f"could not be fetched: HTTP {response.status_code}"
-                head = b""
-                size = 0
-                async for chunk in response.aiter_bytes(_CHUNK):
-                    head += chunk[: SNIFF_BYTES - len(head)]
-                    size += len(chunk)
-                    if size > self._max_bytes:
-                        return self._too_large(size)
-        except httpx.HTTPError as exc:
-            return f"could not be fetched: {type(exc).__name__}"
+        """Fetched within the timeout as a whole (a trickling host is no excuse to wait)."""
+        with trio.move_on_after(self._timeout_s):
+            try:
+                return await self._fetched_problem(url)
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                return f"could not be fetched: {type(exc).__name__}"
+        return f"could not be fetched within {self._timeout_s:g} s"
+
+    async def _fetched_problem(self, url: str) -> str | None:
+        async with self._client.stream("GET", url) as response:
+            if response.status_code != 200:  # noqa: PLR2004
+                return f"could not be fetched: HTTP {response.status_code}"
+            head = b""
+            size = 0
+            async for chunk in response.aiter_bytes(_CHUNK):
+                head += chunk[: SNIFF_BYTES - len(head)]
+                size += len(chunk)
+                if size > self._max_bytes:
+                    return self._too_large(size)
         return None if sniffed_type(head) else _NOT_AN_IMAGE
 
     def _too_large(self, size: int) -> str:

@@ -89,7 +89,10 @@ class FileRoutes:
             key = input_key(*segments)
         except InvalidKey:
             return None
-        query = urllib.parse.parse_qs(query_string.decode("latin-1"), max_num_fields=4)
+        try:
+            query = urllib.parse.parse_qs(query_string.decode("latin-1"), max_num_fields=4)
+        except ValueError:  # more fields than a signed URL carries: not one of ours
+            return None
         expires, sig = query.get("expires", [""]), query.get("sig", [""])
         if len(expires) != 1 or len(sig) != 1:
             return None
