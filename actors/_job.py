@@ -358,7 +358,9 @@ class JobTask:
         An earlier run may have created it and died before recording it: at the first
         attempt of a resumed output, or after a recorded attempt that failed.
         """
-        found = await self._find_lost_prediction(idx)
+        # Until answered: a lookup that failed says nothing, and creating on it would pay
+        # twice whenever the earlier run's prediction exists (the common case on resume).
+        found = await self._find_lost_prediction(idx, until_answered=True)
         if found is None or found.status in _DEAD:
             return None
         log.info("job.prediction_found", idx=idx, prediction_id=found.id)
@@ -448,18 +450,28 @@ class JobTask:
         elif self._capacity.creates is not None:
             await self._capacity.creates.take()
 
-    async def _find_lost_prediction(self, idx: int) -> Prediction | None:
-        """Look the output's prediction up by its tag; only webhook URLs carry one."""
+    async def _find_lost_prediction(
+        self, idx: int, *, until_answered: bool = False
+    ) -> Prediction | None:
+        """Look the output's prediction up by its tag; only webhook URLs carry one.
+
+        A failed lookup is None at once, unless `until_answered`: then it is asked
+        again with backoff until the provider says found or not (the deadline bounds it).
+        """
         if self._config.webhook_url is None:
             return None
-        try:
-            with self._observed("find"):
-                return await self._provider.find_for_job(
-                    self.job.id, idx, since=self.job.admitted_at
-                )
-        except ProviderError as exc:
-            log.warning("provider.error", operation="find", error=exc.summary)
-            return None
+        delays = self._delays()
+        while True:
+            try:
+                with self._observed("find"):
+                    return await self._provider.find_for_job(
+                        self.job.id, idx, since=self.job.admitted_at
+                    )
+            except ProviderError as exc:
+                log.warning("provider.error", operation="find", error=exc.summary)
+                if not until_answered:
+                    return None
+            await trio.sleep(next(delays))
 
     async def _record(self, idx: int, prediction_id: str) -> None:
         """Store the prediction id at once (Brandur's atomic phase two)."""

@@ -64,6 +64,8 @@ class FakeProvider:
     found: list[uuid.UUID] = attrs.Factory(list)
     unusable_ids: set[str] = attrs.Factory(set)
     lists: list[float] = attrs.Factory(list)
+    # Lookups by tag that fail (a listing that times out) before one answers.
+    failing_finds: int = 0
     page_size: int = 100
     list_without_output: bool = False
 
@@ -129,6 +131,9 @@ class FakeProvider:
         self, job_id: uuid.UUID, output_index: int = 0, *, since: object = None
     ) -> Prediction | None:
         del since  # the fake keeps every prediction: none is ever too old to find
+        if self.failing_finds:
+            self.failing_finds -= 1
+            raise ProviderUnavailable("replicate list: transport error (ReadError)")
         self.found.append(job_id)
         for prediction_id, (_, request) in reversed(self.predictions.items()):
             if (request.job_id, request.output_index) == (job_id, output_index):
@@ -379,6 +384,25 @@ async def test_a_prediction_submitted_before_a_crash_is_reattached_on_resume_not
     assert list(rig.provider.predictions) == ["p0"]
     assert rig.store.predictions[job_id] == {0: "p0"}
     assert rig.store.balance("ida") == 4
+
+
+async def test_a_resume_whose_lookup_fails_asks_again_instead_of_paying_twice(
+    autojump_clock, nursery
+):
+    """A listing that errors says nothing: the resume asks again and re-attaches, never creates."""
+    rig = await make_rig(nursery, TAGGED, failing_finds=3)
+    rig.store.grant("ila", 5, plan="pro")
+    job_id = rig.store.submit("ila", "x", num_outputs=2)
+    await rig.store.admit(job_id, deadline_s=120)
+    for idx in (0, 1):
+        await rig.provider.submit(PredictionRequest(job_id, "x", {}, 1, output_index=idx))
+    rig.registry.deliver("ila", Resume(job_id))
+    await rig.settled(job_id)
+    assert rig.status(job_id) is JobStatus.SUCCEEDED
+    assert list(rig.provider.predictions) == ["p0", "p1"]  # none created again
+    assert rig.store.predictions[job_id] == {0: "p0", 1: "p1"}
+    assert rig.provider.failing_finds == 0
+    assert rig.store.balance("ila") == 3
 
 
 async def test_a_resumed_job_submits_each_output_nobody_submitted_and_delivers_all(
